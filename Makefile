@@ -1,0 +1,57 @@
+# The front door: `make run` starts everything on embedded defaults, `make test` runs the suite.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PORTAL_URL ?= http://127.0.0.1:8000
+SANDBOX_BIND ?= 127.0.0.1:8001
+SANDBOX_ACCOUNTS ?= 3000
+
+.PHONY: run test lint types bench sandbox migrate demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.runtime: requirements.txt sandbox/requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements.txt -r sandbox/requirements.txt
+	touch $@
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt sandbox/requirements.txt | $(BIN)/python
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	touch $@ $(VENV)/.runtime
+
+migrate: $(VENV)/.runtime
+	$(BIN)/python manage.py migrate --no-input
+	$(BIN)/python -m sandbox migrate --no-input
+
+demo: migrate
+	$(BIN)/python manage.py create_demo_users
+	$(BIN)/python -m sandbox seed --accounts $(SANDBOX_ACCOUNTS)
+
+sandbox: $(VENV)/.runtime
+	$(BIN)/python -m sandbox serve --bind $(SANDBOX_BIND)
+
+run: demo
+	@echo ""
+	@echo "  Portal:   $(PORTAL_URL)/        logins: demo / demo (staff member), admin / admin (superuser)"
+	@echo "  Admin:    $(PORTAL_URL)/admin/"
+	@echo "  Zywave:   http://$(SANDBOX_BIND)/  (sandbox) logins: agent@example.com / sandbox, solo@example.com / sandbox"
+	@echo "  Stop everything with Ctrl-C."
+	@echo ""
+	$(BIN)/honcho start -f Procfile
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+types: $(VENV)/.dev
+	$(BIN)/mypy .
+
+test: lint types
+	$(BIN)/pytest
+
+bench: $(VENV)/.dev
+	$(BIN)/python tests/bench/bench_sandbox.py
+
+clean:
+	rm -rf var

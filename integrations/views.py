@@ -1,0 +1,190 @@
+"""Pages for agency staff: the dashboard, connecting and disconnecting Zywave."""
+
+from __future__ import annotations
+
+import logging
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import redirect, render
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+from social_core.exceptions import SocialAuthBaseException
+from social_django import views as social_views
+
+from .models import Connection, ConnectionEvent
+from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
+from .tokens import revoke_tokens
+
+log = logging.getLogger(__name__)
+
+
+def connection_for(user) -> Connection | None:  # type: ignore[no-untyped-def]
+    """The requesting person's own connection: every view starts here, so none forgets scoping."""
+    return Connection.objects.filter(user=user).first()
+
+
+def safe_next(request: HttpRequest, target: str | None, default: str = "/") -> str:
+    """A same-site path for `next`, or the default: never an open redirect."""
+    if target and url_has_allowed_host_and_scheme(
+        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    ):
+        return target
+    return default
+
+
+@require_GET
+@login_required
+def dashboard(request: HttpRequest) -> HttpResponse:
+    connection = connection_for(request.user)
+    return render(request, "integrations/dashboard.html", {"connection": connection})
+
+
+@never_cache
+@require_POST
+@login_required
+def connect_begin(request: HttpRequest, backend: str) -> HttpResponse:
+    """Start the authorize redirect (POST only: a link or an image must not start it)."""
+    if backend != "zywave":
+        raise Http404
+    request.session["next"] = safe_next(request, request.POST.get("next"), "")
+    return social_views.auth(request, backend)
+
+
+# What each social-auth failure means for the person, in plain words.
+CONNECT_ERRORS = {
+    "authorization_declined": (
+        "You declined access at Zywave, so nothing was connected. "
+        "Press Connect again whenever you are ready."
+    ),
+    "missing_parameter": (
+        "That sign-in link was incomplete. Start again from the dashboard with Connect Zywave."
+    ),
+    "session_context_missing": (
+        "That sign-in link does not belong to this browser session (it may be old, already "
+        "used, or from another window). Start again from the dashboard with Connect Zywave."
+    ),
+    "state_mismatch": (
+        "That sign-in link has expired or was already used. "
+        "Start again from the dashboard with Connect Zywave."
+    ),
+    "authorization_code_rejected": (
+        "Zywave did not accept the sign-in code (it may have expired or been used already). "
+        "Start again from the dashboard with Connect Zywave."
+    ),
+    "timeout": "Zywave did not answer in time. Nothing was connected; please try again shortly.",
+    "connection_failed": "Zywave could not be reached. Nothing was connected; please try again.",
+    "unavailable": "Zywave is unavailable right now. Nothing was connected; please try again.",
+    "rate_limited": "Zywave asked us to slow down. Nothing was connected; try again in a minute.",
+    "malformed_response": (
+        "Zywave sent an answer we could not understand. Nothing was connected; please try "
+        "again, and tell your administrator if it keeps happening."
+    ),
+}
+SCOPE_ERROR = (
+    "Zywave refused the access this portal asks for: the portal's registration at Zywave does "
+    "not allow it. Please ask your administrator to register the portal's scopes at Zywave. "
+    "Nothing was connected."
+)
+GENERIC_ERROR = "Connecting to Zywave failed. Nothing was connected; please try again."
+
+
+def _connect_error(request: HttpRequest, message: str, status: int = 400) -> HttpResponse:
+    return render(request, "integrations/connect_error.html", {"message": message}, status=status)
+
+
+@never_cache
+@require_GET
+@login_required
+def connect_complete(request: HttpRequest, backend: str) -> HttpResponse:
+    """Zywave's redirect back: validate state, exchange the code, store the tokens."""
+    if backend != "zywave":
+        raise Http404
+    try:
+        response = social_views.complete(request, backend)
+    except IdentityInUse:
+        return _connect_error(
+            request,
+            "That Zywave account is already linked to another portal user. Sign in to Zywave "
+            "as yourself, or ask your administrator.",
+            status=409,
+        )
+    except SecondIdentity:
+        return _connect_error(
+            request,
+            "You are connected to a different Zywave account. Disconnect it first, then connect "
+            "the new one.",
+            status=409,
+        )
+    except NotLoggedIn:
+        return redirect("login")
+    except SocialAuthBaseException as exc:
+        provider_code = str(getattr(exc, "provider_code", "") or "")
+        log.warning(
+            "Zywave connect failed for user %s: %s (provider %s, stage %s)",
+            request.user.pk,
+            exc.code,
+            provider_code or "-",
+            exc.stage,
+        )
+        if provider_code in {"invalid_scope", "unauthorized_client"}:
+            log.error(
+                "Zywave refused the portal's scopes (%s). Register these scopes for client "
+                "the portal uses: %s",
+                provider_code,
+                " ".join(_requested_scopes()),
+            )
+            _record_failure(request, provider_code)
+            return _connect_error(request, SCOPE_ERROR)
+        return _connect_error(request, CONNECT_ERRORS.get(exc.code, GENERIC_ERROR))
+    if isinstance(response, HttpResponseRedirect):
+        target = safe_next(request, response.url, "/")
+        messages.success(request, "Your Zywave account is connected.")
+        return HttpResponseRedirect(target)
+    return response
+
+
+def _requested_scopes() -> list[str]:
+    from django.conf import settings
+
+    return list(settings.ZYWAVE_SCOPES)
+
+
+def _record_failure(request: HttpRequest, provider_code: str) -> None:
+    assert isinstance(request.user, User)  # the view is login_required
+    ConnectionEvent.objects.create(
+        user=request.user,
+        connection=connection_for(request.user),
+        kind=ConnectionEvent.Kind.CONNECT_FAILED,
+        actor=request.user,
+        detail={"error": provider_code, "register_scopes": " ".join(_requested_scopes())},
+    )
+
+
+@require_http_methods(["GET", "POST"])
+@login_required
+def disconnect(request: HttpRequest) -> HttpResponse:
+    """GET asks for confirmation; POST revokes at Zywave, then deletes the tokens locally."""
+    connection = connection_for(request.user)
+    if connection is None or not connection.is_connected:
+        messages.info(request, "You have no Zywave account connected.")
+        return redirect("dashboard")
+    if request.method == "GET":
+        return render(request, "integrations/disconnect_confirm.html", {"connection": connection})
+    revoked, reason = revoke_tokens(connection)
+    with transaction.atomic():
+        connection.disconnect(actor=request.user, revoked=revoked, reason=reason)
+    if revoked:
+        messages.success(request, "Zywave is disconnected and the portal's access was revoked.")
+    else:
+        messages.warning(
+            request,
+            "Zywave is disconnected here and the portal's copies of your tokens are deleted, "
+            f"but Zywave did not confirm the revocation ({reason}). You can also remove the "
+            "portal's access in your Zywave account settings.",
+        )
+    return redirect("dashboard")

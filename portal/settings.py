@@ -1,0 +1,321 @@
+"""Settings for the portal: one module, configured from the environment.
+
+The defaults run on a fresh machine with no configuration (SQLite and a broker under `var/`,
+the local sandbox as Zywave, development secrets generated into `var/`). With DEBUG off,
+start-up refuses the unsafe defaults instead of silently using them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import dj_database_url
+from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
+
+from portal import env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env.get("PORTAL_VAR_DIR") or BASE_DIR / "var")
+
+DEBUG = env.get_bool("DEBUG", default=True)
+
+# --- Secrets -------------------------------------------------------------------------------
+
+SECRET_KEY = env.get("SECRET_KEY") or ""
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
+    SECRET_KEY = env.dev_secret(VAR_DIR, "secret_key", lambda: "dev-" + secrets.token_urlsafe(50))
+elif not DEBUG and (len(SECRET_KEY) < 32 or SECRET_KEY.startswith(("django-insecure", "dev-"))):
+    raise ImproperlyConfigured(
+        "SECRET_KEY is a development or default value (or shorter than 32 characters); "
+        "set a long random value when DEBUG is off"
+    )
+
+
+def _fernet_keys(raw: str) -> list[str]:
+    keys = [key.strip() for key in raw.split(",") if key.strip()]
+    if not keys:
+        raise ImproperlyConfigured("FIELD_ENCRYPTION_KEY is empty")
+    for position, key in enumerate(keys, start=1):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError):
+            raise ImproperlyConfigured(
+                f"FIELD_ENCRYPTION_KEY: key #{position} is not a Fernet key "
+                "(32 url-safe base64-encoded bytes, e.g. from Fernet.generate_key())"
+            ) from None
+    return keys
+
+
+_field_keys = env.get("FIELD_ENCRYPTION_KEY")
+if not _field_keys:
+    if not DEBUG:
+        raise ImproperlyConfigured("FIELD_ENCRYPTION_KEY must be set when DEBUG is off")
+    _field_keys = env.dev_secret(
+        VAR_DIR, "field_encryption_key", lambda: Fernet.generate_key().decode()
+    )
+# The first key encrypts; every key decrypts (rotation: see `manage.py rotate_encryption_key`).
+FIELD_ENCRYPTION_KEY = _fernet_keys(_field_keys)
+
+ALLOWED_HOSTS = env.get_list("ALLOWED_HOSTS")
+if not DEBUG and not ALLOWED_HOSTS:
+    raise ImproperlyConfigured("ALLOWED_HOSTS must list the portal's host names when DEBUG is off")
+CSRF_TRUSTED_ORIGINS = env.get_list("CSRF_TRUSTED_ORIGINS")
+
+# --- Applications --------------------------------------------------------------------------
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "social_django",
+    "integrations",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "portal.urls"
+WSGI_APPLICATION = "portal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ------------------------------------------------------------------------------
+
+
+def _database(url: str | None) -> dict[str, object]:
+    if not url:
+        VAR_DIR.mkdir(parents=True, exist_ok=True)
+        return {
+            "ENGINE": "django.db.backends.sqlite3",
+            "NAME": VAR_DIR / "portal.sqlite3",
+            "OPTIONS": {
+                # WAL lets the web process read while a worker writes; IMMEDIATE takes the write
+                # lock at BEGIN so two writers queue on `timeout` instead of failing mid-way.
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+                "transaction_mode": "IMMEDIATE",
+                "timeout": 20,
+            },
+        }
+    try:
+        config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
+    except (ValueError, KeyError) as exc:
+        raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
+    if not config.get("ENGINE") or not config.get("NAME"):
+        raise ImproperlyConfigured("DATABASE_URL is not a valid database URL: no database name")
+    return dict(config)
+
+
+DATABASES = {"default": _database(env.get("DATABASE_URL"))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Authentication ------------------------------------------------------------------------
+
+AUTHENTICATION_BACKENDS = [
+    "integrations.backends.ZywaveOAuth2",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+# --- Internationalisation, static files ----------------------------------------------------
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env.get("TIME_ZONE", "UTC")
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = VAR_DIR / "static"
+STATIC_ROOT.mkdir(parents=True, exist_ok=True)  # WhiteNoise warns about a missing root
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+
+# --- Email ---------------------------------------------------------------------------------
+
+EMAIL_BACKEND = env.get(
+    "EMAIL_BACKEND",
+    "django.core.mail.backends.console.EmailBackend"
+    if DEBUG
+    else "django.core.mail.backends.smtp.EmailBackend",
+)
+EMAIL_HOST = env.get("EMAIL_HOST", "localhost")
+EMAIL_PORT = env.get_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env.get("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env.get("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env.get_bool("EMAIL_USE_TLS", default=False)
+DEFAULT_FROM_EMAIL = env.get("DEFAULT_FROM_EMAIL", "portal@localhost")
+
+# --- Celery --------------------------------------------------------------------------------
+
+
+def _redis_answers(host: str = "127.0.0.1", port: int = 6379) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.3):
+            return True
+    except OSError:
+        return False
+
+
+REDIS_URL = env.get("REDIS_URL")
+CELERY_BROKER_URL = env.get("CELERY_BROKER_URL") or REDIS_URL
+if not CELERY_BROKER_URL:
+    if not DEBUG:
+        raise ImproperlyConfigured("REDIS_URL (or CELERY_BROKER_URL) must be set when DEBUG is off")
+    # Development: Redis when one answers locally, else a broker made of files under var/,
+    # so `make run` works on a machine without Redis.
+    CELERY_BROKER_URL = "redis://127.0.0.1:6379/0" if _redis_answers() else "filesystem://"
+if urlsplit(CELERY_BROKER_URL).scheme not in {"redis", "rediss", "filesystem", "memory"}:
+    raise ImproperlyConfigured(
+        "CELERY_BROKER_URL must be a redis://, rediss:// or filesystem:// URL, "
+        f"not {urlsplit(CELERY_BROKER_URL).scheme}://"
+    )
+
+CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    _queue_dir = VAR_DIR / "celery" / "queue"
+    _queue_dir.mkdir(parents=True, exist_ok=True)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(_queue_dir),
+        "data_folder_out": str(_queue_dir),
+    }
+    (VAR_DIR / "celery" / "results").mkdir(parents=True, exist_ok=True)
+    CELERY_RESULT_BACKEND = f"file://{VAR_DIR / 'celery' / 'results'}"
+else:
+    CELERY_RESULT_BACKEND = CELERY_BROKER_URL
+    # With acks_late a task unacknowledged this long is delivered again: keep it above
+    # CELERY_TASK_TIME_LIMIT so a slow task is not run twice while still running.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 2 * 3600}
+
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env.get_int("CELERY_TASK_SOFT_TIME_LIMIT", 25 * 60, minimum=1)
+CELERY_TASK_TIME_LIMIT = env.get_int("CELERY_TASK_TIME_LIMIT", 30 * 60, minimum=1)
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_TASK_ALWAYS_EAGER = env.get_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+
+# --- Zywave --------------------------------------------------------------------------------
+
+ZYWAVE_AUTH_URL = (env.get("ZYWAVE_AUTH_URL") or "http://127.0.0.1:8001").rstrip("/")
+ZYWAVE_API_URL = (env.get("ZYWAVE_API_URL") or "http://127.0.0.1:8001").rstrip("/")
+for _name, _url in (("ZYWAVE_AUTH_URL", ZYWAVE_AUTH_URL), ("ZYWAVE_API_URL", ZYWAVE_API_URL)):
+    if urlsplit(_url).scheme not in {"http", "https"} or not urlsplit(_url).netloc:
+        raise ImproperlyConfigured(f"{_name} must be an http(s) URL, not {_url!r}")
+ZYWAVE_CLIENT_ID = env.get("ZYWAVE_CLIENT_ID") or ("portal-dev" if DEBUG else "")
+ZYWAVE_CLIENT_SECRET = env.get("ZYWAVE_CLIENT_SECRET") or ("portal-dev-secret" if DEBUG else "")
+if not DEBUG and not (ZYWAVE_CLIENT_ID and ZYWAVE_CLIENT_SECRET):
+    raise ImproperlyConfigured(
+        "ZYWAVE_CLIENT_ID and ZYWAVE_CLIENT_SECRET must be set when DEBUG is off"
+    )
+ZYWAVE_SCOPES = (
+    env.get("ZYWAVE_SCOPES") or "openid profile email offline_access api.profiles api.accounts:read"
+).split()
+ZYWAVE_PROFILE_TYPE_CODE = env.get("ZYWAVE_PROFILE_TYPE_CODE") or "B"
+ZYWAVE_PROFILE_HEADER = env.get_choice("ZYWAVE_PROFILE_HEADER", "token", ("token", "id"))
+ZYWAVE_HTTP_TIMEOUT = (
+    float(env.get_int("ZYWAVE_CONNECT_TIMEOUT", 5, minimum=1)),
+    float(env.get_int("ZYWAVE_READ_TIMEOUT", 30, minimum=1)),
+)
+
+# social-auth: the `zywave` backend reads these. Tokens never go to extra_data (see backends).
+SOCIAL_AUTH_ZYWAVE_KEY = ZYWAVE_CLIENT_ID
+SOCIAL_AUTH_ZYWAVE_SECRET = ZYWAVE_CLIENT_SECRET
+SOCIAL_AUTH_ZYWAVE_SCOPE = ZYWAVE_SCOPES
+SOCIAL_AUTH_URL_NAMESPACE = "social"
+SOCIAL_AUTH_JSONFIELD_ENABLED = True
+SOCIAL_AUTH_REDIRECT_IS_HTTPS = env.get_bool("SOCIAL_AUTH_REDIRECT_IS_HTTPS", default=not DEBUG)
+SOCIAL_AUTH_RAISE_EXCEPTIONS = False
+SOCIAL_AUTH_SANITIZE_REDIRECTS = True
+SOCIAL_AUTH_ALLOWED_REDIRECT_HOSTS: list[str] = []
+SOCIAL_AUTH_LOGIN_ERROR_URL = "/"
+SOCIAL_AUTH_LOGIN_REDIRECT_URL = "/"
+SOCIAL_AUTH_FIELDS_STORED_IN_SESSION: list[str] = []
+SOCIAL_AUTH_PIPELINE = (
+    "social_core.pipeline.social_auth.social_details",
+    "social_core.pipeline.social_auth.social_uid",
+    "integrations.pipeline.require_portal_user",
+    "integrations.pipeline.refuse_second_identity",
+    "integrations.pipeline.store_connection",
+)
+
+# --- Security ------------------------------------------------------------------------------
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = not DEBUG
+CSRF_COOKIE_SECURE = not DEBUG
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+if not DEBUG:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.get_bool("SECURE_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env.get_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+
+# --- Logging -------------------------------------------------------------------------------
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.get("LOG_LEVEL", "INFO")},
+    "loggers": {
+        # urllib3 at DEBUG would print request lines; keep it quiet.
+        "urllib3": {"level": "WARNING"},
+    },
+}

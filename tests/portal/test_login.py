@@ -1,0 +1,49 @@
+"""Staff login, logout and the dashboard's login requirement."""
+
+from __future__ import annotations
+
+from django.contrib.auth.models import User
+from django.test import Client
+
+
+def test_the_dashboard_sends_anonymous_visitors_to_login(client: Client, db: None) -> None:
+    response = client.get("/")
+    assert response.status_code == 302
+    assert response["Location"] == "/login/?next=/"
+
+
+def test_staff_log_in_and_see_the_zywave_panel(client: Client, staff: User) -> None:
+    response = client.post("/login/", {"username": "dana", "password": "dana-password"})
+    assert response.status_code == 302
+    assert response["Location"] == "/"
+    page = client.get("/")
+    assert page.status_code == 200
+    assert b"Your Zywave account is not connected." in page.content
+    assert b"Connect Zywave" in page.content
+
+
+def test_a_wrong_password_is_refused(client: Client, staff: User) -> None:
+    response = client.post("/login/", {"username": "dana", "password": "wrong"})
+    assert response.status_code == 200
+    assert b"did not match" in response.content
+    assert client.get("/").status_code == 302
+
+
+def test_login_never_redirects_off_site(client: Client, staff: User) -> None:
+    response = client.post(
+        "/login/?next=//evil.example/", {"username": "dana", "password": "dana-password"}
+    )
+    assert response["Location"] == "/"
+
+
+def test_logout_is_a_post_and_ends_the_session(client: Client, staff: User) -> None:
+    client.force_login(staff)
+    assert client.get("/logout/").status_code == 405
+    assert client.post("/logout/")["Location"] == "/login/"
+    assert client.get("/").status_code == 302
+
+
+def test_the_login_page_is_styled_and_has_labels(client: Client, db: None) -> None:
+    page = client.get("/login/").content.decode()
+    assert '<label for="id_username">' in page
+    assert "/static/portal.css" in page
