@@ -1,0 +1,367 @@
+"""The control API under /_sandbox/: what tests and drills use to steer the emulated Zywave.
+
+JSON in and out, every call guarded by the `X-Sandbox-Key` header. It exists only in the
+sandbox: the real Zywave has nothing like it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Callable
+from datetime import timedelta
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.shortcuts import get_object_or_404
+from django.views.decorators.csrf import csrf_exempt
+from oauth2_provider.models import get_access_token_model, get_application_model
+
+from sandbox.zywave.models import (
+    Account,
+    Authorization,
+    ClientPolicy,
+    Contact,
+    Counter,
+    Fault,
+    Person,
+    Profile,
+    RuntimeSetting,
+    sandbox_now,
+)
+from sandbox.zywave.oauth import Grant, RefreshToken, checksum, load_access_token
+
+AccessToken = get_access_token_model()
+Application = get_application_model()
+
+SETTING_CHOICES = {
+    "envelope": {"items", "value", "array"},
+    "key_case": {"pascal", "camel"},
+    "refresh_mode": {"one-time", "reuse"},
+}
+INT_SETTINGS = {"access_token_lifetime", "refresh_token_lifetime", "refresh_grace_seconds"}
+
+
+class ControlError(Exception):
+    pass
+
+
+View = Callable[..., HttpResponse]
+
+
+def control(*methods: str) -> Callable[[View], View]:
+    """Guard a control view: the key, the method, a JSON body; bad input answers 400."""
+
+    def decorator(view: View) -> View:
+        @csrf_exempt
+        @wraps(view)
+        def wrapper(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+            key = request.headers.get("X-Sandbox-Key", "")
+            if not secrets.compare_digest(key.encode(), settings.SANDBOX_CONTROL_KEY.encode()):
+                return JsonResponse({"error": "X-Sandbox-Key missing or wrong"}, status=403)
+            if request.method not in methods:
+                return JsonResponse({"error": f"Use {' or '.join(methods)}"}, status=405)
+            try:
+                data = json.loads(request.body) if request.body else {}
+                if not isinstance(data, dict):
+                    raise ControlError("The body must be a JSON object")
+                return view(request, data, **kwargs)
+            except Http404 as error:
+                return JsonResponse({"error": str(error) or "Not found"}, status=404)
+            except (ControlError, ValueError, KeyError, TypeError, re.error) as error:
+                return JsonResponse({"error": f"{type(error).__name__}: {error}"}, status=400)
+
+        return wrapper
+
+    return decorator
+
+
+def user_by_email(email: str) -> User:
+    return get_object_or_404(User, username__iexact=email)
+
+
+@control("POST")
+def reset(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Clear faults, counters, the clock offset and runtime settings (back to env defaults)."""
+    with transaction.atomic():
+        Fault.objects.all().delete()
+        Counter.objects.all().delete()
+        RuntimeSetting.objects.all().delete()
+    return JsonResponse({"ok": True, "settings": RuntimeSetting.current()})
+
+
+@control("POST")
+def register_client(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Create or update a confidential authorization-code client and its allowed scopes."""
+    client_id = str(data["client_id"])
+    redirect_uris = data.get("redirect_uris", [])
+    if isinstance(redirect_uris, str):
+        redirect_uris = redirect_uris.split()
+    with transaction.atomic():
+        client = Application.objects.filter(client_id=client_id).first() or Application(
+            client_id=client_id,
+            client_type=Application.CLIENT_CONFIDENTIAL,
+            authorization_grant_type=Application.GRANT_AUTHORIZATION_CODE,
+            algorithm=Application.RS256_ALGORITHM,
+            name=client_id,
+        )
+        if "client_secret" in data:
+            client.client_secret = str(data["client_secret"])
+        elif client.pk is None:
+            raise ControlError("client_secret is required for a new client")
+        if "name" in data:
+            client.name = str(data["name"])
+        if redirect_uris:
+            client.redirect_uris = " ".join(redirect_uris)
+        client.save()
+        scopes = data.get("allowed_scopes")
+        if scopes is not None:
+            if isinstance(scopes, list):
+                scopes = " ".join(scopes)
+            ClientPolicy.objects.update_or_create(
+                application=client, defaults={"allowed_scopes": str(scopes)}
+            )
+    policy = ClientPolicy.objects.filter(application=client).first()
+    return JsonResponse(
+        {
+            "client_id": client.client_id,
+            "redirect_uris": client.redirect_uris.split(),
+            "allowed_scopes": policy.allowed_scopes if policy else "",
+        }
+    )
+
+
+@control("GET", "POST")
+def runtime_settings(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    for key, value in data.items():
+        if key not in settings.SANDBOX_DEFAULTS or key == "clock_offset":
+            raise ControlError(f"Unknown setting {key!r}")
+        if key in SETTING_CHOICES and value not in SETTING_CHOICES[key]:
+            raise ControlError(f"{key} must be one of {sorted(SETTING_CHOICES[key])}")
+        if key in INT_SETTINGS:
+            value = int(value)
+        if key == "reuse_revokes_grant":
+            value = bool(value)
+        RuntimeSetting.put(key, value)
+    return JsonResponse(RuntimeSetting.current())
+
+
+@control("GET", "POST")
+def clock(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Time travel: the sandbox's clock runs `offset_seconds` ahead of the real one."""
+    if "offset_seconds" in data:
+        RuntimeSetting.put("clock_offset", int(data["offset_seconds"]))
+    return JsonResponse(
+        {"offset_seconds": RuntimeSetting.get("clock_offset"), "now": sandbox_now().isoformat()}
+    )
+
+
+@control("GET", "POST")
+def faults(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    if request.method == "POST":
+        re.compile(str(data["path"]))
+        count = int(data.get("count", 1))
+        status = data.get("status")
+        if status is None and not data.get("delay_ms"):
+            raise ControlError("A fault needs a status or a delay_ms")
+        fault = Fault.objects.create(
+            path=str(data["path"]),
+            method=str(data.get("method") or "").upper(),
+            remaining=count,
+            status=int(status) if status is not None else None,
+            retry_after=str(data.get("retry_after") or ""),
+            delay_ms=int(data.get("delay_ms") or 0),
+            body=data.get("body"),
+            content_type=str(data.get("content_type") or ""),
+        )
+        return JsonResponse({"id": fault.pk, "remaining": fault.remaining}, status=201)
+    rows = Fault.objects.order_by("id").values(
+        "id", "path", "method", "remaining", "status", "retry_after", "delay_ms"
+    )
+    return JsonResponse({"faults": list(rows)})
+
+
+@control("GET")
+def counters(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    return JsonResponse(Counter.as_dict())
+
+
+@control("POST")
+def counters_reset(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    Counter.objects.all().delete()
+    return JsonResponse(Counter.as_dict())
+
+
+@control("POST")
+def user_revoke(request: HttpRequest, data: dict[str, Any], email: str) -> JsonResponse:
+    """Revoke all the user's grants: refresh tokens, access tokens, pending codes."""
+    user = user_by_email(email)
+    grants = Authorization.objects.filter(user=user, revoked_at__isnull=True)
+    count = 0
+    for grant in grants:
+        grant.revoke()
+        count += 1
+    now = sandbox_now()
+    RefreshToken.objects.filter(user=user, revoked__isnull=True).update(revoked=now)
+    access_tokens = AccessToken.objects.filter(user=user).delete()[0]
+    Grant.objects.filter(user=user).delete()
+    return JsonResponse({"grants": count, "access_tokens": access_tokens})
+
+
+@control("POST")
+def user_expire_access_tokens(
+    request: HttpRequest, data: dict[str, Any], email: str
+) -> JsonResponse:
+    user = user_by_email(email)
+    expired = AccessToken.objects.filter(user=user, expires__gt=sandbox_now()).update(
+        expires=sandbox_now() - timedelta(seconds=1)
+    )
+    return JsonResponse({"expired": expired})
+
+
+@control("POST")
+def user_active_profile(request: HttpRequest, data: dict[str, Any], email: str) -> JsonResponse:
+    user = user_by_email(email)
+    profile = get_object_or_404(Profile, pk=int(data["profile_id"]), user=user)
+    Person.objects.update_or_create(user=user, defaults={"active_profile": profile})
+    return JsonResponse({"active_profile": str(profile.pk)})
+
+
+def profile_rows(user: User) -> list[dict[str, Any]]:
+    person = Person.objects.filter(user=user).first()
+    active = person.active_profile_id if person else None
+    return [
+        {
+            "id": str(profile.pk),
+            "type_code": profile.type_code,
+            "name": profile.name,
+            "organization_id": str(profile.agency_id),
+            "organization_name": profile.agency.name,
+            "profile_token": profile.token,
+            "active": profile.pk == active,
+        }
+        for profile in Profile.objects.select_related("agency").filter(user=user).order_by("id")
+    ]
+
+
+@control("GET")
+def user_profiles(request: HttpRequest, data: dict[str, Any], email: str) -> JsonResponse:
+    return JsonResponse({"profiles": profile_rows(user_by_email(email))})
+
+
+@control("POST")
+def user_profile_remove(
+    request: HttpRequest, data: dict[str, Any], email: str, profile_id: str
+) -> JsonResponse:
+    """Unlink a profile from the user, as when an agency takes a person's access away."""
+    user = user_by_email(email)
+    profile = get_object_or_404(Profile, pk=int(profile_id), user=user)
+    profile.user = None
+    profile.save(update_fields=["user"])
+    Person.objects.filter(user=user, active_profile=profile).update(active_profile=None)
+    return JsonResponse({"profiles": profile_rows(user)})
+
+
+@control("POST")
+def user_profile_add(
+    request: HttpRequest, data: dict[str, Any], email: str, profile_id: str
+) -> JsonResponse:
+    """Link a profile (back) to the user."""
+    user = user_by_email(email)
+    profile = get_object_or_404(Profile, pk=int(profile_id))
+    profile.user = user
+    profile.save(update_fields=["user"])
+    return JsonResponse({"profiles": profile_rows(user)})
+
+
+def agency_accounts(data: dict[str, Any]) -> Any:
+    profile = get_object_or_404(Profile, pk=int(data["profile_id"]))
+    accounts = Account.objects.filter(agency_id=profile.agency_id)
+    if "ids" in data:
+        accounts = accounts.filter(pk__in=[int(i) for i in data["ids"]])
+    return accounts
+
+
+def pick_ids(accounts: Any, data: dict[str, Any], *ordering: str) -> list[int]:
+    count = int(data.get("count", 1))
+    return list(accounts.order_by(*ordering).values_list("id", flat=True)[:count])
+
+
+@control("POST")
+def accounts_change(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Change the N least recently updated accounts (bumping updatedDateTime), optionally
+    editing a field so that a mirror can tell the new version from the old."""
+    field = data.get("field")
+    if field not in {None, "name", "city"}:
+        raise ControlError("field must be 'name' or 'city'")
+    now = sandbox_now()
+    with transaction.atomic():
+        ids = pick_ids(agency_accounts(data), data, "updated", "id")
+        for account in Account.objects.filter(pk__in=ids):
+            if field:
+                value = getattr(account, field)
+                match = re.fullmatch(r"(.*) \(rev (\d+)\)", value)
+                base, rev = (match.group(1), int(match.group(2))) if match else (value, 1)
+                setattr(account, field, f"{base} (rev {rev + 1})")
+            account.updated = now
+            account.save()
+    return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()})
+
+
+@control("POST")
+def accounts_archive(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Archive (soft-delete) N accounts and their contacts, bumping updatedDateTime."""
+    now = sandbox_now()
+    with transaction.atomic():
+        ids = pick_ids(agency_accounts(data).filter(is_archived=False), data, "id")
+        Account.objects.filter(pk__in=ids).update(is_archived=True, is_active=False, updated=now)
+        Contact.objects.filter(account_id__in=ids).update(
+            is_archived=True, is_active=False, updated=now
+        )
+    return JsonResponse({"ids": ids})
+
+
+@control("POST")
+def accounts_delete(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Hard-delete N accounts (the newest first) with their contacts."""
+    with transaction.atomic():
+        ids = pick_ids(agency_accounts(data), data, "-id")
+        Account.objects.filter(pk__in=ids).delete()
+    return JsonResponse({"ids": ids})
+
+
+@control("GET")
+def accounts_count(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    profile = get_object_or_404(Profile, pk=int(request.GET["profile_id"]))
+    accounts = Account.objects.filter(agency_id=profile.agency_id)
+    return JsonResponse(
+        {
+            "accounts": accounts.count(),
+            "contacts": Contact.objects.filter(agency_id=profile.agency_id).count(),
+            "archived": accounts.filter(is_archived=True).count(),
+        }
+    )
+
+
+@control("GET")
+def token_status(request: HttpRequest, data: dict[str, Any], token: str) -> JsonResponse:
+    """Whether an access or refresh token is live (tests check revocation with it)."""
+    access = load_access_token(token)
+    if access is not None:
+        return JsonResponse({"active": True, "type": "access_token", "scope": access.scope})
+    rt = RefreshToken.objects.filter(token_checksum=checksum(token)).order_by("-id").first()
+    if rt is not None:
+        grant = Authorization.objects.filter(family=rt.token_family).first()
+        live = (
+            rt.revoked is None
+            and grant is not None
+            and grant.revoked_at is None
+            and sandbox_now() < grant.expires_at()
+        )
+        return JsonResponse({"active": live, "type": "refresh_token"})
+    return JsonResponse({"active": False, "type": None})

@@ -1,0 +1,295 @@
+"""The emulated Zywave's data: agencies, profiles, accounts and contacts, plus the sandbox's
+own machinery (runtime settings, faults, counters) that must be shared by every gunicorn
+worker process and therefore lives in the database, not in memory."""
+
+from __future__ import annotations
+
+import re
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import connection, models
+from django.db.models import F
+from django.utils import timezone
+from oauth2_provider.models import get_refresh_token_model
+from oauth2_provider.settings import oauth2_settings
+
+
+class RuntimeSetting(models.Model):
+    """An override of one of settings.SANDBOX_DEFAULTS, set through the control API."""
+
+    key = models.CharField(max_length=64, primary_key=True)
+    value = models.JSONField()
+
+    def __str__(self) -> str:
+        return f"{self.key}={self.value!r}"
+
+    @classmethod
+    def current(cls) -> dict[str, Any]:
+        values = dict(settings.SANDBOX_DEFAULTS)
+        values.update(dict(cls.objects.values_list("key", "value")))
+        return values
+
+    @classmethod
+    def get(cls, key: str) -> Any:
+        row = cls.objects.filter(key=key).values_list("value", flat=True).first()
+        return settings.SANDBOX_DEFAULTS[key] if row is None else row
+
+    @classmethod
+    def put(cls, key: str, value: Any) -> None:
+        cls.objects.update_or_create(key=key, defaults={"value": value})
+
+
+def sandbox_now() -> datetime:
+    """The sandbox's clock: the real time plus the time-travel offset set by the control API.
+
+    Every lifetime the tests time-travel over (access tokens, the refresh token's absolute
+    lifetime) is measured with this clock.
+    """
+    return timezone.now() + timedelta(seconds=int(RuntimeSetting.get("clock_offset")))
+
+
+class Fault(models.Model):
+    """The next `remaining` requests matching `path` (a regex) and `method` get this answer,
+    or are delayed by `delay_ms` and then served normally when `status` is empty."""
+
+    path = models.CharField(max_length=500)
+    method = models.CharField(max_length=10, blank=True)  # blank: any method
+    remaining = models.PositiveIntegerField()
+    status = models.PositiveSmallIntegerField(null=True, blank=True)
+    retry_after = models.CharField(max_length=100, blank=True)
+    delay_ms = models.PositiveIntegerField(default=0)
+    # Null means "the default JSON body", distinct from an empty body.
+    body = models.TextField(null=True, blank=True)  # noqa: DJ001
+    content_type = models.CharField(max_length=100, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.method or '*'} {self.path} x{self.remaining}"
+
+    def matches(self, method: str, path: str) -> bool:
+        if self.method and self.method.upper() != method.upper():
+            return False
+        return re.search(self.path, path) is not None
+
+    def claim(self) -> bool:
+        """Take one of the remaining firings; False when another request took the last one.
+
+        Several worker processes may see the same fault at once: the conditional UPDATE's row
+        count decides who fires, so a fault fires exactly `count` times in total.
+        """
+        return bool(
+            Fault.objects.filter(pk=self.pk, remaining__gt=0).update(remaining=F("remaining") - 1)
+        )
+
+    @classmethod
+    def claim_for(cls, method: str, path: str) -> Fault | None:
+        for fault in cls.objects.filter(remaining__gt=0).order_by("id"):
+            if fault.matches(method, path) and fault.claim():
+                return fault
+        return None
+
+
+class Counter(models.Model):
+    """Requests counted by kind ("token", "api") and key ("refresh_token:success", ...)."""
+
+    kind = models.CharField(max_length=20)
+    key = models.CharField(max_length=300)
+    value = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["kind", "key"], name="counter_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}: {self.value}"
+
+    @classmethod
+    def bump(cls, kind: str, key: str) -> None:
+        # One statement, so concurrent workers never lose an increment.
+        table = cls._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"INSERT INTO {table} (kind, key, value) VALUES (%s, %s, 1) "  # noqa: S608
+                "ON CONFLICT (kind, key) DO UPDATE SET value = value + 1",
+                [kind, key],
+            )
+
+    @classmethod
+    def as_dict(cls) -> dict[str, dict[str, int]]:
+        result: dict[str, dict[str, int]] = {"token": {}, "api": {}}
+        for kind, key, value in cls.objects.order_by("kind", "key").values_list(
+            "kind", "key", "value"
+        ):
+            result.setdefault(kind, {})[key] = value
+        return result
+
+
+class ClientPolicy(models.Model):
+    """What Zywave registers per app beyond the OAuth client: the scopes it may ask for."""
+
+    application = models.OneToOneField(
+        oauth2_settings.APPLICATION_MODEL, on_delete=models.CASCADE, related_name="policy"
+    )
+    allowed_scopes = models.TextField()
+
+    def __str__(self) -> str:
+        return f"{self.application_id}: {self.allowed_scopes}"
+
+    def allows(self, scopes: list[str]) -> bool:
+        return set(scopes) <= set(self.allowed_scopes.split())
+
+
+class Authorization(models.Model):
+    """One user's consent to one client, followed through every refresh token it begets.
+
+    Keyed by django-oauth-toolkit's refresh-token family, so the refresh token's absolute
+    lifetime counts from the original login however many times it was rotated, and reuse
+    detection can revoke the whole chain.
+    """
+
+    family = models.UUIDField(primary_key=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    application = models.ForeignKey(oauth2_settings.APPLICATION_MODEL, on_delete=models.CASCADE)
+    authorized_at = models.DateTimeField()
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"{self.user_id} -> {self.application_id} ({self.family})"
+
+    def revoke(self) -> None:
+        """Revoke the grant: every refresh token of the chain and their access tokens."""
+        Authorization.objects.filter(pk=self.pk).update(revoked_at=timezone.now())
+        get_refresh_token_model().revoke_family(self.family)
+
+    def expires_at(self) -> datetime:
+        return self.authorized_at + timedelta(
+            seconds=int(RuntimeSetting.get("refresh_token_lifetime"))
+        )
+
+
+class Agency(models.Model):
+    """An organisational unit whose data a type-B profile sees."""
+
+    id = models.BigIntegerField(primary_key=True)
+    name = models.CharField(max_length=200)
+
+    class Meta:
+        verbose_name_plural = "agencies"
+
+    def __str__(self) -> str:
+        return self.name
+
+
+def new_profile_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+class Profile(models.Model):
+    """A Zywave profile: one user's permissions on one agency. Type codes are data."""
+
+    id = models.BigIntegerField(primary_key=True)
+    type_code = models.CharField(max_length=10, default="B")
+    name = models.CharField(max_length=200)
+    agency = models.ForeignKey(Agency, on_delete=models.CASCADE, related_name="profiles")
+    # Null when the control API unlinked it from its user (the user lost access).
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="zywave_profiles",
+    )
+    broker_id = models.CharField(max_length=20)
+    email = models.EmailField()
+    given_name = models.CharField(max_length=100)
+    surname = models.CharField(max_length=100)
+    token = models.CharField(max_length=100, unique=True, default=new_profile_token)
+
+    def __str__(self) -> str:
+        return f"{self.type_code} {self.id} {self.name}"
+
+    def as_json(self, key_case: str, with_token: bool = False) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "Id": str(self.id),
+            "TypeCode": self.type_code,
+            "Name": self.name,
+            "OrganizationId": str(self.agency_id),
+            "OrganizationName": self.agency.name,
+            "BrokerId": self.broker_id,
+            "Email": self.email,
+            "GivenName": self.given_name,
+            "Surname": self.surname,
+        }
+        if with_token:
+            data["ProfileToken"] = self.token
+        if key_case == "camel":
+            return {key[0].lower() + key[1:]: value for key, value in data.items()}
+        return data
+
+
+class Person(models.Model):
+    """The Zywave side of a user: which profile is active when a request names none."""
+
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="person"
+    )
+    active_profile = models.ForeignKey(
+        Profile, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    def __str__(self) -> str:
+        return f"person {self.user_id}"
+
+
+class Account(models.Model):
+    agency = models.ForeignKey(Agency, on_delete=models.CASCADE, related_name="accounts")
+    name = models.CharField(max_length=200)
+    classification = models.CharField(max_length=50, blank=True)
+    lines_of_business = models.JSONField(default=list)
+    client_size = models.CharField(max_length=50, blank=True)
+    is_active = models.BooleanField(default=True)
+    is_archived = models.BooleanField(default=False)
+    number_of_employees = models.IntegerField(null=True, blank=True)
+    naics_codes = models.JSONField(default=list)
+    address_line1 = models.CharField(max_length=200, blank=True)
+    city = models.CharField(max_length=100, blank=True)
+    state = models.CharField(max_length=2, blank=True)
+    postal_code = models.CharField(max_length=10, blank=True)
+    primary_phone = models.CharField(max_length=30, blank=True)
+    updated = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["agency", "updated", "id"], name="account_agency_updated"),
+            models.Index(fields=["agency", "name", "id"], name="account_agency_name"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.name}"
+
+
+class Contact(models.Model):
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="contacts")
+    # Denormalised from the account so that listing an agency's contacts needs no join.
+    agency = models.ForeignKey(Agency, on_delete=models.CASCADE, related_name="contacts")
+    first_name = models.CharField(max_length=100)
+    last_name = models.CharField(max_length=100)
+    email_address = models.CharField(max_length=200, blank=True)
+    title = models.CharField(max_length=100, blank=True)
+    work_phone_number = models.CharField(max_length=30, blank=True)
+    mobile_phone_number = models.CharField(max_length=30, blank=True)
+    is_primary_contact = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    is_archived = models.BooleanField(default=False)
+    updated = models.DateTimeField()
+
+    class Meta:
+        indexes = [
+            models.Index(fields=["agency", "id"], name="contact_agency_id"),
+            models.Index(fields=["agency", "updated", "id"], name="contact_agency_updated"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.first_name} {self.last_name}"
