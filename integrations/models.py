@@ -49,6 +49,11 @@ class Connection(models.Model):
     # counts from here and only a new authorization resets it.
     authorized_at = models.DateTimeField(null=True, blank=True)
 
+    chosen_profile = models.ForeignKey(
+        "Profile", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    profiles_listed_at = models.DateTimeField(null=True, blank=True)
+
     last_refreshed_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
@@ -113,6 +118,43 @@ class Connection(models.Model):
         self.refresh_token_fingerprint = ""
         self.access_token_expires_at = None
 
+    def mark_reauth_required(self, reason: str) -> None:
+        """The grant has ended: stop using it until the person connects again (caller saves
+        nothing more; this saves)."""
+        self.status = self.Status.REAUTH_REQUIRED
+        self.last_error = reason[:500]
+        self.last_error_at = timezone.now()
+        self.last_error_permanent = True
+        self.save()
+        self.record(ConnectionEvent.Kind.REAUTH_REQUIRED, reason=reason)
+
+    def record_refresh_failure(self, reason: str, **detail: Any) -> None:
+        """A transient failure: keep the tokens, stay active, remember what happened."""
+        self.last_error = reason[:500]
+        self.last_error_at = timezone.now()
+        self.last_error_permanent = False
+        self.save(update_fields=["last_error", "last_error_at", "last_error_permanent"])
+        self.record(ConnectionEvent.Kind.REFRESH_FAILED, reason=reason, **detail)
+
+    @property
+    def needs_profile(self) -> bool:
+        return self.status == self.Status.ACTIVE and self.chosen_profile_id is None
+
+    def profile_header(self) -> str | None:
+        """The explicit `Profile` header for v2 calls (zywave-api.md §3), None if none chosen.
+
+        `Profile: Token {ProfileToken}` by default, `Profile: {TypeCode} {ID}` when
+        ZYWAVE_PROFILE_HEADER=id. Never rely on Zywave's implicit active profile.
+        """
+        profile = self.chosen_profile
+        if profile is None:
+            return None
+        if settings.ZYWAVE_PROFILE_HEADER == "id":
+            return f"{profile.type_code} {profile.zywave_id}"
+        if not profile.profile_token:
+            return None
+        return f"Token {profile.profile_token}"
+
     def disconnect(self, actor: Any, revoked: bool, reason: str = "") -> None:
         """Forget the tokens (the caller revoked them at Zywave first) and keep the history."""
         self.clear_tokens()
@@ -139,7 +181,11 @@ class ConnectionEvent(models.Model):
         DISCONNECTED = "disconnected", "Disconnected"
         CONNECT_FAILED = "connect_failed", "Connect failed"
         SCOPES_REDUCED = "scopes_reduced", "Fewer scopes granted than asked"
-        KEY_ROTATED = "key_rotated", "Encryption key rotated"
+        REFRESHED = "refreshed", "Token refreshed"
+        REFRESH_FAILED = "refresh_failed", "Token refresh failed"
+        REAUTH_REQUIRED = "reauth_required", "Re-authorization needed"
+        PROFILE_CHOSEN = "profile_chosen", "Profile chosen"
+        PROFILE_LOST = "profile_lost", "Chosen profile no longer offered"
 
     # The person the event concerns; the connection when one exists (a first connect that
     # failed has none).
@@ -161,6 +207,33 @@ class ConnectionEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.get_kind_display()} at {self.at:%Y-%m-%d %H:%M}"
+
+
+class Profile(models.Model):
+    """A profile Zywave lists for a connection. Only the chosen one holds its ProfileToken."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="profiles")
+    type_code = models.CharField(max_length=10)
+    zywave_id = models.CharField("Zywave id", max_length=64)
+    name = models.CharField(max_length=255, blank=True)
+    organization = models.CharField(max_length=255, blank=True)
+    is_current = models.BooleanField(
+        default=False, help_text="Zywave's active profile for the user when last listed."
+    )
+    profile_token = EncryptedTextField(null=True, blank=True)
+    profile_token_fingerprint = models.CharField(max_length=12, blank=True)
+    listed_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name", "zywave_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "type_code", "zywave_id"], name="unique_profile"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name or self.zywave_id} ({self.type_code} {self.zywave_id})"
 
 
 class EncryptionCanary(models.Model):

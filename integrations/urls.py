@@ -6,6 +6,7 @@ from . import views
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
+    path("zywave/profiles/", views.profiles, name="profiles"),
     path("zywave/disconnect/", views.disconnect, name="disconnect"),
 ]
 

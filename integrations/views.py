@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from urllib.parse import urlencode
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
@@ -10,15 +11,18 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from social_core.exceptions import SocialAuthBaseException
 from social_django import views as social_views
 
+from .client import ZywaveError
 from .models import Connection, ConnectionEvent
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
-from .tokens import revoke_tokens
+from .profiles import ProfileRefused, choose_profile, refresh_profiles
+from .tokens import ReauthRequired, RefreshFailed, client_for, revoke_tokens
 
 log = logging.getLogger(__name__)
 
@@ -142,9 +146,11 @@ def connect_complete(request: HttpRequest, backend: str) -> HttpResponse:
             return _connect_error(request, SCOPE_ERROR)
         return _connect_error(request, CONNECT_ERRORS.get(exc.code, GENERIC_ERROR))
     if isinstance(response, HttpResponseRedirect):
+        # Always pass through the picker: it re-lists the profiles of this (re)connection and
+        # either keeps the chosen one, chooses the only one, or asks.
         target = safe_next(request, response.url, "/")
         messages.success(request, "Your Zywave account is connected.")
-        return HttpResponseRedirect(target)
+        return HttpResponseRedirect(f"{reverse('profiles')}?{urlencode({'next': target})}")
     return response
 
 
@@ -188,3 +194,114 @@ def disconnect(request: HttpRequest) -> HttpResponse:
             "portal's access in your Zywave account settings.",
         )
     return redirect("dashboard")
+
+
+def _zywave_problem(exc: Exception) -> str:
+    """What a failed profile call means for the person, without internals or secrets."""
+    if isinstance(exc, ReauthRequired):
+        return "Zywave needs you to sign in again: use Reconnect on the dashboard."
+    if isinstance(exc, RefreshFailed):
+        return "Zywave did not renew the portal's access just now. Please try again shortly."
+    return (
+        "Zywave did not answer properly just now, so the list could not be read. "
+        "Your previous choice is kept; please try again shortly."
+    )
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@login_required
+def profiles(request: HttpRequest) -> HttpResponse:
+    """List the connection's Zywave profiles and let the person choose one (POST, checked)."""
+    connection = connection_for(request.user)
+    if connection is None or connection.status != Connection.Status.ACTIVE:
+        messages.info(request, "Connect your Zywave account first.")
+        return redirect("dashboard")
+    next_url = safe_next(request, request.GET.get("next") or request.POST.get("next"), "/")
+    action = request.POST.get("action", "") if request.method == "POST" else ""
+    client = client_for(connection)
+    stale = connection.profiles_listed_at is None or (
+        connection.authorized_at is not None
+        and connection.profiles_listed_at < connection.authorized_at
+    )
+    if action == "refresh" or (request.method == "GET" and stale):
+        had_choice = connection.chosen_profile_id is not None
+        try:
+            refresh_profiles(connection, client)
+        except (ZywaveError, ReauthRequired, RefreshFailed) as exc:
+            log.warning("Listing profiles failed for connection %s: %s", connection.pk, exc)
+            messages.error(request, _zywave_problem(exc))
+        else:
+            if had_choice and connection.chosen_profile_id is None:
+                messages.warning(
+                    request,
+                    "Zywave no longer offers the profile you had chosen. "
+                    "Syncing is paused until you choose another one.",
+                )
+            elif request.method == "GET" and connection.chosen_profile is not None:
+                messages.info(request, f"Still acting as {connection.chosen_profile.name}.")
+                return redirect(next_url)
+        if action == "refresh":
+            return redirect(reverse("profiles"))
+    listed = list(connection.profiles.all())
+    if request.method == "GET" and connection.chosen_profile_id is None and len(listed) == 1:
+        return _choose(request, connection, client, listed[0].zywave_id, next_url, auto=True)
+    if action == "choose":
+        chosen_id = request.POST.get("profile", "")
+        changing = (
+            connection.chosen_profile is not None
+            and connection.chosen_profile.zywave_id != chosen_id
+        )
+        if changing and request.POST.get("confirm") != "yes":
+            candidate = connection.profiles.filter(zywave_id=chosen_id).first()
+            if candidate is None:
+                return _refuse(request)
+            return render(
+                request,
+                "integrations/profile_change_confirm.html",
+                {"connection": connection, "candidate": candidate, "next": next_url},
+            )
+        return _choose(request, connection, client, chosen_id, next_url, auto=False)
+    return render(
+        request,
+        "integrations/profiles.html",
+        {"connection": connection, "profiles": listed, "next": next_url},
+    )
+
+
+def _refuse(request: HttpRequest) -> HttpResponse:
+    messages.error(
+        request,
+        "That profile is not one Zywave lists for your account. Nothing was changed.",
+    )
+    return redirect("profiles")
+
+
+def _choose(
+    request: HttpRequest,
+    connection: Connection,
+    client: object,
+    zywave_id: str,
+    next_url: str,
+    *,
+    auto: bool,
+) -> HttpResponse:
+    from .client import ZywaveClient
+
+    assert isinstance(client, ZywaveClient)
+    try:
+        profile = choose_profile(connection, client, zywave_id, actor=request.user)
+    except ProfileRefused:
+        return _refuse(request)
+    except (ZywaveError, ReauthRequired, RefreshFailed) as exc:
+        log.warning("Choosing a profile failed for connection %s: %s", connection.pk, exc)
+        messages.error(request, _zywave_problem(exc))
+        return redirect("profiles")
+    if auto:
+        messages.success(
+            request,
+            f"Zywave offers you one profile, {profile.name}; the portal will act under it.",
+        )
+    else:
+        messages.success(request, f"The portal now acts under the profile {profile.name}.")
+    return redirect(next_url)

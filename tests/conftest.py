@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import pytest
+from typing import TYPE_CHECKING
+
 from django.contrib.auth.models import User
 
-# pytest_plugins = ["tests.sandboxserver"]
+if TYPE_CHECKING:
+    from tests.sandboxserver import Sandbox
+
+pytest_plugins = ["tests.sandboxserver"]
 
 
 @pytest.fixture
@@ -22,3 +27,12 @@ def other_staff(db) -> User:  # type: ignore[no-untyped-def]
 @pytest.fixture
 def admin_user(db) -> User:  # type: ignore[no-untyped-def]
     return User.objects.create_superuser("root", "root@agency.test", "root-password")
+
+
+@pytest.fixture
+def zywave(sandbox_clean: Sandbox, settings):  # type: ignore[no-untyped-def]
+    """The portal pointed at the running sandbox, as it would be pointed at Zywave."""
+    settings.ZYWAVE_AUTH_URL = sandbox_clean.url
+    settings.ZYWAVE_API_URL = sandbox_clean.url
+    settings.ZYWAVE_HTTP_TIMEOUT = (2.0, 3.0)
+    return sandbox_clean

@@ -1,0 +1,291 @@
+"""The one place that speaks HTTP to Zywave's API.
+
+A pooled session per process and thread, connect and read timeouts on every call, the bearer
+token plus an explicit `Profile` header on v2 calls, validation of what comes back, and named
+exceptions that carry what the caller needs and never a secret.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any
+
+import requests
+from django.conf import settings
+from requests.adapters import HTTPAdapter
+
+if TYPE_CHECKING:
+    from .models import Connection
+
+# Route templates in one place: the list and search routes are not public (zywave-api.md §4).
+PROFILES = "/profiles/V2.0/Profile/{type_code}"
+PROFILE = "/profiles/V2.0/Profile/{type_code}/{id}"
+CURRENT_PROFILE = "/profiles/V2.1/Profile/{type_code}/current"
+ACCOUNTS = "/accounts/v2.0/account"
+CONTACTS = "/accounts/v2.0/contact"
+
+# Zywave: `$top` defaults to 100; treat 100 as the maximum page (zywave-api.md §4).
+PAGE_SIZE = 100
+
+
+class ZywaveError(Exception):
+    """A call to Zywave's API failed. Messages name the path and status, never a token."""
+
+    def __init__(self, message: str, *, path: str = "", status: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.status = status
+
+
+class Unauthorized(ZywaveError):
+    """401: the access token is missing, expired or revoked."""
+
+
+class Forbidden(ZywaveError):
+    """403: a scope is missing or the profile cannot be resolved. Not retried."""
+
+
+class NotFound(ZywaveError):
+    """404: no such id."""
+
+
+class BadRequest(ZywaveError):
+    """400: Zywave refused the request (e.g. bad OData)."""
+
+
+class RateLimited(ZywaveError):
+    """429: slow down; `retry_after` is the number of seconds Zywave asked us to wait."""
+
+    def __init__(self, message: str, *, retry_after: float | None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(ZywaveError):
+    """5xx: Zywave failed; retry later. 503 may carry `retry_after`."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ZywaveTimeout(ZywaveError):
+    """Zywave did not connect or answer within the configured timeout, or was unreachable."""
+
+
+class MalformedResponse(ZywaveError):
+    """Zywave answered 2xx with something we cannot read."""
+
+
+class NoProfileChosen(ZywaveError):
+    """A v2 call needs an explicit profile and the connection has none."""
+
+
+_local = threading.local()
+
+
+def session() -> requests.Session:
+    """A pooled, keep-alive session for this process and thread (recreated after a fork)."""
+    current = getattr(_local, "session", None)
+    if current is None or getattr(_local, "pid", None) != os.getpid():
+        current = requests.Session()
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
+        current.mount("http://", adapter)
+        current.mount("https://", adapter)
+        current.headers["Accept"] = "application/json"
+        _local.session, _local.pid = current, os.getpid()
+    return current
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """`Retry-After` as seconds or as an HTTP date (RFC 9110 §10.2.3)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def lower_keys(record: Any) -> dict[str, Any]:
+    """Zywave's keys may be PascalCase or camelCase (zywave-api.md §3): read them in any case."""
+    if not isinstance(record, dict):
+        raise MalformedResponse(f"expected a JSON object, got {type(record).__name__}")
+    return {str(key).lower(): value for key, value in record.items()}
+
+
+@dataclass
+class Page:
+    items: list[dict[str, Any]]
+    total: int | None
+    has_more: bool | None
+    skip: int
+
+
+def parse_envelope(body: Any, path: str = "") -> tuple[list[Any], int | None, bool | None]:
+    """The list envelope in any of its shapes (zywave-api.md §4, not public):
+    `{"items", "totalCount", "hasMoreResults"}`, OData's `{"value": [...]}`, or a bare array.
+    """
+    if isinstance(body, list):
+        return body, None, None
+    if isinstance(body, dict):
+        keys = lower_keys(body)
+        items = keys.get("items", keys.get("value"))
+        if isinstance(items, list):
+            total = keys.get("totalcount", keys.get("@odata.count"))
+            more = keys.get("hasmoreresults")
+            return (
+                items,
+                total if isinstance(total, int) and not isinstance(total, bool) else None,
+                more if isinstance(more, bool) else None,
+            )
+    raise MalformedResponse(f"{path}: not a list envelope Zywave is known to send", path=path)
+
+
+@dataclass
+class ZywaveClient:
+    """Calls Zywave's API as one connection, under its chosen profile.
+
+    `token` returns a valid access token; `refresh` is called once after a 401 with the token
+    that was refused and returns a fresh one (see `tokens.py`).
+    """
+
+    connection: Connection
+    token: Callable[[Connection], str]
+    refresh: Callable[[Connection, str], str]
+    profile_header: str | None = None
+    # Called once when Zywave refuses the ProfileToken (403): returns a fresh header or None.
+    refetch_profile: Callable[[], str | None] | None = None
+    timeout: tuple[float, float] = field(default_factory=lambda: settings.ZYWAVE_HTTP_TIMEOUT)
+
+    def get(self, path: str, params: dict[str, Any] | None = None, *, v2: bool = True) -> Any:
+        """GET a JSON document. On a 401 it refreshes the token once and retries once."""
+        headers = {}
+        if v2:
+            if not self.profile_header:
+                raise NoProfileChosen("choose a Zywave profile first", path=path)
+            headers["Profile"] = self.profile_header
+        token = self.token(self.connection)
+        response = self._send(path, params, headers, token)
+        if response.status_code == 401:
+            token = self.refresh(self.connection, token)
+            response = self._send(path, params, headers, token)
+        if response.status_code == 403 and v2 and self.refetch_profile is not None:
+            # A ProfileToken can be refused (e.g. re-issued at Zywave): fetch it again once.
+            header = self.refetch_profile()
+            if header and header != headers["Profile"]:
+                headers["Profile"] = self.profile_header = header
+                response = self._send(path, params, headers, token)
+        return self._read(response, path)
+
+    def _send(
+        self, path: str, params: dict[str, Any] | None, headers: dict[str, str], token: str
+    ) -> requests.Response:
+        url = f"{settings.ZYWAVE_API_URL}{path}"
+        try:
+            return session().get(
+                url,
+                params=params,
+                headers={**headers, "Authorization": f"Bearer {token}"},
+                timeout=self.timeout,
+            )
+        except requests.Timeout:
+            raise ZywaveTimeout(f"{path}: Zywave did not answer in time", path=path) from None
+        except requests.RequestException as exc:
+            raise ZywaveTimeout(
+                f"{path}: Zywave could not be reached ({type(exc).__name__})", path=path
+            ) from None
+
+    def _read(self, response: requests.Response, path: str) -> Any:
+        status = response.status_code
+        if status == 401:
+            raise Unauthorized(
+                f"{path}: Zywave refused the access token (401)", path=path, status=status
+            )
+        if status == 403:
+            raise Forbidden(
+                f"{path}: missing scope or profile not allowed (403)", path=path, status=status
+            )
+        if status == 404:
+            raise NotFound(f"{path}: not found (404)", path=path, status=status)
+        if status == 429:
+            raise RateLimited(
+                f"{path}: rate limited (429)",
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                path=path,
+                status=status,
+            )
+        if status >= 500:
+            raise ServerError(
+                f"{path}: Zywave failed ({status})",
+                retry_after=parse_retry_after(response.headers.get("Retry-After")),
+                path=path,
+                status=status,
+            )
+        if status >= 400:
+            raise BadRequest(
+                f"{path}: Zywave refused the request ({status})", path=path, status=status
+            )
+        try:
+            return response.json()
+        except ValueError:
+            raise MalformedResponse(
+                f"{path}: Zywave answered {status} without JSON", path=path, status=status
+            ) from None
+
+    # --- Profiles (zywave-api.md §3) ------------------------------------------------------
+
+    def profiles(self, type_code: str) -> list[dict[str, Any]]:
+        """The connection's profiles of a type. Asked without a Profile header: it is the
+        call that tells us which profiles exist."""
+        body = self.get(PROFILES.format(type_code=type_code), v2=False)
+        items, _, _ = parse_envelope(body, PROFILES)
+        return [lower_keys(item) for item in items]
+
+    def profile(self, type_code: str, profile_id: str) -> dict[str, Any]:
+        path = PROFILE.format(type_code=type_code, id=profile_id)
+        return lower_keys(self.get(path, v2=False))
+
+    def current_profile(self, type_code: str) -> dict[str, Any]:
+        return lower_keys(self.get(CURRENT_PROFILE.format(type_code=type_code), v2=False))
+
+    # --- Lists with OData paging (zywave-api.md §4) -----------------------------------------
+
+    def pages(
+        self,
+        path: str,
+        *,
+        odata_filter: str | None = None,
+        orderby: str = "id",
+        skip: int = 0,
+        top: int = PAGE_SIZE,
+    ) -> Iterator[Page]:
+        """Yield pages of at most `top` records with a stable `$orderby` until the last one.
+
+        Stops on `hasMoreResults: false`, on `skip >= totalCount`, or on a short or empty page,
+        whichever envelope Zywave sends.
+        """
+        top = min(top, PAGE_SIZE)
+        while True:
+            params: dict[str, Any] = {"$top": top, "$skip": skip, "$orderby": orderby}
+            if odata_filter:
+                params["$filter"] = odata_filter
+            items, total, has_more = parse_envelope(self.get(path, params), path)
+            page = Page([lower_keys(item) for item in items], total, has_more, skip)
+            yield page
+            skip += len(items)
+            if has_more is False or not items or len(items) < top:
+                return
+            if total is not None and skip >= total:
+                return

@@ -1,0 +1,137 @@
+"""Profiles: which Zywave agency context the portal acts under (zywave-api.md §3)."""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from .client import ZywaveClient
+from .fields import token_fingerprint
+from .models import Connection, ConnectionEvent, Profile
+
+log = logging.getLogger(__name__)
+
+# Ids and type codes go into a request header: accept only what cannot inject anything.
+SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+SAFE_TYPE_CODE = re.compile(r"^[A-Za-z0-9]{1,10}$")
+
+
+class ProfileRefused(Exception):
+    """The submitted profile is not one Zywave listed for this connection."""
+
+
+def _text(record: dict[str, Any], *keys: str) -> str:
+    for key in keys:
+        value = record.get(key)
+        if value not in (None, ""):
+            return str(value)[:255]
+    return ""
+
+
+def refresh_profiles(connection: Connection, client: ZywaveClient) -> list[Profile]:
+    """Re-read the connection's profiles from Zywave and store the list.
+
+    A chosen profile that Zywave no longer offers is dropped: the connection then needs a new
+    choice and syncs pause. Zywave failing raises before anything is changed.
+    """
+    type_code = settings.ZYWAVE_PROFILE_TYPE_CODE
+    listed = client.profiles(type_code)
+    try:
+        current_id = str(client.current_profile(type_code).get("id", ""))
+    except Exception:  # noqa: BLE001  (a hint only: the list stands without it)
+        current_id = ""
+    records = {}
+    for record in listed:
+        zywave_id = str(record.get("id", ""))
+        code = str(record.get("typecode") or type_code)
+        if not SAFE_ID.match(zywave_id) or not SAFE_TYPE_CODE.match(code):
+            log.warning("Ignoring a profile with an unusable id from Zywave")
+            continue
+        records[(code, zywave_id)] = record
+    now = timezone.now()
+    with transaction.atomic():
+        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        chosen = locked.chosen_profile
+        for (code, zywave_id), record in records.items():
+            Profile.objects.update_or_create(
+                connection=locked,
+                type_code=code,
+                zywave_id=zywave_id,
+                defaults={
+                    "name": _text(record, "name", "displayname"),
+                    "organization": _text(
+                        record, "organizationname", "agencyname", "brokername", "organization"
+                    ),
+                    "is_current": zywave_id == current_id,
+                    "listed_at": now,
+                },
+            )
+        gone = locked.profiles.exclude(listed_at=now)
+        if chosen is not None and gone.filter(pk=chosen.pk).exists():
+            locked.record(
+                ConnectionEvent.Kind.PROFILE_LOST, profile=chosen.zywave_id, name=chosen.name
+            )
+        gone.delete()
+        locked.profiles_listed_at = now
+        locked.save(update_fields=["profiles_listed_at", "updated_at"])
+    connection.refresh_from_db()
+    return list(connection.profiles.all())
+
+
+def choose_profile(
+    connection: Connection, client: ZywaveClient, zywave_id: str, actor: Any
+) -> Profile:
+    """Choose one of the listed profiles: fetch its ProfileToken and store it encrypted."""
+    profile = connection.profiles.filter(
+        type_code=settings.ZYWAVE_PROFILE_TYPE_CODE, zywave_id=zywave_id
+    ).first()
+    if profile is None or not SAFE_ID.match(zywave_id):
+        raise ProfileRefused(zywave_id)
+    detail = client.profile(profile.type_code, profile.zywave_id)
+    token = detail.get("profiletoken")
+    if settings.ZYWAVE_PROFILE_HEADER == "token" and not (isinstance(token, str) and token):
+        from .client import MalformedResponse
+
+        raise MalformedResponse("Zywave's profile answer has no ProfileToken")
+    with transaction.atomic():
+        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        previous = locked.chosen_profile
+        # Only the chosen profile keeps a token: forget the others'.
+        locked.profiles.exclude(pk=profile.pk).update(
+            profile_token=None, profile_token_fingerprint=""
+        )
+        profile.profile_token = token if isinstance(token, str) and token else None
+        profile.profile_token_fingerprint = token_fingerprint(profile.profile_token)
+        profile.save()
+        locked.chosen_profile = profile
+        locked.save(update_fields=["chosen_profile", "updated_at"])
+        locked.record(
+            ConnectionEvent.Kind.PROFILE_CHOSEN,
+            actor=actor,
+            profile=profile.zywave_id,
+            name=profile.name,
+            previous=previous.zywave_id if previous else None,
+        )
+    connection.refresh_from_db()
+    return profile
+
+
+def refetch_profile_token(connection: Connection, client: ZywaveClient) -> str | None:
+    """Zywave refused the stored ProfileToken: fetch it again once and return the new header."""
+    profile = connection.chosen_profile
+    if profile is None:
+        return None
+    detail = client.profile(profile.type_code, profile.zywave_id)
+    token = detail.get("profiletoken")
+    if not isinstance(token, str) or not token:
+        return None
+    Profile.objects.filter(pk=profile.pk).update(
+        profile_token=token, profile_token_fingerprint=token_fingerprint(token)
+    )
+    connection.refresh_from_db()
+    return connection.profile_header()

@@ -1,0 +1,56 @@
+"""Plain helpers for walking the connect flow: the portal through Django's test client, Zywave
+(the sandbox) over real HTTP."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from django.http import HttpResponse
+from django.test import Client
+
+from tests.sandboxserver import Sandbox
+
+
+def begin(client: Client, next_url: str | None = None) -> str:
+    """Press "Connect Zywave": returns the authorize URL the portal redirects to."""
+    data = {"next": next_url} if next_url else {}
+    response = client.post("/oauth/login/zywave/", data)
+    assert response.status_code == 302, response.content
+    return response["Location"]
+
+
+def callback_path(location: str) -> str:
+    parts = urlsplit(location)
+    return f"{parts.path}?{parts.query}"
+
+
+def connect(
+    client: Client,
+    sandbox: Sandbox,
+    username: str = "agent@example.com",
+    allow: bool = True,
+    next_url: str | None = None,
+) -> HttpResponse:
+    """The whole connect flow; returns the portal's answer to Zywave's callback."""
+    location = sandbox.walk_authorize(begin(client, next_url), username=username, allow=allow)
+    return client.get(callback_path(location))
+
+
+def connect_and_land(
+    client: Client, sandbox: Sandbox, username: str = "agent@example.com"
+) -> HttpResponse:
+    """Connect and follow the portal's redirects (through the profile picker)."""
+    response = connect(client, sandbox, username)
+    assert response.status_code == 302, response.content
+    return client.get(response["Location"], follow=True)
+
+
+def inject_fault(sandbox: Sandbox, path: str, count: int = 1, **fault: object) -> None:
+    """The next `count` requests whose path matches `path` get the fault (see the sandbox)."""
+    response = sandbox.http.post(
+        f"{sandbox.url}/_sandbox/faults",
+        json={"path": path, "count": count, **fault},
+        headers={"X-Sandbox-Key": sandbox.control_key},
+        timeout=10,
+    )
+    response.raise_for_status()
