@@ -157,6 +157,9 @@ class SandboxValidator(OAuth2Validator):
         """
         lifetime = int(RuntimeSetting.get("access_token_lifetime"))
         token["expires_in"] = lifetime
+        if "offline_access" not in str(token.get("scope", "")).split():
+            # Refresh tokens need the offline_access scope (zywave-api.md §2).
+            token.pop("refresh_token", None)
         with transaction.atomic():
             rt = getattr(request, "refresh_token_instance", None)
             if request.grant_type == "refresh_token" and rt is not None:
@@ -221,6 +224,17 @@ class SandboxAuthorizationView(AuthorizationView):
     """The authorize endpoint: login (LOGIN_URL), then the consent page, always."""
 
     template_name = "oauth2_provider/authorize.html"
+
+    def dispatch(self, request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+        # Like IdentityServer, check the request before asking anyone to log in: a bad
+        # client or redirect URI gets an error page, a bad scope or PKCE a redirect.
+        if request.method == "GET" and not request.user.is_authenticated:
+            self.oauth2_data = {}
+            try:
+                self.validate_authorization_request(request)
+            except OAuthToolkitError as error:
+                return self.error_response(error, application=None)
+        return super().dispatch(request, *args, **kwargs)
 
     def validate_authorization_request(self, request):  # type: ignore[no-untyped-def]
         scopes, credentials = super().validate_authorization_request(request)
