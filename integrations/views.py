@@ -44,7 +44,9 @@ def safe_next(request: HttpRequest, target: str | None, default: str = "/") -> s
 @require_GET
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    connection = connection_for(request.user)
+    connection = (
+        Connection.objects.select_related("chosen_profile").filter(user=request.user).first()
+    )
     return render(request, "integrations/dashboard.html", {"connection": connection})
 
 

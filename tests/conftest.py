@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 from typing import TYPE_CHECKING
 
+import pytest
 from django.contrib.auth.models import User
 
 if TYPE_CHECKING:

@@ -1,0 +1,236 @@
+"""The profile picker: list, choose (checked against Zywave's list), and keep it safe."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection as db
+from django.test import Client
+
+from integrations.models import Connection, Profile
+from integrations.tokens import client_for
+from tests.integrations.flows import connect, inject_fault
+from tests.sandboxserver import Sandbox
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def dana(client: Client, staff: User) -> Client:
+    client.force_login(staff)
+    return client
+
+
+def connected(client: Client, sandbox: Sandbox, username: str = "agent@example.com") -> str:
+    response = connect(client, sandbox, username)
+    assert response.status_code == 302, response.content
+    return response["Location"]
+
+
+def pick(client: Client, zywave_id: str, **extra: str) -> object:
+    return client.post("/zywave/profiles/", {"action": "choose", "profile": zywave_id, **extra})
+
+
+def test_the_picker_lists_the_three_profiles_and_hints_the_active_one(
+    dana: Client, staff: User, zywave: Sandbox
+) -> None:
+    page = dana.get(connected(dana, zywave))
+    assert page.status_code == 200
+    expected = zywave.profiles("agent@example.com")
+    assert len(expected) == 3
+    html = page.content.decode()
+    for profile in expected:
+        assert profile["name"] in html and profile["organization_name"] in html
+    active = next(p for p in expected if p["active"])
+    conn = Connection.objects.get(user=staff)
+    assert conn.profiles.get(is_current=True).zywave_id == active["id"]
+    assert "active in Zywave now" in html
+    assert conn.chosen_profile is None and conn.needs_profile
+
+
+def test_choosing_stores_the_profile_token_encrypted_and_the_api_accepts_it(
+    dana: Client, staff: User, zywave: Sandbox
+) -> None:
+    dana.get(connected(dana, zywave))
+    target = zywave.profiles()[1]
+    response = pick(dana, target["id"])
+    assert response.status_code == 302 and response["Location"] == "/"
+    conn = Connection.objects.get(user=staff)
+    assert conn.chosen_profile is not None
+    assert conn.chosen_profile.profile_token == target["profile_token"]
+    with db.cursor() as cursor:
+        cursor.execute("SELECT profile_token FROM integrations_profile")
+        assert target["profile_token"] not in str(cursor.fetchall())
+    assert conn.events.filter(kind="profile_chosen").count() == 1
+    assert target["name"].encode() in dana.get("/").content
+    body = client_for(conn).get("/accounts/v2.0/account", {"$top": 1})
+    assert (
+        body["totalCount"]
+        == zywave.control("GET", "accounts/count", profile_id=target["id"])["accounts"]
+    )
+
+
+def test_the_id_form_of_the_profile_header_works_too(
+    dana: Client, staff: User, zywave: Sandbox, settings
+) -> None:
+    dana.get(connected(dana, zywave))
+    target = zywave.profiles()[2]
+    pick(dana, target["id"])
+    settings.ZYWAVE_PROFILE_HEADER = "id"
+    conn = Connection.objects.get(user=staff)
+    assert conn.profile_header() == f"B {target['id']}"
+    body = client_for(conn).get("/accounts/v2.0/account", {"$top": 1})
+    count = zywave.control("GET", "accounts/count", profile_id=target["id"])["accounts"]
+    assert body["totalCount"] == count
+
+
+def test_one_profile_is_chosen_automatically_and_the_person_is_told(
+    dana: Client, staff: User, zywave: Sandbox
+) -> None:
+    page = dana.get(connected(dana, zywave, "solo@example.com"), follow=True)
+    conn = Connection.objects.get(user=staff)
+    assert conn.chosen_profile is not None
+    assert b"Zywave offers you one profile" in page.content
+    assert page.redirect_chain[-1][0] == "/"
+
+
+def test_no_profile_explains_whom_to_ask_and_syncing_stays_off(
+    dana: Client, staff: User, zywave: Sandbox
+) -> None:
+    page = dana.get(connected(dana, zywave, "none@example.com"))
+    assert b"Zywave lists no profile for your account" in page.content
+    conn = Connection.objects.get(user=staff)
+    assert conn.needs_profile and conn.profile_header() is None
+
+
+@pytest.mark.parametrize("forged", ["999999", "B 1", "1\r\nX-Evil: 1", ""])
+def test_a_forged_profile_id_is_refused_and_changes_nothing(
+    dana: Client, staff: User, zywave: Sandbox, forged: str
+) -> None:
+    dana.get(connected(dana, zywave))
+    response = pick(dana, forged)
+    assert response.status_code == 302
+    assert Connection.objects.get(user=staff).chosen_profile is None
+    assert b"not one Zywave lists" in dana.get(response["Location"]).content
+
+
+def test_another_users_profile_id_is_refused(
+    dana: Client, staff: User, other_staff: User, zywave: Sandbox
+) -> None:
+    dana.get(connected(dana, zywave))
+    omar = Client()
+    omar.force_login(other_staff)
+    omar.get(connected(omar, zywave, "solo@example.com"))  # auto-chosen
+    solo_profile = zywave.profiles("solo@example.com")[0]["id"]
+    pick(dana, solo_profile)
+    assert Connection.objects.get(user=staff).chosen_profile is None
+
+
+def test_choosing_needs_post_and_csrf(dana: Client, staff: User, zywave: Sandbox) -> None:
+    dana.get(connected(dana, zywave))
+    browser = Client(enforce_csrf_checks=True)
+    browser.force_login(staff)
+    target = zywave.profiles()[0]["id"]
+    browser.get(f"/zywave/profiles/?action=choose&profile={target}")
+    assert (
+        browser.post("/zywave/profiles/", {"action": "choose", "profile": target}).status_code
+        == 403
+    )
+    assert Connection.objects.get(user=staff).chosen_profile is None
+
+
+def test_changing_the_profile_asks_for_confirmation_first(
+    dana: Client, staff: User, zywave: Sandbox
+) -> None:
+    dana.get(connected(dana, zywave))
+    first, second = zywave.profiles()[0]["id"], zywave.profiles()[1]["id"]
+    pick(dana, first)
+    page = pick(dana, second)
+    assert page.status_code == 200 and b"Change profile?" in page.content
+    assert Connection.objects.get(user=staff).chosen_profile.zywave_id == first
+    pick(dana, second, confirm="yes")
+    assert Connection.objects.get(user=staff).chosen_profile.zywave_id == second
+
+
+def test_a_chosen_profile_that_disappears_marks_the_connection(
+    dana: Client, staff: User, zywave: Sandbox
+) -> None:
+    dana.get(connected(dana, zywave))
+    target = zywave.profiles()[0]
+    pick(dana, target["id"])
+    zywave.control("POST", f"users/agent@example.com/profiles/{target['id']}/remove")
+    try:
+        page = dana.post("/zywave/profiles/", {"action": "refresh"}, follow=True)
+    finally:  # the sandbox outlives the test: give the profile back
+        zywave.control("POST", f"users/agent@example.com/profiles/{target['id']}/add")
+        if target["active"]:
+            zywave.control(
+                "POST", "users/agent@example.com/active-profile", profile_id=target["id"]
+            )
+    assert b"no longer offers the profile" in page.content
+    conn = Connection.objects.get(user=staff)
+    assert conn.needs_profile
+    assert conn.events.filter(kind="profile_lost").exists()
+    assert b"Choose a profile" in dana.get("/").content
+    assert conn.profiles.count() == 2
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"status": 503},
+        {"delay_ms": 4500},
+        {"status": 200, "body": "{not json", "content_type": "application/json"},
+        {"status": 200, "body": '{"unexpected": true}', "content_type": "application/json"},
+        {"status": 401, "count": 2},
+    ],
+)
+def test_zywave_failing_while_listing_keeps_the_previous_choice(
+    dana: Client, staff: User, zywave: Sandbox, fault: dict[str, object]
+) -> None:
+    dana.get(connected(dana, zywave))
+    chosen = zywave.profiles()[0]["id"]
+    pick(dana, chosen)
+    inject_fault(zywave, r"^/profiles/V2\.0/Profile/B$", **fault)
+    page = dana.post("/zywave/profiles/", {"action": "refresh"}, follow=True)
+    assert b"previous choice is kept" in page.content or b"sign in again" in page.content
+    conn = Connection.objects.get(user=staff)
+    assert conn.chosen_profile is not None and conn.chosen_profile.zywave_id == chosen
+    assert conn.profiles.count() == 3
+
+
+def test_a_401_while_listing_refreshes_once_and_succeeds(
+    dana: Client, staff: User, zywave: Sandbox
+) -> None:
+    dana.get(connected(dana, zywave))
+    zywave.control("POST", "counters/reset")
+    inject_fault(zywave, r"^/profiles/V2\.0/Profile/B$", status=401)
+    dana.post("/zywave/profiles/", {"action": "refresh"})
+    assert zywave.counters()["token"].get("refresh_token:success") == 1
+    assert Connection.objects.get(user=staff).profiles.count() == 3
+
+
+def test_camel_case_profile_keys_are_read_too(dana: Client, staff: User, zywave: Sandbox) -> None:
+    zywave.control("POST", "settings", key_case="camel")
+    dana.get(connected(dana, zywave))
+    names = set(Profile.objects.values_list("name", flat=True))
+    assert names == {p["name"] for p in zywave.profiles()}
+
+
+def test_a_refused_profile_token_is_fetched_again_once(
+    dana: Client, staff: User, zywave: Sandbox
+) -> None:
+    dana.get(connected(dana, zywave))
+    target = zywave.profiles()[0]
+    pick(dana, target["id"])
+    Profile.objects.filter(zywave_id=target["id"]).update(profile_token="stale-token")
+    conn = Connection.objects.get(user=staff)
+    body = client_for(conn).get("/accounts/v2.0/account", {"$top": 1})
+    assert body["items"]
+    assert Profile.objects.get(zywave_id=target["id"]).profile_token == target["profile_token"]
+
+
+def test_the_picker_needs_a_connection_and_a_login(client: Client, staff: User) -> None:
+    assert client.get("/zywave/profiles/")["Location"].startswith("/login/")
+    client.force_login(staff)
+    assert client.get("/zywave/profiles/")["Location"] == "/"
