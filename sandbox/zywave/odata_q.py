@@ -74,14 +74,18 @@ def compile_filter(node: odata.Node, fields: Fields) -> Q:
     value = coerce(node.value, kind, node.field, node.position)
     if value is None:
         if node.op not in {"eq", "ne"}:
-            raise odata.ODataError(f"Only eq and ne compare with null (at {node.position + 1})")
+            raise odata.ODataError(
+                f"Only eq and ne compare with null, at position {node.position + 1}"
+            )
         return Q(**{f"{field}__isnull": node.op == "eq"})
     if node.op in {"eq", "ne"}:
         lookup = "iexact" if kind == "str" else "exact"
         q = Q(**{f"{field}__{lookup}": value})
         return q if node.op == "eq" else ~q
     if kind == "bool":
-        raise odata.ODataError(f"Booleans only compare with eq or ne (at {node.position + 1})")
+        raise odata.ODataError(
+            f"Booleans only compare with eq or ne, at position {node.position + 1}"
+        )
     if kind == "str":
         return Q(LOWERED_LOOKUPS[node.op](Lower(field), value.lower()))
     return Q(**{f"{field}__{RANGE_LOOKUPS[node.op]}": value})

@@ -49,7 +49,7 @@ def test_the_code_flow_returns_access_refresh_and_id_tokens(sandbox_clean: Sandb
     response = exchange(sandbox_clean, code, verifier)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert TOKEN_FIELDS <= set(body)
+    assert set(body) >= TOKEN_FIELDS
     assert body["token_type"] == "Bearer"
     assert body["expires_in"] == 3600
     assert "api.accounts" in body["scope"].split(" ")

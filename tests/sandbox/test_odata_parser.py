@@ -33,9 +33,7 @@ VALID = [
     ),
     (
         "updatedDateTime lt 2024-07-01T12:30:00.250+02:00",
-        Comparison(
-            "updatedDateTime", "lt", datetime(2024, 7, 1, 10, 30, 0, 250000, tzinfo=UTC)
-        ),
+        Comparison("updatedDateTime", "lt", datetime(2024, 7, 1, 10, 30, 0, 250000, tzinfo=UTC)),
     ),
     ("5 lt id", Comparison("id", "gt", 5)),
     ("startswith(name,'blue')", Function("startswith", "name", "blue")),

@@ -36,7 +36,9 @@ def test_reusing_a_rotated_refresh_token_revokes_the_whole_grant(sandbox_clean: 
     newer = refresh(sandbox_clean, tokens["refresh_token"]).json()
     assert refresh(sandbox_clean, tokens["refresh_token"]).status_code == 400
     assert refresh(sandbox_clean, newer["refresh_token"]).json()["error"] == "invalid_grant"
-    assert call(sandbox_clean, newer["access_token"], "/industries/v3.0/industries").status_code == 401
+    assert (
+        call(sandbox_clean, newer["access_token"], "/industries/v3.0/industries").status_code == 401
+    )
 
 
 def test_without_reuse_detection_the_newest_refresh_token_survives_a_reuse(
@@ -110,7 +112,10 @@ def test_the_access_token_lifetime_is_a_runtime_setting(sandbox_clean: Sandbox) 
     tokens = sandbox_clean.obtain_tokens()
     assert tokens["expires_in"] == 120
     sandbox_clean.control("POST", "clock", offset_seconds=121)
-    assert call(sandbox_clean, tokens["access_token"], "/industries/v3.0/industries").status_code == 401
+    assert (
+        call(sandbox_clean, tokens["access_token"], "/industries/v3.0/industries").status_code
+        == 401
+    )
 
 
 def test_racing_refreshes_of_one_token_give_exactly_one_success(sandbox_clean: Sandbox) -> None:
@@ -136,13 +141,19 @@ def test_revoking_a_user_ends_refresh_and_api_access(sandbox_clean: Sandbox) -> 
     tokens = sandbox_clean.obtain_tokens(username="solo@example.com")
     sandbox_clean.control("POST", "users/solo@example.com/revoke")
     assert refresh(sandbox_clean, tokens["refresh_token"]).json()["error"] == "invalid_grant"
-    assert call(sandbox_clean, tokens["access_token"], "/industries/v3.0/industries").status_code == 401
+    assert (
+        call(sandbox_clean, tokens["access_token"], "/industries/v3.0/industries").status_code
+        == 401
+    )
 
 
 def test_expiring_a_users_access_tokens_leaves_refresh_working(sandbox_clean: Sandbox) -> None:
     tokens = sandbox_clean.obtain_tokens(username="solo@example.com")
     sandbox_clean.control("POST", "users/solo@example.com/expire-access-tokens")
-    assert call(sandbox_clean, tokens["access_token"], "/industries/v3.0/industries").status_code == 401
+    assert (
+        call(sandbox_clean, tokens["access_token"], "/industries/v3.0/industries").status_code
+        == 401
+    )
     renewed = refresh(sandbox_clean, tokens["refresh_token"])
     assert renewed.status_code == 200
     assert call(sandbox_clean, renewed.json()["access_token"], "/industries/v3.0/industries").ok
