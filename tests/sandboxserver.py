@@ -81,8 +81,10 @@ class Sandbox:
 
     # Control API -------------------------------------------------------------------------
 
-    def control(self, method: str, path: str, **payload: Any) -> Any:
-        """Call the control API (`path` relative to /_sandbox/) and return its JSON."""
+    def control(self, method: str, path: str, /, **payload: Any) -> Any:
+        """Call the control API (`path` relative to /_sandbox/) and return its JSON.
+
+        Positional-only, so that a payload may itself have a `path` (faults do)."""
         url = f"{self.url}/_sandbox/{path.lstrip('/')}"
         kwargs: dict[str, Any] = {"headers": {"X-Sandbox-Key": self.control_key}, "timeout": 30}
         if method.upper() == "GET":
@@ -115,6 +117,11 @@ class Sandbox:
             redirect_uris=redirect_uris,
             allowed_scopes=allowed_scopes,
         )
+
+    def add_fault(self, path: str, count: int = 1, **options: Any) -> Any:
+        """The next `count` requests matching the regex `path` get `status` (with optional
+        `retry_after`, `body`, `content_type`, `method`) or are delayed by `delay_ms`."""
+        return self.control("POST", "faults", path=path, count=count, **options)
 
     def profiles(self, email: str = "agent@example.com") -> list[dict[str, Any]]:
         return self.control("GET", f"users/{email}/profiles")["profiles"]

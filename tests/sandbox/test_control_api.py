@@ -1,0 +1,203 @@
+"""The control API: key, faults, counters, data changes, settings and reset."""
+
+from __future__ import annotations
+
+import threading
+import time
+from email.utils import formatdate
+
+import requests
+
+from tests.sandbox.conftest import AGENT_PROFILES, call, refresh
+from tests.sandboxserver import Sandbox
+
+ACCOUNTS = "/accounts/v2.0/account"
+PROFILE = f"B {AGENT_PROFILES[2]}"
+
+
+def test_the_control_api_needs_the_key(sandbox_clean: Sandbox) -> None:
+    for headers in [{}, {"X-Sandbox-Key": "wrong"}]:
+        response = requests.post(f"{sandbox_clean.url}/_sandbox/reset", headers=headers, timeout=30)
+        assert response.status_code == 403
+
+
+def test_a_fault_fires_exactly_n_times_then_the_api_answers_normally(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    sandbox_clean.control(
+        "POST", "faults", path="^/accounts/", count=2, status=503, retry_after="7"
+    )
+    answers = [call(sandbox_clean, agent_token, ACCOUNTS, PROFILE) for _ in range(4)]
+    assert [r.status_code for r in answers] == [503, 503, 200, 200]
+    assert answers[0].headers["Retry-After"] == "7"
+
+
+def test_a_fault_fires_exactly_n_times_under_concurrency(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    sandbox_clean.control("POST", "faults", path="^/accounts/", count=5, status=429)
+    statuses: list[int] = []
+    barrier = threading.Barrier(12)
+
+    def hit() -> None:
+        barrier.wait()
+        statuses.append(call(sandbox_clean, agent_token, ACCOUNTS, PROFILE).status_code)
+
+    threads = [threading.Thread(target=hit) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(statuses) == [200] * 7 + [429] * 5
+
+
+def test_a_fault_only_matches_its_path_and_method(sandbox_clean: Sandbox, agent_token: str) -> None:
+    sandbox_clean.control("POST", "faults", path="/contact$", method="GET", count=1, status=500)
+    assert call(sandbox_clean, agent_token, ACCOUNTS, PROFILE).status_code == 200
+    assert call(sandbox_clean, agent_token, "/accounts/v2.0/contact", PROFILE).status_code == 500
+
+
+def test_a_fault_can_answer_a_raw_body_and_an_http_date_retry_after(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    when = formatdate(time.time() + 30, usegmt=True)
+    sandbox_clean.control(
+        "POST",
+        "faults",
+        path="^/accounts/",
+        count=1,
+        status=503,
+        retry_after=when,
+        body="<html>down</html>",
+        content_type="text/html",
+    )
+    response = call(sandbox_clean, agent_token, ACCOUNTS, PROFILE)
+    assert response.text == "<html>down</html>"
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert response.headers["Retry-After"] == when
+
+
+def test_a_delay_fault_slows_the_answer_but_serves_it(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    sandbox_clean.control("POST", "faults", path="^/accounts/", count=1, delay_ms=600)
+    started = time.monotonic()
+    slow = call(sandbox_clean, agent_token, ACCOUNTS, PROFILE)
+    elapsed = time.monotonic() - started
+    assert slow.status_code == 200
+    assert elapsed >= 0.6
+    started = time.monotonic()
+    call(sandbox_clean, agent_token, ACCOUNTS, PROFILE)
+    assert time.monotonic() - started < 0.6
+
+
+def test_a_fault_on_the_token_endpoint_answers_refreshes(sandbox_clean: Sandbox) -> None:
+    tokens = sandbox_clean.obtain_tokens()
+    sandbox_clean.control("POST", "faults", path="^/connect/token$", count=1, status=503)
+    assert refresh(sandbox_clean, tokens["refresh_token"]).status_code == 503
+    # The fault answered before the token was used, so the token still works.
+    assert refresh(sandbox_clean, tokens["refresh_token"]).status_code == 200
+
+
+def test_counters_count_token_requests_by_grant_type_and_outcome(sandbox_clean: Sandbox) -> None:
+    tokens = sandbox_clean.obtain_tokens()
+    sandbox_clean.control("POST", "counters/reset")
+    refresh(sandbox_clean, tokens["refresh_token"])
+    refresh(sandbox_clean, tokens["refresh_token"])
+    assert sandbox_clean.counters()["token"] == {
+        "refresh_token:success": 1,
+        "refresh_token:invalid_grant": 1,
+    }
+
+
+def test_counters_count_api_requests_by_path_and_status(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    sandbox_clean.control("POST", "counters/reset")
+    sandbox_clean.control("POST", "faults", path="^/accounts/", count=1, status=503)
+    for _ in range(3):
+        call(sandbox_clean, agent_token, ACCOUNTS, PROFILE)
+    call(sandbox_clean, None, ACCOUNTS)
+    assert sandbox_clean.counters()["api"] == {
+        f"{ACCOUNTS}:503": 1,
+        f"{ACCOUNTS}:200": 2,
+        f"{ACCOUNTS}:401": 1,
+    }
+    sandbox_clean.control("POST", "counters/reset")
+    assert sandbox_clean.counters() == {"token": {}, "api": {}}
+
+
+def test_changing_accounts_bumps_updated_date_time(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    changed = sandbox_clean.control(
+        "POST", "accounts/change", profile_id=AGENT_PROFILES[2], count=3, field="name"
+    )
+    assert len(changed["ids"]) == 3
+    recent = call(
+        sandbox_clean,
+        agent_token,
+        ACCOUNTS,
+        PROFILE,
+        **{"$filter": "updatedDateTime gt 2025-06-01T00:00:00Z"},
+    ).json()["items"]
+    assert {a["id"] for a in recent} >= set(changed["ids"])
+    assert all("(rev " in a["name"] for a in recent if a["id"] in changed["ids"])
+
+
+def test_archiving_accounts_keeps_them_visible_as_archived(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    before = sandbox_clean.control("GET", "accounts/count", profile_id=AGENT_PROFILES[2])
+    archived = sandbox_clean.control(
+        "POST", "accounts/archive", profile_id=AGENT_PROFILES[2], count=2
+    )["ids"]
+    after = sandbox_clean.control("GET", "accounts/count", profile_id=AGENT_PROFILES[2])
+    assert after["archived"] == before["archived"] + 2
+    assert after["accounts"] == before["accounts"]
+    for account_id in archived:
+        body = call(sandbox_clean, agent_token, f"{ACCOUNTS}/{account_id}", PROFILE).json()
+        assert body["isArchived"] is True
+
+
+def test_deleting_accounts_removes_them_and_their_contacts(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    before = sandbox_clean.control("GET", "accounts/count", profile_id=AGENT_PROFILES[2])
+    deleted = sandbox_clean.control(
+        "POST", "accounts/delete", profile_id=AGENT_PROFILES[2], count=1
+    )["ids"]
+    after = sandbox_clean.control("GET", "accounts/count", profile_id=AGENT_PROFILES[2])
+    assert after["accounts"] == before["accounts"] - 1
+    assert after["contacts"] < before["contacts"]
+    assert call(sandbox_clean, agent_token, f"{ACCOUNTS}/{deleted[0]}", PROFILE).status_code == 404
+
+
+def test_reset_restores_settings_and_clears_faults(sandbox_clean: Sandbox) -> None:
+    sandbox_clean.control("POST", "settings", envelope="array", refresh_mode="reuse")
+    sandbox_clean.control("POST", "clock", offset_seconds=999)
+    sandbox_clean.control("POST", "faults", path=".", count=5, status=500)
+    settings = sandbox_clean.reset()["settings"]
+    assert settings["envelope"] == "items"
+    assert settings["refresh_mode"] == "one-time"
+    assert settings["clock_offset"] == 0
+    assert sandbox_clean.control("GET", "faults") == {"faults": []}
+
+
+def test_an_unknown_setting_is_refused(sandbox_clean: Sandbox) -> None:
+    response = requests.post(
+        f"{sandbox_clean.url}/_sandbox/settings",
+        json={"envelope": "xml"},
+        headers={"X-Sandbox-Key": sandbox_clean.control_key},
+        timeout=30,
+    )
+    assert response.status_code == 400
+
+
+def test_registering_a_client_lets_it_run_the_code_flow(sandbox_clean: Sandbox) -> None:
+    redirect_uri = "http://127.0.0.1:9999/oauth/complete/zywave/"
+    sandbox_clean.register_client("live-client", "live-secret", [redirect_uri])
+    tokens = sandbox_clean.obtain_tokens(
+        client_id="live-client", client_secret="live-secret", redirect_uri=redirect_uri
+    )
+    assert tokens["token_type"] == "Bearer"
