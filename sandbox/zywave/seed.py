@@ -8,11 +8,13 @@ profiles, accounts, contacts) and updates users and the demo client in place.
 from __future__ import annotations
 
 import base64
+import json
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import transaction
+from django.db import connection, models, transaction
 from oauth2_provider.models import get_application_model
 
 from sandbox.zywave.models import Account, Agency, ClientPolicy, Contact, Person, Profile
@@ -165,15 +167,36 @@ def agency_for(index: int, total: int) -> int:
     return AGENCIES[-1][0]
 
 
-def seed_accounts(rng: random.Random, total: int) -> int:
-    """Bulk-insert `total` accounts with one to five contacts each; returns the contact count.
+def insert(model: type[models.Model], columns: list[str], rows: list[tuple[Any, ...]]) -> None:
+    """INSERT rows straight through the cursor: at 400,000 rows, building model instances for
+    bulk_create costs more than the database does."""
+    fields = ", ".join(model._meta.get_field(name).column for name in columns)
+    marks = ", ".join(["%s"] * len(columns))
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO {model._meta.db_table} ({fields}) VALUES ({marks})",  # noqa: S608
+            rows,
+        )
 
-    Rows are built in batches and written with bulk_create: one save per row would take
-    minutes at 100,000 accounts.
-    """
+
+ACCOUNT_COLUMNS = [
+    "id", "agency", "name", "classification", "lines_of_business", "client_size", "is_active",
+    "is_archived", "number_of_employees", "naics_codes", "address_line1", "city", "state",
+    "postal_code", "primary_phone", "updated",
+]  # fmt: skip
+CONTACT_COLUMNS = [
+    "id", "account", "agency", "first_name", "last_name", "email_address", "title",
+    "work_phone_number", "mobile_phone_number", "is_primary_contact", "is_active",
+    "is_archived", "updated",
+]  # fmt: skip
+
+
+def seed_accounts(rng: random.Random, total: int) -> int:
+    """Insert `total` accounts with one to five contacts each; returns the contact count."""
+    as_db_time = connection.ops.adapt_datetimefield_value
     contact_id = 0
-    accounts: list[Account] = []
-    contacts: list[Contact] = []
+    accounts: list[tuple[Any, ...]] = []
+    contacts: list[tuple[Any, ...]] = []
     for index in range(total):
         account_id = index + 1
         agency_id = agency_for(index, total)
@@ -187,23 +210,23 @@ def seed_accounts(rng: random.Random, total: int) -> int:
         archived = rng.random() < 0.05
         updated = EPOCH - timedelta(seconds=rng.randrange(365 * 86400))
         accounts.append(
-            Account(
-                id=account_id,
-                agency_id=agency_id,
-                name=name,
-                classification=rng.choice(CLASSIFICATIONS),
-                lines_of_business=rng.sample(LINES, rng.randint(1, 3)),
-                client_size=rng.choice(SIZES),
-                is_active=not archived and rng.random() > 0.05,
-                is_archived=archived,
-                number_of_employees=rng.choice([None, rng.randint(1, 2000)]),
-                naics_codes=[naics],
-                address_line1=f"{rng.randint(1, 9999)} {rng.choice(STREETS)}",
-                city=city,
-                state=state,
-                postal_code=f"{zip_prefix}{rng.randrange(100):02d}",
-                primary_phone=phone(rng),
-                updated=updated,
+            (
+                account_id,
+                agency_id,
+                name,
+                rng.choice(CLASSIFICATIONS),
+                json.dumps(rng.sample(LINES, rng.randint(1, 3))),
+                rng.choice(SIZES),
+                not archived and rng.random() > 0.05,
+                archived,
+                rng.choice([None, rng.randint(1, 2000)]),
+                json.dumps([naics]),
+                f"{rng.randint(1, 9999)} {rng.choice(STREETS)}",
+                city,
+                state,
+                f"{zip_prefix}{rng.randrange(100):02d}",
+                phone(rng),
+                as_db_time(updated),
             )
         )
         domain = "".join(c for c in name.split()[0].lower() if c.isalpha()) + ".example.com"
@@ -211,26 +234,26 @@ def seed_accounts(rng: random.Random, total: int) -> int:
             contact_id += 1
             first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
             contacts.append(
-                Contact(
-                    id=contact_id,
-                    account_id=account_id,
-                    agency_id=agency_id,
-                    first_name=first,
-                    last_name=last,
-                    email_address=f"{first}.{last}@{domain}".lower().replace("'", ""),
-                    title=rng.choice(TITLES),
-                    work_phone_number=phone(rng),
-                    mobile_phone_number=rng.choice(["", phone(rng)]),
-                    is_primary_contact=position == 0,
-                    is_active=not archived,
-                    is_archived=archived,
-                    updated=updated - timedelta(seconds=rng.randrange(86400)),
+                (
+                    contact_id,
+                    account_id,
+                    agency_id,
+                    first,
+                    last,
+                    f"{first}.{last}@{domain}".lower().replace("'", ""),
+                    rng.choice(TITLES),
+                    phone(rng),
+                    rng.choice(["", phone(rng)]),
+                    position == 0,
+                    not archived,
+                    archived,
+                    as_db_time(updated - timedelta(seconds=rng.randrange(86400))),
                 )
             )
         if len(accounts) >= BATCH:
-            Account.objects.bulk_create(accounts)
-            Contact.objects.bulk_create(contacts)
+            insert(Account, ACCOUNT_COLUMNS, accounts)
+            insert(Contact, CONTACT_COLUMNS, contacts)
             accounts, contacts = [], []
-    Account.objects.bulk_create(accounts)
-    Contact.objects.bulk_create(contacts)
+    insert(Account, ACCOUNT_COLUMNS, accounts)
+    insert(Contact, CONTACT_COLUMNS, contacts)
     return contact_id
