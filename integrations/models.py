@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import models, transaction
 from django.utils import timezone
 
 from .fields import EncryptedTextField, token_fingerprint
@@ -19,6 +20,19 @@ REFRESH_LIFETIME = timedelta(days=30)
 class ConnectionQuerySet(models.QuerySet):
     def active(self) -> ConnectionQuerySet:
         return self.filter(status=Connection.Status.ACTIVE)
+
+    def expiring_within(self, delta: timedelta) -> ConnectionQuerySet:
+        """Active connections able to refresh whose access token ends within `delta`."""
+        return self.active().filter(
+            refresh_token__isnull=False, access_token_expires_at__lt=timezone.now() + delta
+        )
+
+    def deadline_within(self, delta: timedelta) -> ConnectionQuerySet:
+        """Active connections whose 30-day refresh deadline falls within `delta`."""
+        return self.active().filter(
+            authorized_at__lt=timezone.now() + delta - REFRESH_LIFETIME,
+            deadline_warned_at__isnull=True,
+        )
 
 
 class Connection(models.Model):
@@ -55,6 +69,9 @@ class Connection(models.Model):
     profiles_listed_at = models.DateTimeField(null=True, blank=True)
 
     last_refreshed_at = models.DateTimeField(null=True, blank=True)
+    # Notifications sent for the current incident / deadline (reset by reconnecting).
+    reauth_notified_at = models.DateTimeField(null=True, blank=True)
+    deadline_warned_at = models.DateTimeField(null=True, blank=True)
     last_error = models.CharField(max_length=500, blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     last_error_permanent = models.BooleanField(default=False)
@@ -119,12 +136,18 @@ class Connection(models.Model):
         self.access_token_expires_at = None
 
     def mark_reauth_required(self, reason: str) -> None:
-        """The grant has ended: stop using it until the person connects again (caller saves
-        nothing more; this saves)."""
+        """The grant has ended: stop using it until the person connects again, and tell them
+        once for this incident (after the transaction commits)."""
+        from .notify import send_reauth_required
+
+        first = self.status == self.Status.ACTIVE
         self.status = self.Status.REAUTH_REQUIRED
         self.last_error = reason[:500]
         self.last_error_at = timezone.now()
         self.last_error_permanent = True
+        if first and self.reauth_notified_at is None:
+            self.reauth_notified_at = timezone.now()
+            transaction.on_commit(partial(send_reauth_required, self.pk))
         self.save()
         self.record(ConnectionEvent.Kind.REAUTH_REQUIRED, reason=reason)
 

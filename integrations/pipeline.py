@@ -91,6 +91,8 @@ def store_connection(
         connection.clear_tokens()
         connection.set_tokens(response, now=now)
         connection.authorized_at = now
+        connection.reauth_notified_at = None
+        connection.deadline_warned_at = None
         connection.last_error = ""
         connection.last_error_at = None
         connection.last_error_permanent = False

@@ -105,6 +105,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "integrations.context_processors.zywave",
             ],
         },
     },
@@ -113,19 +114,25 @@ TEMPLATES = [
 # --- Database ------------------------------------------------------------------------------
 
 
+# WAL lets the web process read while a worker writes; IMMEDIATE takes the write lock at BEGIN,
+# so a transaction that reads then writes (a token refresh under `select_for_update`, which
+# SQLite ignores) holds the lock from its first read and writers queue on `timeout`.
+SQLITE_OPTIONS = {
+    "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    "transaction_mode": "IMMEDIATE",
+    "timeout": 20,
+}
+
+
 def _database(url: str | None) -> dict[str, object]:
     if not url:
         VAR_DIR.mkdir(parents=True, exist_ok=True)
         return {
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "portal.sqlite3",
-            "OPTIONS": {
-                # WAL lets the web process read while a worker writes; IMMEDIATE takes the write
-                # lock at BEGIN so two writers queue on `timeout` instead of failing mid-way.
-                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
-                "transaction_mode": "IMMEDIATE",
-                "timeout": 20,
-            },
+            "OPTIONS": SQLITE_OPTIONS,
+            # A file, not memory, so that worker processes started by tests share it.
+            "TEST": {"NAME": VAR_DIR / "test_portal.sqlite3"},
         }
     try:
         config = dj_database_url.parse(url, conn_max_age=60, conn_health_checks=True)
@@ -133,6 +140,9 @@ def _database(url: str | None) -> dict[str, object]:
         raise ImproperlyConfigured(f"DATABASE_URL is not a valid database URL: {exc}") from None
     if not config.get("ENGINE") or not config.get("NAME"):
         raise ImproperlyConfigured("DATABASE_URL is not a valid database URL: no database name")
+    if str(config["ENGINE"]).endswith("sqlite3"):
+        config["OPTIONS"] = {**SQLITE_OPTIONS, **config.get("OPTIONS", {})}
+        config["CONN_MAX_AGE"] = 0
     return dict(config)
 
 
@@ -244,7 +254,18 @@ CELERY_TASK_TIME_LIMIT = env.get_int("CELERY_TASK_TIME_LIMIT", 30 * 60, minimum=
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = env.get_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
-CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {}
+CELERY_TASK_ROUTES = {
+    "integrations.tasks.sync_*": {"queue": "sync"},
+    "integrations.tasks.refresh_connection": {"queue": "tokens"},
+    "integrations.tasks.keep_tokens_alive": {"queue": "tokens"},
+}
+ZYWAVE_TOKEN_UPKEEP_MINUTES = env.get_int("ZYWAVE_TOKEN_UPKEEP_MINUTES", 10, minimum=1)
+CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
+    "keep-tokens-alive": {
+        "task": "integrations.tasks.keep_tokens_alive",
+        "schedule": ZYWAVE_TOKEN_UPKEEP_MINUTES * 60.0,
+    },
+}
 
 # --- Zywave --------------------------------------------------------------------------------
 
@@ -282,6 +303,8 @@ SOCIAL_AUTH_ALLOWED_REDIRECT_HOSTS: list[str] = []
 SOCIAL_AUTH_LOGIN_ERROR_URL = "/"
 SOCIAL_AUTH_LOGIN_REDIRECT_URL = "/"
 SOCIAL_AUTH_FIELDS_STORED_IN_SESSION: list[str] = []
+PORTAL_URL = (env.get("PORTAL_URL") or "http://127.0.0.1:8000").rstrip("/")
+
 SOCIAL_AUTH_PIPELINE = (
     "social_core.pipeline.social_auth.social_details",
     "social_core.pipeline.social_auth.social_uid",
