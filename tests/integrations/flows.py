@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
+from typing import Any
 from urllib.parse import urlsplit
 
-from django.http import HttpResponse
 from django.test import Client
 
 from tests.sandboxserver import Sandbox
@@ -30,22 +30,20 @@ def connect(
     username: str = "agent@example.com",
     allow: bool = True,
     next_url: str | None = None,
-) -> HttpResponse:
+) -> Any:
     """The whole connect flow; returns the portal's answer to Zywave's callback."""
     location = sandbox.walk_authorize(begin(client, next_url), username=username, allow=allow)
     return client.get(callback_path(location))
 
 
-def connect_and_land(
-    client: Client, sandbox: Sandbox, username: str = "agent@example.com"
-) -> HttpResponse:
+def connect_and_land(client: Client, sandbox: Sandbox, username: str = "agent@example.com") -> Any:
     """Connect and follow the portal's redirects (through the profile picker)."""
     response = connect(client, sandbox, username)
     assert response.status_code == 302, response.content
     return client.get(response["Location"], follow=True)
 
 
-def inject_fault(sandbox: Sandbox, path: str, count: int = 1, **fault: object) -> None:
+def inject_fault(sandbox: Sandbox, path: str, count: int = 1, **fault: Any) -> None:
     """The next `count` requests whose path matches `path` get the fault (see the sandbox)."""
     response = sandbox.http.post(
         f"{sandbox.url}/_sandbox/faults",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
@@ -67,7 +68,7 @@ def test_connecting_stores_an_active_connection_whose_tokens_work(
 
 def all_text_in_the_database() -> str:
     """Every text-like column of every table, read with raw SQL."""
-    chunks = []
+    chunks: list[str] = []
     with db.cursor() as cursor:
         for table in db.introspection.table_names():
             columns = [
@@ -174,7 +175,7 @@ def test_a_callback_replayed_in_another_session_connects_nothing(
     ],
 )
 def test_a_failing_token_endpoint_gives_a_clear_page_and_saves_nothing(
-    dana: Client, zywave: Sandbox, fault: dict[str, object], message: bytes
+    dana: Client, zywave: Sandbox, fault: dict[str, Any], message: bytes
 ) -> None:
     location = zywave.walk_authorize(begin(dana))
     inject_fault(zywave, "^/connect/token", **fault)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.contrib.auth.models import User
 from django.db import connection as db
@@ -27,7 +29,7 @@ def connected(client: Client, sandbox: Sandbox, username: str = "agent@example.c
     return response["Location"]
 
 
-def pick(client: Client, zywave_id: str, **extra: str) -> object:
+def pick(client: Client, zywave_id: str, **extra: str) -> Any:
     return client.post("/zywave/profiles/", {"action": "choose", "profile": zywave_id, **extra})
 
 
@@ -147,9 +149,9 @@ def test_changing_the_profile_asks_for_confirmation_first(
     pick(dana, first)
     page = pick(dana, second)
     assert page.status_code == 200 and b"Change profile?" in page.content
-    assert Connection.objects.get(user=staff).chosen_profile.zywave_id == first
+    assert Connection.objects.get(user=staff).chosen_profile.zywave_id == first  # type: ignore[union-attr]
     pick(dana, second, confirm="yes")
-    assert Connection.objects.get(user=staff).chosen_profile.zywave_id == second
+    assert Connection.objects.get(user=staff).chosen_profile.zywave_id == second  # type: ignore[union-attr]
 
 
 def test_a_chosen_profile_that_disappears_marks_the_connection(
@@ -186,7 +188,7 @@ def test_a_chosen_profile_that_disappears_marks_the_connection(
     ],
 )
 def test_zywave_failing_while_listing_keeps_the_previous_choice(
-    dana: Client, staff: User, zywave: Sandbox, fault: dict[str, object]
+    dana: Client, staff: User, zywave: Sandbox, fault: dict[str, Any]
 ) -> None:
     dana.get(connected(dana, zywave))
     chosen = zywave.profiles()[0]["id"]

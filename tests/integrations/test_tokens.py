@@ -48,7 +48,7 @@ def token_counts(sandbox: Sandbox) -> dict[str, int]:
 
 def database_url() -> str:
     config = django_settings.DATABASES["default"]
-    if config["ENGINE"].endswith("sqlite3"):
+    if str(config["ENGINE"]).endswith("sqlite3"):
         return f"sqlite:///{config['NAME']}"
     password = f":{config['PASSWORD']}" if config.get("PASSWORD") else ""
     return (
@@ -147,7 +147,7 @@ def test_a_fresh_token_is_used_without_calling_zywave(staff: User, zywave: Sandb
     ],
 )
 def test_a_transient_failure_keeps_the_tokens_and_the_connection_active(
-    staff: User, zywave: Sandbox, fault: dict[str, object]
+    staff: User, zywave: Sandbox, fault: dict[str, Any]
 ) -> None:
     conn = linked(staff, zywave)
     before = (conn.access_token, conn.refresh_token)
@@ -267,9 +267,8 @@ def test_upkeep_refreshes_idle_connections_that_expire_soon(
     assert refresh_connection(soon.pk) == "ok"
     assert refresh_connection(later.pk) == "ok"
     assert token_counts(zywave) == {"refresh_token:success": 1}
-    assert Connection.objects.get(pk=soon.pk).access_token_expires_at > timezone.now() + timedelta(
-        minutes=55
-    )
+    expires = Connection.objects.get(pk=soon.pk).access_token_expires_at
+    assert expires is not None and expires > timezone.now() + timedelta(minutes=55)
 
 
 def test_reconnect_from_the_banner_returns_active_with_the_same_profile(
