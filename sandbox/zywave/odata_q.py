@@ -99,7 +99,8 @@ def order_by(keys: list[tuple[str, bool]], fields: Fields) -> list[str]:
         field, _kind = resolve(fields, name, 0)
         ordering.append(f"-{field}" if descending else field)
     if not any(item.lstrip("-") == "id" for item in ordering):
-        ordering.append("id")
+        # Same direction as the last key, so that an (agency, key, id) index serves it.
+        ordering.append("-id" if keys and keys[-1][1] else "id")
     return ordering
 
 
