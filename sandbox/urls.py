@@ -17,6 +17,10 @@ from oauth2_provider import views as oauth2_views
 from sandbox.zywave import api, control, oauth
 
 
+def either_case(letter: re.Match[str]) -> str:
+    return f"[{letter.group().lower()}{letter.group().upper()}]"
+
+
 def zywave_path(route: str, view: Any) -> URLPattern:
     """A case-insensitive route: `{type_code}` is a type code, any other `{name}` a numeric id,
     the rest literal text matched in any letter case, with an optional trailing slash."""
@@ -27,9 +31,7 @@ def zywave_path(route: str, view: Any) -> URLPattern:
         elif part.startswith("{"):
             regex += rf"(?P<{part[1:-1]}>\d+)"
         else:
-            regex += re.sub(
-                r"[a-zA-Z]", lambda m: f"[{m[0].lower()}{m[0].upper()}]", re.escape(part)
-            )
+            regex += re.sub(r"[a-zA-Z]", either_case, re.escape(part))
     return re_path(regex + "/?$", view)
 
 

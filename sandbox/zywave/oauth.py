@@ -229,7 +229,7 @@ class SandboxAuthorizationView(AuthorizationView):
         # Like IdentityServer, check the request before asking anyone to log in: a bad
         # client or redirect URI gets an error page, a bad scope or PKCE a redirect.
         if request.method == "GET" and not request.user.is_authenticated:
-            self.oauth2_data = {}
+            self.oauth2_data: dict[str, Any] = {}
             try:
                 self.validate_authorization_request(request)
             except OAuthToolkitError as error:

@@ -170,7 +170,9 @@ def agency_for(index: int, total: int) -> int:
 def insert(model: type[models.Model], columns: list[str], rows: list[tuple[Any, ...]]) -> None:
     """INSERT rows straight through the cursor: at 400,000 rows, building model instances for
     bulk_create costs more than the database does."""
-    fields = ", ".join(model._meta.get_field(name).column for name in columns)
+    fields = ", ".join(
+        str(getattr(model._meta.get_field(name), "column", name)) for name in columns
+    )
     marks = ", ".join(["%s"] * len(columns))
     with connection.cursor() as cursor:
         cursor.executemany(
