@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PORTAL_URL ?= http://127.0.0.1:8000
 SANDBOX_BIND ?= 127.0.0.1:8001
-SANDBOX_ACCOUNTS ?= 3000
+SANDBOX_ACCOUNTS ?= 10000
 
 .PHONY: run test lint types bench sandbox migrate demo clean
 
@@ -46,6 +46,7 @@ lint: $(VENV)/.dev
 
 types: $(VENV)/.dev
 	$(BIN)/mypy .
+	$(BIN)/mypy --config-file sandbox/mypy.ini sandbox tests/sandboxserver.py
 
 test: lint types
 	$(BIN)/pytest

@@ -24,6 +24,7 @@ import encrypted_model_fields.fields as emf
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.db.models import Case, TextField, Value
+from django.db.models.functions import Cast
 
 CANARY_PLAINTEXT = "zywave-portal-canary"
 
@@ -75,9 +76,11 @@ class EncryptedTextField(emf.EncryptedTextField, TextField):  # type: ignore[mis
         if isinstance(value, Value):
             inner = value.value
             return None if inner is None else Value(encrypt(str(inner)))
-        if isinstance(value, Case) and value.output_field is self:
-            # bulk_update: Case(When(pk=..., then=Value(v, output_field=self))). Each Value is
-            # compiled for saving through this field, so each is encrypted on its own.
+        inner_case = value.get_source_expressions()[0] if isinstance(value, Cast) else value
+        if isinstance(inner_case, Case) and inner_case.output_field is self:
+            # bulk_update: Case(When(pk=..., then=Value(v, output_field=self))), wrapped in a
+            # Cast on PostgreSQL. Each Value is compiled for saving through this field, so each
+            # is encrypted on its own.
             return value
         if hasattr(value, "resolve_expression"):
             raise TypeError(

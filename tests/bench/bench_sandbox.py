@@ -54,7 +54,7 @@ def pages_per_second(sandbox: Sandbox, seconds: float, orderby: str) -> tuple[in
     started = time.perf_counter()
     while time.perf_counter() - started < seconds:
         response = session.get(
-            url, params={"$orderby": orderby, "$skip": skip, "$top": 100}, timeout=30
+            url, params={"$orderby": orderby, "$skip": str(skip), "$top": "100"}, timeout=30
         )
         response.raise_for_status()
         body = response.json()

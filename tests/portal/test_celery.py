@@ -79,3 +79,4 @@ def test_a_task_runs_on_a_real_worker_through_the_filesystem_broker(tmp_path: Pa
     env["CELERY_BROKER_URL"] = "filesystem://"
     assert run_worker_and_send(env)
     assert (tmp_path / "var" / "celery" / "queue").is_dir()
+    assert not (ROOT / "control").exists()  # kombu's control files stay under var/ too

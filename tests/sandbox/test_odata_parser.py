@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
@@ -58,7 +59,7 @@ VALID = [
 ]
 
 
-def strip_positions(node: object) -> object:
+def strip_positions(node: Any) -> Any:
     """Positions are for error messages; compare the trees without them."""
     if isinstance(node, Comparison):
         return Comparison(node.field, node.op, node.value)
