@@ -282,7 +282,9 @@ class ZywaveClient:
             if odata_filter:
                 params["$filter"] = odata_filter
             items, total, has_more = parse_envelope(self.get(path, params), path)
-            page = Page([lower_keys(item) for item in items], total, has_more, skip)
+            if not all(isinstance(item, dict) for item in items):
+                raise MalformedResponse(f"{path}: a list item is not a JSON object", path=path)
+            page = Page(items, total, has_more, skip)
             yield page
             skip += len(items)
             if has_more is False or not items or len(items) < top:

@@ -178,11 +178,23 @@ class Connection(models.Model):
             return None
         return f"Token {profile.profile_token}"
 
+    def clear_mirror(self) -> None:
+        """Delete the mirrored accounts and contacts (profile change, disconnect)."""
+        self.accounts.all().delete()
+        self.contacts.all().delete()
+
     def disconnect(self, actor: Any, revoked: bool, reason: str = "") -> None:
-        """Forget the tokens (the caller revoked them at Zywave first) and keep the history."""
+        """Forget the tokens (the caller revoked them at Zywave first), the profile token and
+        the mirror; keep the history."""
         self.clear_tokens()
         self.status = self.Status.DISCONNECTED
+        self.chosen_profile = None
         self.save()
+        self.profiles.all().delete()
+        self.clear_mirror()
+        self.sync_runs.filter(state__in=["queued", "running"]).update(
+            state="failed", error="disconnected", finished_at=timezone.now(), lease_until=None
+        )
         self.record(ConnectionEvent.Kind.DISCONNECTED, actor=actor, revoked=revoked, reason=reason)
 
     def record(self, kind: str, actor: Any = None, **detail: Any) -> ConnectionEvent:
@@ -209,6 +221,7 @@ class ConnectionEvent(models.Model):
         REAUTH_REQUIRED = "reauth_required", "Re-authorization needed"
         PROFILE_CHOSEN = "profile_chosen", "Profile chosen"
         PROFILE_LOST = "profile_lost", "Chosen profile no longer offered"
+        MIRROR_CLEARED = "mirror_cleared", "Mirror cleared"
 
     # The person the event concerns; the connection when one exists (a first connect that
     # failed has none).
@@ -267,3 +280,143 @@ class EncryptionCanary(models.Model):
 
     def __str__(self) -> str:
         return f"canary (key {self.key_fingerprint})"
+
+
+class SyncRunQuerySet(models.QuerySet):
+    def active(self) -> SyncRunQuerySet:
+        return self.filter(state__in=SyncRun.ACTIVE_STATES)
+
+
+class SyncRun(models.Model):
+    """One attempt to mirror a connection's accounts and contacts, with its progress.
+
+    Progress is committed with each page, so a run whose worker died resumes from its last
+    committed page. At most one queued or running run per connection (a partial unique index).
+    """
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        PARTIAL = "partial", "Partly done"
+        FAILED = "failed", "Failed"
+
+    ACTIVE_STATES = (State.QUEUED, State.RUNNING)
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="sync_runs")
+    full = models.BooleanField(default=False)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    trigger = models.CharField(max_length=20, default="schedule")
+    queued_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # The worker holding the run renews this lease with every page; an expired lease means the
+    # worker died and another may resume the run.
+    lease_until = models.DateTimeField(null=True, blank=True)
+    resource = models.CharField(max_length=20, default="accounts")
+    skip = models.PositiveIntegerField(default=0)
+    pages_done = models.PositiveIntegerField(default=0)
+    records_done = models.PositiveIntegerField(default=0)
+    total_reported = models.PositiveIntegerField(null=True, blank=True)
+    # Highest `updatedDateTime` seen per resource: the next incremental run starts there.
+    marks = models.JSONField(default=dict, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    objects = SyncRunQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-queued_at", "-id"]
+        get_latest_by = "queued_at"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection"],
+                condition=models.Q(state__in=["queued", "running"]),
+                name="one_active_sync_per_connection",
+            )
+        ]
+        indexes = [models.Index(fields=["connection", "state", "-finished_at"])]
+
+    def __str__(self) -> str:
+        return f"{'Full' if self.full else 'Incremental'} sync {self.pk} ({self.state})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state in self.ACTIVE_STATES
+
+    @property
+    def duration(self) -> timedelta | None:
+        if self.started_at and self.finished_at:
+            return self.finished_at - self.started_at
+        return None
+
+    @property
+    def percent(self) -> int | None:
+        """Progress through the totals Zywave reported, when it reported them."""
+        if not self.total_reported:
+            return None
+        return min(100, round(100 * self.records_done / self.total_reported))
+
+
+class Account(models.Model):
+    """The mirror of one Zywave account, keyed by (connection, Zywave id)."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="accounts")
+    zywave_id = models.CharField("Zywave id", max_length=64)
+    name = models.CharField(max_length=255, blank=True, db_index=True)
+    classification = models.CharField(max_length=100, blank=True)
+    lines_of_business = models.CharField(max_length=500, blank=True)
+    client_size = models.CharField(max_length=50, blank=True)
+    number_of_employees = models.IntegerField(null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    is_archived = models.BooleanField(default=False)
+    city = models.CharField(max_length=100, blank=True)
+    state = models.CharField(max_length=50, blank=True)
+    updated_at_zywave = models.DateTimeField(null=True, blank=True)
+    raw = models.JSONField(default=dict)
+    seen_in_run = models.BigIntegerField(null=True, blank=True)
+    synced_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["name", "zywave_id"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "zywave_id"], name="unique_account_per_connection"
+            )
+        ]
+        indexes = [models.Index(fields=["connection", "name"])]
+
+    def __str__(self) -> str:
+        return self.name or self.zywave_id
+
+
+class Contact(models.Model):
+    """The mirror of one Zywave contact, keyed by (connection, Zywave id)."""
+
+    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="contacts")
+    zywave_id = models.CharField("Zywave id", max_length=64)
+    account_zywave_id = models.CharField("Zywave account id", max_length=64, blank=True)
+    first_name = models.CharField(max_length=100, blank=True)
+    last_name = models.CharField(max_length=100, blank=True)
+    email = models.CharField(max_length=254, blank=True)
+    title = models.CharField(max_length=150, blank=True)
+    work_phone = models.CharField(max_length=50, blank=True)
+    mobile_phone = models.CharField(max_length=50, blank=True)
+    is_primary = models.BooleanField(default=False)
+    is_active = models.BooleanField(default=True)
+    is_archived = models.BooleanField(default=False)
+    updated_at_zywave = models.DateTimeField(null=True, blank=True)
+    raw = models.JSONField(default=dict)
+    seen_in_run = models.BigIntegerField(null=True, blank=True)
+    synced_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-is_primary", "last_name", "first_name"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "zywave_id"], name="unique_contact_per_connection"
+            )
+        ]
+        indexes = [models.Index(fields=["connection", "account_zywave_id"])]
+
+    def __str__(self) -> str:
+        return f"{self.first_name} {self.last_name}".strip() or self.zywave_id

@@ -110,6 +110,10 @@ def choose_profile(
         profile.save()
         locked.chosen_profile = profile
         locked.save(update_fields=["chosen_profile", "updated_at"])
+        if previous is not None and previous.pk != profile.pk:
+            # The mirror belongs to the old profile's agency: it must not mix with the new one.
+            locked.clear_mirror()
+            locked.record(ConnectionEvent.Kind.MIRROR_CLEARED, actor=actor, reason="profile")
         locked.record(
             ConnectionEvent.Kind.PROFILE_CHOSEN,
             actor=actor,

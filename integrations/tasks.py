@@ -64,3 +64,51 @@ def keep_tokens_alive() -> dict[str, int]:
                 transaction.on_commit(partial(send_deadline_warning, pk))
                 warned += 1
     return {"refreshes_queued": len(expiring), "deadline_warnings": warned}
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def sync_connection(connection_id: int, full: bool = False) -> str:
+    """Mirror one connection. A second request while a run holds the lease is absorbed; a run
+    whose worker died (lease expired) is resumed from its last committed page."""
+    from .sync import claim, run_sync
+
+    run = claim(connection_id, full=full)
+    if run is None:
+        return "absorbed"
+    return run_sync(run).state
+
+
+@shared_task
+def sync_due_connections() -> dict[str, int]:
+    """Beat: queue a sync for every active connection with a chosen profile that is due, and
+    re-enqueue runs whose worker vanished (lease expired)."""
+    from django.conf import settings
+    from django.db.models import Max, Q
+
+    from .models import SyncRun
+    from .sync import queue_run
+
+    now = timezone.now()
+    due_before = now - timedelta(minutes=settings.ZYWAVE_SYNC_INTERVAL_MINUTES)
+    candidates = (
+        Connection.objects.active()
+        .filter(chosen_profile__isnull=False)
+        .annotate(last_queued=Max("sync_runs__queued_at"))
+        .filter(Q(last_queued__isnull=True) | Q(last_queued__lt=due_before))
+        .values_list("pk", flat=True)
+    )
+    queued = 0
+    for pk in candidates:
+        connection = Connection.objects.get(pk=pk)
+        if queue_run(connection, trigger="schedule") is not None:
+            sync_connection.delay_on_commit(pk)
+            queued += 1
+    stale = SyncRun.objects.active().filter(
+        Q(lease_until__lt=now)
+        | Q(lease_until__isnull=True, queued_at__lt=now - timedelta(minutes=5))
+    )
+    resumed = 0
+    for pk in stale.values_list("connection_id", flat=True):
+        sync_connection.delay_on_commit(pk)
+        resumed += 1
+    return {"queued": queued, "resumed": resumed}

@@ -8,6 +8,10 @@ urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("zywave/profiles/", views.profiles, name="profiles"),
     path("zywave/disconnect/", views.disconnect, name="disconnect"),
+    path("zywave/sync/", views.sync, name="sync"),
+    path("zywave/sync/status/", views.sync_status, name="sync_status"),
+    path("zywave/accounts/", views.accounts, name="accounts"),
+    path("zywave/accounts/<str:zywave_id>/", views.account_detail, name="account"),
 ]
 
 # social-auth reverses "social:complete" to build the redirect URI: keep these names.

@@ -8,9 +8,10 @@ from urllib.parse import urlencode
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
+from django.core.paginator import Paginator
 from django.db import transaction
-from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
-from django.shortcuts import redirect, render
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
+from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
@@ -19,9 +20,11 @@ from social_core.exceptions import SocialAuthBaseException
 from social_django import views as social_views
 
 from .client import ZywaveError
-from .models import Connection, ConnectionEvent
+from .models import Account, Connection, ConnectionEvent, Contact, SyncRun
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
 from .profiles import ProfileRefused, choose_profile, refresh_profiles
+from .sync import can_sync, queue_run
+from .tasks import sync_connection
 from .tokens import ReauthRequired, RefreshFailed, client_for, revoke_tokens
 
 log = logging.getLogger(__name__)
@@ -47,7 +50,20 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     connection = (
         Connection.objects.select_related("chosen_profile").filter(user=request.user).first()
     )
-    return render(request, "integrations/dashboard.html", {"connection": connection})
+    runs = list(connection.sync_runs.all()[:6]) if connection else []
+    active = next((run for run in runs if run.is_active), None)
+    last = next((run for run in runs if not run.is_active), None)
+    return render(
+        request,
+        "integrations/dashboard.html",
+        {
+            "connection": connection,
+            "runs": runs,
+            "active_run": active,
+            "last_run": last,
+            "can_sync": connection is not None and can_sync(connection),
+        },
+    )
 
 
 @never_cache
@@ -299,6 +315,7 @@ def _choose(
         log.warning("Choosing a profile failed for connection %s: %s", connection.pk, exc)
         messages.error(request, _zywave_problem(exc))
         return redirect("profiles")
+    _start_sync(connection, full=True, trigger="profile")
     if auto:
         messages.success(
             request,
@@ -307,3 +324,112 @@ def _choose(
     else:
         messages.success(request, f"The portal now acts under the profile {profile.name}.")
     return redirect(next_url)
+
+
+def _start_sync(connection: Connection, full: bool, trigger: str) -> SyncRun | None:
+    """Queue a run and its task (after commit). None when one is already queued or running."""
+    run = queue_run(connection, full=full, trigger=trigger)
+    if run is not None:
+        sync_connection.delay_on_commit(connection.pk, full)
+    return run
+
+
+@require_POST
+@login_required
+def sync(request: HttpRequest) -> HttpResponse:
+    """ "Sync now" and "Full resync" (with `full=1`)."""
+    connection = connection_for(request.user)
+    if connection is None or not can_sync(connection):
+        messages.error(request, "Connect Zywave and choose a profile before syncing.")
+        return redirect("dashboard")
+    full = request.POST.get("full") == "1"
+    if _start_sync(connection, full=full, trigger="person") is None:
+        messages.info(request, "A sync is already running; it will bring everything up to date.")
+    else:
+        messages.success(request, "Full resync started." if full else "Sync started.")
+    return redirect("dashboard")
+
+
+@require_GET
+@login_required
+def sync_status(request: HttpRequest) -> JsonResponse:
+    """The latest run's progress, polled by the dashboard's progress bar."""
+    connection = connection_for(request.user)
+    run = connection.sync_runs.first() if connection else None
+    if run is None:
+        return JsonResponse({"state": None})
+    return JsonResponse(
+        {
+            "id": run.pk,
+            "state": run.state,
+            "active": run.is_active,
+            "full": run.full,
+            "pages": run.pages_done,
+            "records": run.records_done,
+            "total": run.total_reported,
+            "percent": run.percent,
+            "error": run.error,
+        }
+    )
+
+
+ACCOUNTS_PER_PAGE = 50
+
+
+@require_GET
+@login_required
+def accounts(request: HttpRequest) -> HttpResponse:
+    """The mirror: searchable, filterable, paginated. Two queries whatever its size."""
+    connection = connection_for(request.user)
+    if connection is None:
+        messages.info(request, "Connect your Zywave account first.")
+        return redirect("dashboard")
+    rows = Account.objects.filter(connection=connection)
+    query = request.GET.get("q", "").strip()[:100]
+    if query:
+        rows = rows.filter(name__icontains=query)
+    status = request.GET.get("status", "")
+    if status == "active":
+        rows = rows.filter(is_active=True, is_archived=False)
+    elif status == "archived":
+        rows = rows.filter(is_archived=True)
+    classification = request.GET.get("classification", "").strip()[:100]
+    if classification:
+        rows = rows.filter(classification=classification)
+    page = Paginator(rows.order_by("name", "zywave_id"), ACCOUNTS_PER_PAGE).get_page(
+        request.GET.get("page")
+    )
+    keep = request.GET.copy()
+    keep.pop("page", None)
+    return render(
+        request,
+        "integrations/accounts.html",
+        {
+            "connection": connection,
+            "page": page,
+            "q": query,
+            "status": status,
+            "classification": classification,
+            "classifications": CLASSIFICATIONS,
+            "querystring": keep.urlencode(),
+        },
+    )
+
+
+# Zywave's classifications are data, not a published list: offer the common ones as filters.
+CLASSIFICATIONS = ("Client", "Prospect", "Former Client")
+
+
+@require_GET
+@login_required
+def account_detail(request: HttpRequest, zywave_id: str) -> HttpResponse:
+    connection = connection_for(request.user)
+    if connection is None:
+        raise Http404
+    account = get_object_or_404(Account, connection=connection, zywave_id=zywave_id)
+    contacts = Contact.objects.filter(connection=connection, account_zywave_id=zywave_id)
+    return render(
+        request,
+        "integrations/account_detail.html",
+        {"account": account, "contacts": contacts},
+    )

@@ -256,6 +256,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = env.get_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_ROUTES = {
+    "integrations.tasks.sync_due_connections": {"queue": "sync"},
     "integrations.tasks.sync_*": {"queue": "sync"},
     "integrations.tasks.refresh_connection": {"queue": "tokens"},
     "integrations.tasks.keep_tokens_alive": {"queue": "tokens"},
@@ -265,6 +266,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "keep-tokens-alive": {
         "task": "integrations.tasks.keep_tokens_alive",
         "schedule": ZYWAVE_TOKEN_UPKEEP_MINUTES * 60.0,
+    },
+    "sync-due-connections": {
+        "task": "integrations.tasks.sync_due_connections",
+        "schedule": 60.0,
     },
 }
 
@@ -286,6 +291,13 @@ ZYWAVE_SCOPES = (
 ).split()
 ZYWAVE_PROFILE_TYPE_CODE = env.get("ZYWAVE_PROFILE_TYPE_CODE") or "B"
 ZYWAVE_PROFILE_HEADER = env.get_choice("ZYWAVE_PROFILE_HEADER", "token", ("token", "id"))
+ZYWAVE_SYNC_INTERVAL_MINUTES = env.get_int("ZYWAVE_SYNC_INTERVAL_MINUTES", 15, minimum=1)
+ZYWAVE_FULL_SYNC_HOURS = env.get_int("ZYWAVE_FULL_SYNC_HOURS", 24, minimum=1)
+ZYWAVE_SYNC_LEASE_SECONDS = env.get_int("ZYWAVE_SYNC_LEASE_SECONDS", 120, minimum=5)
+ZYWAVE_SYNC_OVERLAP_SECONDS = env.get_int("ZYWAVE_SYNC_OVERLAP_SECONDS", 300)
+ZYWAVE_SYNC_MAX_RETRIES = env.get_int("ZYWAVE_SYNC_MAX_RETRIES", 6)
+ZYWAVE_SYNC_MAX_WAIT_SECONDS = env.get_int("ZYWAVE_SYNC_MAX_WAIT_SECONDS", 120, minimum=1)
+ZYWAVE_SYNC_BACKOFF_SECONDS = env.get_int("ZYWAVE_SYNC_BACKOFF_SECONDS", 2, minimum=0)
 ZYWAVE_HTTP_TIMEOUT = (
     float(env.get_int("ZYWAVE_CONNECT_TIMEOUT", 5, minimum=1)),
     float(env.get_int("ZYWAVE_READ_TIMEOUT", 30, minimum=1)),

@@ -1,0 +1,369 @@
+"""Mirroring accounts and contacts: against the sandbox server, with a real Celery worker where
+the behaviour depends on one (queueing, absorbing, surviving a killed worker)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+from django.contrib.auth.models import User
+from django.db import connection as db
+from django.db.models import Count
+from django.test import Client
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from integrations.models import Account, Connection, Contact, SyncRun
+from integrations.profiles import choose_profile, refresh_profiles
+from integrations.sync import claim, queue_run, run_sync, sync_now
+from integrations.tasks import sync_due_connections
+from integrations.tokens import client_for
+from tests.integrations.flows import inject_fault
+from tests.integrations.workers import Worker, use_test_broker, wait_for
+from tests.sandboxserver import Sandbox
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(settings: Any) -> None:
+    settings.ZYWAVE_SYNC_BACKOFF_SECONDS = 0
+    settings.ZYWAVE_SYNC_LEASE_SECONDS = 5
+
+
+def linked(
+    user: User, sandbox: Sandbox, username: str = "agent@example.com", index: int = 0
+) -> Connection:
+    """A connection with real sandbox tokens and a chosen profile, set up over HTTP."""
+    tokens = sandbox.obtain_tokens(username=username)
+    conn = Connection(user=user, zywave_subject=username, zywave_email=username)
+    conn.set_tokens(tokens)
+    conn.authorized_at = timezone.now()
+    conn.save()
+    refresh_profiles(conn, client_for(conn))
+    choose_profile(conn, client_for(conn), sandbox.profiles(username)[index]["id"], actor=None)
+    conn.refresh_from_db()
+    return conn
+
+
+def sandbox_counts(sandbox: Sandbox, conn: Connection) -> dict[str, int]:
+    assert conn.chosen_profile is not None
+    return sandbox.control("GET", "accounts/count", profile_id=conn.chosen_profile.zywave_id)
+
+
+def api_requests(sandbox: Sandbox, resource: str) -> int:
+    return sum(
+        n
+        for key, n in sandbox.counters()["api"].items()
+        if key.startswith(f"/accounts/v2.0/{resource}:")
+    )
+
+
+def run(conn: Connection, full: bool = False) -> SyncRun:
+    result = sync_now(conn, full=full)
+    assert result is not None
+    return result
+
+
+pytestmark = pytest.mark.django_db
+
+
+def test_a_full_sync_mirrors_exactly_the_chosen_profiles_data(staff: User, zywave: Sandbox) -> None:
+    conn = linked(staff, zywave)
+    result = run(conn)
+    assert result.state == SyncRun.State.SUCCEEDED and result.full
+    expected = sandbox_counts(zywave, conn)
+    assert Account.objects.filter(connection=conn).count() == expected["accounts"]
+    assert Contact.objects.filter(connection=conn).count() == expected["contacts"]
+    assert Account.objects.filter(connection=conn, is_archived=True).count() == expected["archived"]
+    assert result.records_done == expected["accounts"] + expected["contacts"]
+    sample = Account.objects.filter(connection=conn).order_by("?").first()
+    assert sample is not None
+    assert conn.chosen_profile is not None
+    live = requests.get(
+        f"{zywave.url}/accounts/v2.0/account/{sample.zywave_id}",
+        headers={"Authorization": f"Bearer {conn.access_token}", "Profile": conn.profile_header()},
+        timeout=10,
+    ).json()
+    assert sample.raw == live
+    assert (sample.name, sample.city, sample.is_archived) == (
+        live["name"],
+        live["city"],
+        live["isArchived"],
+    )
+    # Nothing of the user's other profiles: their ids are not in the mirror.
+    other = zywave.profiles()[1]
+    other_ids = requests.get(
+        f"{zywave.url}/accounts/v2.0/account",
+        params={"$top": 100},
+        headers={"Authorization": f"Bearer {conn.access_token}", "Profile": f"B {other['id']}"},
+        timeout=10,
+    ).json()["items"]
+    assert not Account.objects.filter(
+        connection=conn, zywave_id__in=[str(a["id"]) for a in other_ids]
+    ).exists()
+
+
+def test_changes_and_archivals_arrive_incrementally_and_deletions_with_a_full_sync(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = linked(staff, zywave)
+    run(conn)
+    profile = conn.chosen_profile
+    assert profile is not None
+    changed = zywave.control(
+        "POST", "accounts/change", profile_id=profile.zywave_id, count=3, field="name"
+    )["ids"]
+    archived = zywave.control("POST", "accounts/archive", profile_id=profile.zywave_id, count=2)[
+        "ids"
+    ]
+    deleted = zywave.control("POST", "accounts/delete", profile_id=profile.zywave_id, count=2)[
+        "ids"
+    ]
+    zywave.control("POST", "counters/reset")
+    incremental = run(conn)
+    assert not incremental.full
+    for zywave_id in changed:
+        assert "(rev" in Account.objects.get(connection=conn, zywave_id=str(zywave_id)).name
+    for zywave_id in archived:
+        assert Account.objects.get(connection=conn, zywave_id=str(zywave_id)).is_archived
+    assert (
+        Account.objects.filter(connection=conn, zywave_id__in=[str(i) for i in deleted]).count()
+        == 2
+    )
+    assert incremental.records_done < 50  # only what changed, not the whole book
+    run(conn, full=True)
+    assert not Account.objects.filter(
+        connection=conn, zywave_id__in=[str(i) for i in deleted]
+    ).exists()
+    assert (
+        Account.objects.filter(connection=conn).count() == sandbox_counts(zywave, conn)["accounts"]
+    )
+
+
+def test_an_unchanged_incremental_sync_asks_once_per_resource(staff: User, zywave: Sandbox) -> None:
+    conn = linked(staff, zywave)
+    run(conn)
+    zywave.control("POST", "counters/reset")
+    result = run(conn)
+    assert result.state == SyncRun.State.SUCCEEDED and not result.full
+    assert api_requests(zywave, "account") == 1
+    assert api_requests(zywave, "contact") == 1
+
+
+def test_rate_limits_and_a_503_burst_are_waited_out(staff: User, zywave: Sandbox) -> None:
+    conn = linked(staff, zywave)
+    inject_fault(zywave, r"^/accounts/v2\.0/contact$", status=429, retry_after="1")
+    inject_fault(zywave, r"^/accounts/v2\.0/account$", count=3, status=503)
+    waits: list[float] = []
+    queue_run(conn, full=True)
+    sync_run = claim(conn.pk)
+    assert sync_run is not None
+
+    def sleep(seconds: float) -> None:
+        waits.append(seconds)
+        time.sleep(seconds)
+
+    result = run_sync(sync_run, sleep=sleep)
+    assert result.state == SyncRun.State.SUCCEEDED
+    assert 1.0 in waits and len(waits) == 4
+    expected = sandbox_counts(zywave, conn)
+    assert result.records_done == expected["accounts"] + expected["contacts"]
+    assert Contact.objects.filter(connection=conn).count() == expected["contacts"]
+
+
+def test_a_401_mid_run_refreshes_and_continues(staff: User, zywave: Sandbox) -> None:
+    conn = linked(staff, zywave)
+    zywave.control("POST", "counters/reset")
+    inject_fault(zywave, r"^/accounts/v2\.0/contact$", status=401)
+    result = run(conn)
+    assert result.state == SyncRun.State.SUCCEEDED
+    assert zywave.counters()["token"] == {"refresh_token:success": 1}
+
+
+def test_a_revoked_grant_stops_the_run_cleanly_keeping_its_pages(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = linked(staff, zywave)
+    zywave.control("POST", "users/agent@example.com/revoke")
+    Connection.objects.filter(pk=conn.pk).update(access_token_expires_at=timezone.now())
+    result = run(conn)
+    assert result.state == SyncRun.State.FAILED
+    assert "reconnect" in result.error
+    assert Connection.objects.get(pk=conn.pk).status == Connection.Status.REAUTH_REQUIRED
+    assert claim(conn.pk) is None  # no further syncs for it
+
+
+def test_a_bad_page_keeps_the_pages_before_it(staff: User, zywave: Sandbox) -> None:
+    conn = linked(staff, zywave)
+    inject_fault(
+        zywave,
+        r"^/accounts/v2\.0/contact$",
+        status=200,
+        body='{"items": [{"no": "id"}]}',
+        content_type="application/json",
+    )
+    result = run(conn)
+    assert result.state == SyncRun.State.PARTIAL
+    assert (
+        Account.objects.filter(connection=conn).count() == sandbox_counts(zywave, conn)["accounts"]
+    )
+    assert result.records_done == Account.objects.filter(connection=conn).count()
+
+
+def test_syncs_skip_connections_needing_reauth_or_a_profile(
+    staff: User, other_staff: User, zywave: Sandbox
+) -> None:
+    conn = linked(staff, zywave)
+    Connection.objects.filter(pk=conn.pk).update(status=Connection.Status.REAUTH_REQUIRED)
+    assert claim(conn.pk) is None
+    Connection.objects.filter(pk=conn.pk).update(
+        status=Connection.Status.ACTIVE, chosen_profile=None
+    )
+    assert claim(conn.pk) is None
+    assert sync_due_connections() == {"queued": 0, "resumed": 0}
+
+
+def test_the_accounts_pages_show_only_the_owners_mirror(
+    staff: User, other_staff: User, zywave: Sandbox, client: Client
+) -> None:
+    conn = linked(staff, zywave)
+    run(conn)
+    account = Account.objects.filter(connection=conn).first()
+    assert account is not None
+    client.force_login(staff)
+    page = client.get("/zywave/accounts/", {"q": account.name[:6]})
+    assert account.name.encode() in page.content
+    detail = client.get(f"/zywave/accounts/{account.zywave_id}/")
+    assert detail.status_code == 200
+    for contact in Contact.objects.filter(connection=conn, account_zywave_id=account.zywave_id):
+        assert contact.last_name.encode() in detail.content
+    omar = Client()
+    omar.force_login(other_staff)
+    Connection.objects.create(user=other_staff, zywave_subject="solo@example.com")
+    assert omar.get(f"/zywave/accounts/{account.zywave_id}/").status_code == 404
+    assert account.name.encode() not in omar.get("/zywave/accounts/").content
+
+
+def fill_mirror(conn: Connection, n: int) -> None:
+    Account.objects.bulk_create(
+        [
+            Account(connection=conn, zywave_id=str(i), name=f"Account {i:05d}", raw={})
+            for i in range(n)
+        ],
+        batch_size=1000,
+    )
+
+
+def test_the_accounts_page_runs_the_same_queries_at_10_and_5000_records(
+    staff: User, client: Client
+) -> None:
+    conn = Connection.objects.create(user=staff, zywave_subject="s")
+    client.force_login(staff)
+    fill_mirror(conn, 10)
+    with CaptureQueriesContext(db) as small:
+        assert client.get("/zywave/accounts/", {"status": "active"}).status_code == 200
+    fill_mirror_more = [
+        Account(connection=conn, zywave_id=f"x{i}", name=f"B {i}", raw={}) for i in range(4990)
+    ]
+    Account.objects.bulk_create(fill_mirror_more, batch_size=1000)
+    with CaptureQueriesContext(db) as large:
+        assert client.get("/zywave/accounts/", {"status": "active"}).status_code == 200
+    assert len(small) == len(large)
+
+
+def test_sync_needs_post_login_and_a_profile(staff: User, client: Client) -> None:
+    assert client.post("/zywave/sync/")["Location"].startswith("/login/")
+    client.force_login(staff)
+    assert client.get("/zywave/sync/").status_code == 405
+    client.post("/zywave/sync/")
+    assert not SyncRun.objects.exists()
+
+
+# --- With a real Celery worker ----------------------------------------------------------------
+
+
+@pytest.fixture
+def worker(zywave: Sandbox, tmp_path: Path) -> Iterator[Worker]:
+    use_test_broker()
+    started = Worker(zywave, tmp_path / "worker.log").start()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sync_now_runs_on_a_real_worker_and_the_dashboard_shows_it(
+    staff: User, zywave: Sandbox, worker: Worker, client: Client
+) -> None:
+    conn = linked(staff, zywave)
+    client.force_login(staff)
+    SyncRun.objects.all().delete()  # choosing the profile queued one; start from "Sync now"
+    assert client.post("/zywave/sync/").status_code == 302
+    wait_for(
+        lambda: SyncRun.objects.filter(connection=conn, state="succeeded").exists(),
+        what="the worker's sync",
+    )
+    status = client.get("/zywave/sync/status/").json()
+    assert status["state"] == "succeeded" and status["records"] > 0
+    page = client.get("/").content.decode()
+    assert "Last sync" in page and "succeeded" in page
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sync_now_twice_and_beat_at_once_give_one_run(
+    staff: User, zywave: Sandbox, worker: Worker, client: Client
+) -> None:
+    conn = linked(staff, zywave)
+    SyncRun.objects.all().delete()
+    client.force_login(staff)
+    client.post("/zywave/sync/")
+    client.post("/zywave/sync/")
+    sync_due_connections()
+    assert SyncRun.objects.filter(connection=conn).count() == 1
+    wait_for(lambda: not SyncRun.objects.active().exists(), what="the run to finish")
+    assert list(SyncRun.objects.values_list("state", flat=True)) == ["succeeded"]
+    expected = sandbox_counts(zywave, conn)
+    assert Account.objects.filter(connection=conn).count() == expected["accounts"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_killed_mid_sync_loses_nothing_and_duplicates_nothing(
+    staff: User, zywave: Sandbox, worker: Worker, tmp_path: Path
+) -> None:
+    conn = linked(staff, zywave)
+    SyncRun.objects.all().delete()
+    # Slow every page down so the kill lands mid-run.
+    inject_fault(zywave, r"^/accounts/v2\.0/(account|contact)$", count=40, delay_ms=300)
+    queue_run(conn, full=True, trigger="test")
+    from integrations.tasks import sync_connection
+
+    sync_connection.delay(conn.pk, True)
+    wait_for(lambda: SyncRun.objects.filter(pages_done__gte=2).exists(), what="two pages")
+    worker.kill()
+    interrupted = SyncRun.objects.get()
+    assert interrupted.state == "running" and interrupted.pages_done >= 2
+    zywave.reset()
+    # A new worker and beat's reconciler pick the run up again once its lease has expired.
+    replacement = Worker(zywave, tmp_path / "worker2.log").start()
+    try:
+        time.sleep(6)
+        sync_due_connections()
+        wait_for(
+            lambda: SyncRun.objects.get().state == "succeeded",
+            what="the resumed run",
+        )
+    finally:
+        replacement.stop()
+    resumed = SyncRun.objects.get()
+    assert resumed.pk == interrupted.pk and resumed.pages_done > interrupted.pages_done
+    expected = sandbox_counts(zywave, conn)
+    assert Account.objects.filter(connection=conn).count() == expected["accounts"]
+    assert Contact.objects.filter(connection=conn).count() == expected["contacts"]
+    dupes = (
+        Account.objects.values("connection", "zywave_id").annotate(n=Count("id")).filter(n__gt=1)
+    )
+    assert not dupes.exists()
