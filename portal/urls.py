@@ -5,11 +5,13 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from integrations.urls import oauth_patterns
+from portal.health import health
 
 urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("oauth/", include(oauth_patterns)),
     path("admin/", admin.site.urls),
+    path("health/", health, name="health"),
     path("", include("integrations.urls")),
 ]

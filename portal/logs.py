@@ -1,0 +1,231 @@
+"""Logs: one JSON object per line in production, the ids that matter, and no secrets.
+
+* `RedactFilter` sits on every handler (see LOGGING in settings). It masks bearer tokens,
+  `access_token` / `refresh_token` / `id_token` / `client_secret` / `code` values in query
+  strings, form bodies, JSON and Python reprs, the `Profile: Token ...` header and `ProfileToken`
+  values, passwords in URLs, and the literal values of our own secrets (the Zywave client
+  secret, SECRET_KEY, the field encryption keys), wherever they are in a record: the message,
+  its arguments, the exception text, the stack and any `extra` field.
+* `JsonFormatter` writes time, level, logger, event and the context ids: `user_id` and
+  `request_id` (bound by `RequestContextMiddleware`), `task_id`, `task` and `connection_id`
+  (bound for each Celery task), and anything else bound with `bind()` or passed as `extra=`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import inspect
+import json
+import logging
+import re
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from celery.signals import setup_logging, task_postrun, task_prerun
+from django.http import HttpRequest, HttpResponse
+
+REDACTED = "[redacted]"
+
+# Names whose values are secrets, in `name=value` (query strings, form bodies), `"name": "value"`
+# (JSON) and `'name': 'value'` (Python reprs of dicts).
+_SECRET_NAMES = (
+    r"access_token|refresh_token|id_token|client_secret|code_verifier|ProfileToken|password"
+)
+_PATTERNS: list[tuple[re.Pattern[str], str]] = [
+    # Authorization: Bearer <token>, also inside reprs of header dicts.
+    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*"), r"\1" + REDACTED),
+    # Profile: Token <ProfileToken> (header line, dict repr, JSON).
+    (
+        re.compile(r"""(?i)(\bprofile\b["']?\s*[:=]\s*["']?token\s+)[^\s"',;}&]+"""),
+        r"\1" + REDACTED,
+    ),
+    # "access_token": "value" / 'access_token': 'value' / access_token=value / access_token: value
+    (
+        re.compile(
+            rf"""(?i)((?:\\?["'])?\b(?:{_SECRET_NAMES})\b(?:\\?["'])?\s*[:=]\s*(?:\\?["'])?)"""
+            r"""[^\s"'&,;}\\]+"""
+        ),
+        r"\1" + REDACTED,
+    ),
+    # The authorization code in a callback URL (?code=... or &code=...): single use, but still.
+    (re.compile(r"([?&]code=)[^\s&#\"']+"), r"\1" + REDACTED),
+    # scheme://user:password@host (database and broker URLs).
+    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/\s@]*:)[^@\s/]+(@)", re.IGNORECASE), r"\1***\2"),
+]
+
+# Secrets shorter than this are not searched for literally: they would mask ordinary words.
+_MIN_LITERAL = 8
+
+
+def _literal_secrets() -> list[str]:
+    """The values of our own secrets, read at call time (tests and rotation change them)."""
+    from django.conf import settings
+
+    from portal import env
+
+    found: list[str] = []
+    for name in ("ZYWAVE_CLIENT_SECRET", "SECRET_KEY", "EMAIL_HOST_PASSWORD"):
+        try:
+            found.append(env.get(name) or "")
+        except Exception:  # noqa: BLE001, S112 (an unreadable *_FILE must not break logging)
+            continue
+    found.extend((env.get("FIELD_ENCRYPTION_KEY") or "").split(","))
+    if settings.configured:
+        found.append(getattr(settings, "ZYWAVE_CLIENT_SECRET", ""))
+        found.append(getattr(settings, "SECRET_KEY", ""))
+        found.extend(getattr(settings, "FIELD_ENCRYPTION_KEY", []))
+    unique = {value.strip() for value in found if value and len(value.strip()) >= _MIN_LITERAL}
+    return sorted(unique, key=len, reverse=True)  # longest first: no partial leftovers
+
+
+def redact(text: str) -> str:
+    """`text` with everything that looks like a token or one of our secrets masked."""
+    for secret in _literal_secrets():
+        text = text.replace(secret, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+_PLAIN = logging.Formatter()
+# Attributes every LogRecord has; anything else on a record came from `extra=`.
+_STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class RedactFilter(logging.Filter):
+    """Mask secrets in a record before any handler formats it. Always lets the record through.
+
+    The message is rendered with its arguments first (a token is most often an argument), the
+    exception is rendered into `exc_text`, which formatters use instead of formatting the
+    exception again."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # noqa: BLE001 (a broken format string: keep what we have)
+            message = f"{record.msg} {record.args!r}"
+        record.msg = redact(message)
+        record.args = ()
+        if record.exc_info and not record.exc_text:
+            record.exc_text = _PLAIN.formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = redact(record.stack_info)
+        for key, value in list(vars(record).items()):
+            if key not in _STANDARD:
+                setattr(record, key, _redact_value(value))
+        return True
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, int | float | bool) or value is None:
+        return value
+    return redact(repr(value))
+
+
+# --- Context ids ---------------------------------------------------------------------------
+
+_context: contextvars.ContextVar[dict[str, Any] | None] = contextvars.ContextVar(
+    "log_context", default=None
+)
+
+
+def context() -> dict[str, Any]:
+    return dict(_context.get() or {})
+
+
+@contextmanager
+def bind(**ids: Any) -> Iterator[None]:
+    """Add ids (e.g. `sync_run_id=run.pk`) to every log line written inside the block."""
+    token = _context.set({**context(), **ids})
+    try:
+        yield
+    finally:
+        _context.reset(token)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, event, context ids, extra fields, error."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        entry.update(context())
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                entry[key] = value
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:
+            entry["error"] = record.exc_text
+        if record.stack_info:
+            entry["stack"] = record.stack_info
+        return json.dumps(entry, default=str)
+
+
+class RequestContextMiddleware:
+    """Bind the request id and the user's id to every log line written for a request."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        supplied = request.headers.get("X-Request-ID", "")
+        request_id = supplied if re.fullmatch(r"[A-Za-z0-9\-]{8,64}", supplied) else None
+        ids: dict[str, Any] = {"request_id": request_id or uuid.uuid4().hex}
+        user = getattr(request, "user", None)
+        if user is not None and user.is_authenticated:
+            ids["user_id"] = user.pk
+        with bind(**ids):
+            return self.get_response(request)
+
+
+# --- Celery --------------------------------------------------------------------------------
+
+_task_tokens: dict[str, contextvars.Token[dict[str, Any] | None]] = {}
+
+
+@task_prerun.connect
+def _bind_task(
+    task_id: str | None = None,
+    task: Any = None,
+    args: Any = None,
+    kwargs: Any = None,
+    **_: Any,
+) -> None:
+    """Bind the task's id and name, and its `connection_id` argument when it has one."""
+    ids: dict[str, Any] = {"task_id": task_id, "task": getattr(task, "name", None)}
+    try:
+        bound = inspect.signature(task.run).bind_partial(*(args or ()), **(kwargs or {}))
+        for name in ("connection_id", "sync_run_id"):
+            if name in bound.arguments:
+                ids[name] = bound.arguments[name]
+    except (TypeError, ValueError, AttributeError):
+        pass
+    if task_id:
+        _task_tokens[task_id] = _context.set({**context(), **ids})
+
+
+@task_postrun.connect
+def _unbind_task(task_id: str | None = None, **_: Any) -> None:
+    token = _task_tokens.pop(task_id or "", None)
+    if token is not None:
+        try:
+            _context.reset(token)
+        except ValueError:  # set in another context (a thread pool): clear instead
+            _context.set(None)
+
+
+@setup_logging.connect
+def _keep_django_logging(**_: Any) -> None:
+    """Celery would otherwise add its own, unfiltered handlers: Django's LOGGING rules."""
