@@ -6,7 +6,7 @@ PORTAL_URL ?= http://127.0.0.1:8000
 SANDBOX_BIND ?= 127.0.0.1:8001
 SANDBOX_ACCOUNTS ?= 10000
 
-.PHONY: run test lint types bench sandbox migrate demo clean
+.PHONY: run test smoke lint types bench sandbox migrate demo clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,13 @@ types: $(VENV)/.dev
 	$(BIN)/mypy .
 	$(BIN)/mypy --config-file sandbox/mypy.ini sandbox tests/sandboxserver.py
 
-test: lint types
+test: lint types smoke
 	$(BIN)/pytest
+
+# Production-like run without Docker: gunicorn, worker and beat with DEBUG off against
+# PostgreSQL and Redis (DB 14) on 127.0.0.1, plus the sandbox; connects and syncs one user.
+smoke: $(VENV)/.dev
+	$(BIN)/python tests/smoke/run_smoke.py
 
 bench: $(VENV)/.dev
 	$(BIN)/python tests/bench/bench_sandbox.py

@@ -8,8 +8,8 @@ case "${1:-web}" in
         ;;
     worker)
         # Queues: `sync` (mirroring, long), `tokens` (refresh upkeep, short), `celery` (the rest,
-        # including the health check's ping). See docker/README.md, "Scaling workers".
-        exec celery -A portal worker \
+        # e.g. heartbeat). See docker/README.md, "Scaling workers".
+        exec celery -A portal --quiet worker \
             --queues "${CELERY_QUEUES:-celery,sync,tokens}" \
             --concurrency "${CELERY_CONCURRENCY:-4}" \
             --hostname "${CELERY_HOSTNAME:-worker@%h}" \
@@ -17,7 +17,7 @@ case "${1:-web}" in
             --loglevel "${LOG_LEVEL:-INFO}"
         ;;
     beat)
-        exec celery -A portal beat \
+        exec celery -A portal --quiet beat \
             --schedule /app/var/beat/celerybeat-schedule \
             --loglevel "${LOG_LEVEL:-INFO}"
         ;;
