@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -171,17 +172,30 @@ class ZywaveClient:
 
     def get(self, path: str, params: dict[str, Any] | None = None, *, v2: bool = True) -> Any:
         """GET a JSON document. On a 401 it refreshes the token once and retries once."""
-        headers = {}
-        if v2:
-            if not self.profile_header:
-                raise NoProfileChosen("choose a Zywave profile first", path=path)
-            headers["Profile"] = self.profile_header
+        headers = self._headers(path, v2)
         token = self.token(self.connection)
-        response = self._send(path, params, headers, token)
+        return self._finish(self._send(path, params, headers, token), path, params, headers, token)
+
+    def _headers(self, path: str, v2: bool) -> dict[str, str]:
+        if not v2:
+            return {}
+        if not self.profile_header:
+            raise NoProfileChosen("choose a Zywave profile first", path=path)
+        return {"Profile": self.profile_header}
+
+    def _finish(
+        self,
+        response: requests.Response,
+        path: str,
+        params: dict[str, Any] | None,
+        headers: dict[str, str],
+        token: str,
+    ) -> Any:
+        """Read an answer, after one refresh-and-retry on 401 and one profile re-fetch on 403."""
         if response.status_code == 401:
             token = self.refresh(self.connection, token)
             response = self._send(path, params, headers, token)
-        if response.status_code == 403 and v2 and self.refetch_profile is not None:
+        if response.status_code == 403 and "Profile" in headers and self.refetch_profile:
             # A ProfileToken can be refused (e.g. re-issued at Zywave): fetch it again once.
             header = self.refetch_profile()
             if header and header != headers["Profile"]:
@@ -274,20 +288,37 @@ class ZywaveClient:
         """Yield pages of at most `top` records with a stable `$orderby` until the last one.
 
         Stops on `hasMoreResults: false`, on `skip >= totalCount`, or on a short or empty page,
-        whichever envelope Zywave sends.
+        whichever envelope Zywave sends. The next page is requested (in a helper thread that
+        only does HTTP) before this one is handed over, so the caller's database work overlaps
+        the network; tokens, refreshes and retries stay in the calling thread.
         """
         top = min(top, PAGE_SIZE)
-        while True:
-            params: dict[str, Any] = {"$top": top, "$skip": skip, "$orderby": orderby}
-            if odata_filter:
-                params["$filter"] = odata_filter
-            items, total, has_more = parse_envelope(self.get(path, params), path)
-            if not all(isinstance(item, dict) for item in items):
-                raise MalformedResponse(f"{path}: a list item is not a JSON object", path=path)
-            page = Page(items, total, has_more, skip)
-            yield page
-            skip += len(items)
-            if has_more is False or not items or len(items) < top:
-                return
-            if total is not None and skip >= total:
-                return
+        headers = self._headers(path, v2=True)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zywave-prefetch") as pool:
+
+            def request(at: int) -> tuple[dict[str, Any], str, Future[requests.Response]]:
+                params: dict[str, Any] = {"$top": top, "$skip": at, "$orderby": orderby}
+                if odata_filter:
+                    params["$filter"] = odata_filter
+                token = self.token(self.connection)
+                return params, token, pool.submit(self._send, path, params, headers, token)
+
+            params, token, pending = request(skip)
+            while True:
+                body = self._finish(pending.result(), path, params, headers, token)
+                items, total, has_more = parse_envelope(body, path)
+                if not all(isinstance(item, dict) for item in items):
+                    raise MalformedResponse(f"{path}: a list item is not a JSON object", path=path)
+                page = Page(items, total, has_more, skip)
+                skip += len(items)
+                last = (
+                    has_more is False
+                    or not items
+                    or len(items) < top
+                    or (total is not None and skip >= total)
+                )
+                if not last:
+                    params, token, pending = request(skip)
+                yield page
+                if last:
+                    return

@@ -7,6 +7,7 @@ progress is committed with it so an interrupted run resumes from its last commit
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import time
@@ -16,6 +17,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db import connection as db
 from django.db.models import Model
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -100,77 +102,120 @@ def _zywave_id(record: dict[str, Any], resource: str) -> str:
     return str(value)[:64]
 
 
-def account_row(connection_id: int, run_id: int, record: dict[str, Any], now: datetime) -> Account:
+def account_row(
+    connection_id: int, run_id: int, record: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The mirror columns of one Zywave account record (field name -> value)."""
     r = lower_keys(record)
-    return Account(
-        connection_id=connection_id,
-        zywave_id=_zywave_id(r, "account"),
-        name=_text(r, "name", 255),
-        classification=_text(r, "classification", 100),
-        lines_of_business=_text(r, "linesofbusiness", 500),
-        client_size=_text(r, "clientsize", 50),
-        number_of_employees=_int(r, "numberofemployees"),
-        is_active=_bool(r, "isactive", True),
-        is_archived=_bool(r, "isarchived", False),
-        city=_text(r, "city", 100),
-        state=_text(r, "state", 50),
-        updated_at_zywave=_when(r, "updateddatetime"),
-        raw=record,
-        seen_in_run=run_id,
-        synced_at=now,
-    )
+    return {
+        "connection_id": connection_id,
+        "zywave_id": _zywave_id(r, "account"),
+        "name": _text(r, "name", 255),
+        "classification": _text(r, "classification", 100),
+        "lines_of_business": _text(r, "linesofbusiness", 500),
+        "client_size": _text(r, "clientsize", 50),
+        "number_of_employees": _int(r, "numberofemployees"),
+        "is_active": _bool(r, "isactive", True),
+        "is_archived": _bool(r, "isarchived", False),
+        "city": _text(r, "city", 100),
+        "state": _text(r, "state", 50),
+        "updated_at_zywave": _when(r, "updateddatetime"),
+        "raw": record,
+        "seen_in_run": run_id,
+        "synced_at": now,
+    }
 
 
-def contact_row(connection_id: int, run_id: int, record: dict[str, Any], now: datetime) -> Contact:
+def contact_row(
+    connection_id: int, run_id: int, record: dict[str, Any], now: datetime
+) -> dict[str, Any]:
+    """The mirror columns of one Zywave contact record (field name -> value)."""
     r = lower_keys(record)
-    return Contact(
-        connection_id=connection_id,
-        zywave_id=_zywave_id(r, "contact"),
-        account_zywave_id=_text(r, "accountid", 64),
-        first_name=_text(r, "firstname", 100),
-        last_name=_text(r, "lastname", 100),
-        email=_text(r, "emailaddress", 254),
-        title=_text(r, "title", 150),
-        work_phone=_text(r, "workphonenumber", 50),
-        mobile_phone=_text(r, "mobilephonenumber", 50),
-        is_primary=_bool(r, "isprimarycontact", False),
-        is_active=_bool(r, "isactive", True),
-        is_archived=_bool(r, "isarchived", False),
-        updated_at_zywave=_when(r, "updateddatetime"),
-        raw=record,
-        seen_in_run=run_id,
-        synced_at=now,
-    )
+    return {
+        "connection_id": connection_id,
+        "zywave_id": _zywave_id(r, "contact"),
+        "account_zywave_id": _text(r, "accountid", 64),
+        "first_name": _text(r, "firstname", 100),
+        "last_name": _text(r, "lastname", 100),
+        "email": _text(r, "emailaddress", 254),
+        "title": _text(r, "title", 150),
+        "work_phone": _text(r, "workphonenumber", 50),
+        "mobile_phone": _text(r, "mobilephonenumber", 50),
+        "is_primary": _bool(r, "isprimarycontact", False),
+        "is_active": _bool(r, "isactive", True),
+        "is_archived": _bool(r, "isarchived", False),
+        "updated_at_zywave": _when(r, "updateddatetime"),
+        "raw": record,
+        "seen_in_run": run_id,
+        "synced_at": now,
+    }
 
 
-ROWS: dict[str, tuple[type[Model], Callable[..., Account | Contact]]] = {
+ROWS: dict[str, tuple[type[Model], Callable[..., dict[str, Any]]]] = {
     "accounts": (Account, account_row),
     "contacts": (Contact, contact_row),
 }
 
 
-def upsert(resource: str, connection_id: int, run_id: int, records: list[dict[str, Any]]) -> int:
-    """Write one page as a single INSERT ... ON CONFLICT DO UPDATE on (connection, zywave_id)."""
+def upsert(
+    resource: str, connection_id: int, run_id: int, records: list[dict[str, Any]]
+) -> tuple[int, datetime | None]:
+    """Write one page as a single INSERT ... ON CONFLICT DO UPDATE on (connection, zywave_id).
+
+    Returns the rows written and the newest `updatedDateTime` among them.
+    """
     model, build = ROWS[resource]
     now = timezone.now()
-    rows: dict[str, Account | Contact] = {}
+    rows: dict[str, dict[str, Any]] = {}
     for record in records:
         row = build(connection_id, run_id, record, now)
-        rows[row.zywave_id] = row  # a page repeating an id keeps the last copy
+        rows[row["zywave_id"]] = row  # a page repeating an id keeps the last copy
     if not rows:
-        return 0
-    fields = [
-        f.name
-        for f in model._meta.concrete_fields
-        if f.name not in {"id", "connection", "zywave_id"}
-    ]
-    model._default_manager.bulk_create(
-        list(rows.values()),
-        update_conflicts=True,
-        unique_fields=["connection", "zywave_id"],
-        update_fields=fields,
+        return 0, None
+    newest = max(
+        (r["updated_at_zywave"] for r in rows.values() if r["updated_at_zywave"]), default=None
     )
-    return len(rows)
+    if db.vendor == "postgresql":
+        _upsert_postgresql(model, list(rows.values()))
+    else:
+        model._default_manager.bulk_create(
+            [model(**row) for row in rows.values()],
+            update_conflicts=True,
+            unique_fields=["connection", "zywave_id"],
+            update_fields=[name for name in rows[next(iter(rows))] if name not in KEY_FIELDS],
+        )
+    return len(rows), newest
+
+
+KEY_FIELDS = {"connection_id", "zywave_id"}
+
+
+def _upsert_postgresql(model: type[Model], rows: list[dict[str, Any]]) -> None:
+    """The page travels as one JSON parameter that PostgreSQL expands with jsonb_to_recordset.
+
+    Django's bulk_create would send one array parameter per column, quoted value by value in
+    Python; that quoting cost more than the INSERT itself (see the sync benchmark).
+    """
+    fields = [model._meta.get_field("connection" if n == "connection_id" else n) for n in rows[0]]
+    quote = db.ops.quote_name
+    columns = [str(field.column) for field in fields]  # type: ignore[union-attr]
+    types = [str(field.db_type(db)).split("(")[0] for field in fields]  # type: ignore[union-attr]
+    names = ", ".join(quote(c) for c in columns)
+    record_type = ", ".join(f"{quote(c)} {t}" for c, t in zip(columns, types, strict=True))
+    updates = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in columns if c not in KEY_FIELDS)
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({names}) "  # noqa: S608
+        f"SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS r({record_type}) "
+        f"ON CONFLICT (connection_id, zywave_id) DO UPDATE SET {updates}"
+    )
+    with db.cursor() as cursor:
+        cursor.execute(sql, [json.dumps(rows, default=_isoformat)])
+
+
+def _isoformat(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 # --- Runs ------------------------------------------------------------------------------------
@@ -321,8 +366,8 @@ def _sync_resource(
         try:
             for page in client.pages(PATHS[resource], odata_filter=odata_filter, skip=run.skip):
                 with transaction.atomic():
-                    written = upsert(resource, run.connection_id, run.pk, page.items)
-                    _advance(run, resource, page.items, page.total, written)
+                    written, newest = upsert(resource, run.connection_id, run.pk, page.items)
+                    _advance(run, resource, len(page.items), page.total, written, newest)
                 failures = 0
             return
         except (RateLimited, ServerError, ZywaveTimeout, RefreshFailed) as exc:
@@ -355,19 +400,24 @@ def _renew_lease(run: SyncRun, extra_seconds: float = 0) -> None:
 
 
 def _advance(
-    run: SyncRun, resource: str, items: list[dict[str, Any]], total: int | None, written: int
+    run: SyncRun,
+    resource: str,
+    count: int,
+    total: int | None,
+    written: int,
+    newest: datetime | None,
 ) -> None:
     """Record a committed page (inside the page's transaction)."""
-    run.skip += len(items)
+    run.skip += count
     run.pages_done += 1
     run.records_done += written
-    if total is not None and run.skip <= len(items):  # first page of a resource reports totals
+    if total is not None and run.skip <= count:  # first page of a resource reports totals
         run.total_reported = (
             (run.total_reported or 0) + total if resource != RESOURCES[0] else total
         )
-    newest = max((str(lower_keys(i).get("updateddatetime") or "") for i in items), default="")
-    if newest and newest > str(run.marks.get(resource, "")):
-        run.marks = {**run.marks, resource: newest}
+    mark = parse_datetime(run.marks[resource]) if resource in run.marks else None
+    if newest is not None and (mark is None or newest > mark):
+        run.marks = {**run.marks, resource: newest.isoformat()}
     run.lease_until = timezone.now() + lease()
     run.save(
         update_fields=[
