@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-
 from common import REPO_ROOT, bench_database, linked_connection, setup_django
 
 from tests.sandboxserver import start_sandbox, stop_sandbox  # noqa: E402
@@ -214,14 +213,14 @@ def main() -> int:
 
     rows.append(
         (
-            f"peak RSS, sync of {mirrored_small[0]:,} accounts + {mirrored_small[1]:,} contacts (MB)",
+            f"peak RSS, {mirrored_small[0]:,} accounts + {mirrored_small[1]:,} contacts (MB)",
             f"{small_mb:.0f}",
             "",
         )
     )
     rows.append(
         (
-            f"peak RSS, sync of {mirrored_large[0]:,} accounts + {mirrored_large[1]:,} contacts (MB)",
+            f"peak RSS, {mirrored_large[0]:,} accounts + {mirrored_large[1]:,} contacts (MB)",
             f"{large_mb:.0f}",
             f"difference {large_mb - small_mb:+.0f} MB (target within 50)",
         )
