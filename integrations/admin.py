@@ -1,73 +1,777 @@
-"""Admin for connections. Tokens appear only as fingerprints, never as values."""
+"""The admin: every linked user's connection health and sync history, with audited actions.
+
+Tokens appear only as "set, fingerprint ..., expires ...", never as values. The token fields
+are in no form, list or export, and the admin's querysets do not even load them: a page that
+never holds a token cannot show one (and a wrong encryption key cannot break the admin).
+
+Nobody edits a connection here, superusers included: the change page is read-only for all,
+Django's view permission shows everything (the `support` group), and the actions need the
+change permission.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import csv
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from datetime import datetime, timedelta
+from typing import Any, cast
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.contrib.admin import helpers
+from django.contrib.admin.options import IncorrectLookupParameters
+from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, StreamingHttpResponse
+from django.http.response import HttpResponseBase
+from django.shortcuts import redirect
+from django.template.response import TemplateResponse
+from django.urls import URLPattern, path, reverse
+from django.utils import formats, timezone
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import SafeString
+from django.views.decorators.http import require_POST
 from social_django.models import Association, Nonce, UserSocialAuth
 
-from .models import Connection, ConnectionEvent
+from .models import (
+    Account,
+    Connection,
+    ConnectionEvent,
+    ConnectionQuerySet,
+    Contact,
+    SyncRun,
+)
+from .notify import send
+from .sync import can_sync, queue_run
+from .tasks import refresh_connection, sync_connection
+from .tokens import ReauthRequired, RefreshFailed, refresh, revoke_tokens
+
+log = logging.getLogger(__name__)
+
+# Encrypted fields the admin never loads, on the connection and through relations to it.
+TOKEN_FIELDS = ("access_token", "refresh_token", "chosen_profile__profile_token")
+OWNER_TOKEN_FIELDS = ("connection__access_token", "connection__refresh_token")
+# Refreshing calls Zywave once per connection while the admin waits; beyond this many the
+# refreshes are queued for the workers instead.
+INLINE_REFRESH_LIMIT = 20
+# Events and runs shown on a connection's page; the full history is one link away.
+HISTORY_ROWS = 50
+RUN_ROWS = 20
+DEADLINE_NOTICE = timedelta(days=7)
+EMPTY = "–"
+
+
+def when(value: datetime | None) -> str:
+    return formats.localize(timezone.localtime(value)) if value else EMPTY
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return EMPTY
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m {seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def change_url(obj_or_model: Any, pk: Any) -> str:
+    meta = obj_or_model._meta
+    return reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[pk])
+
+
+def changelist_url(model: Any, **params: Any) -> str:
+    meta = model._meta
+    url = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
+    return url + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
+
+
+# --- What each column says, shared by the list, the page and the CSV ----------------------
+
+
+def health_label(connection: Connection) -> str:
+    return str(Connection.Health(connection.health).label)  # type: ignore[attr-defined]
+
+
+def last_sync_duration(connection: Any) -> float | None:
+    started, finished = connection.last_sync_started_at, connection.last_sync_finished_at
+    return (finished - started).total_seconds() if started and finished else None
+
+
+def last_refresh_text(connection: Connection) -> str:
+    if connection.last_error:
+        kind = "ended the grant" if connection.last_error_permanent else "failing"
+        return f"{kind}: {connection.last_error} ({when(connection.last_error_at)})"
+    if connection.last_refreshed_at:
+        return f"ok ({when(connection.last_refreshed_at)})"
+    return "never refreshed"
+
+
+def last_sync_text(connection: Any) -> str:
+    if connection.last_sync_id is None:
+        return "never synced"
+    at = (
+        connection.last_sync_finished_at
+        or connection.last_sync_started_at
+        or connection.last_sync_queued_at
+    )
+    text = f"{SyncRun.State(connection.last_sync_state).label} {when(at)}"
+    text += f", {connection.last_sync_records} records"
+    if (seconds := last_sync_duration(connection)) is not None:
+        text += f" in {duration(seconds)}"
+    if connection.last_sync_error:
+        text += f": {connection.last_sync_error}"
+    return text
+
+
+def profile_text(connection: Connection) -> str:
+    profile = connection.chosen_profile
+    if profile is None:
+        return EMPTY
+    return f"{profile.name or profile.zywave_id} ({profile.type_code} {profile.zywave_id})"
+
+
+# --- Filters ---------------------------------------------------------------------------------
+
+
+class HealthFilter(admin.SimpleListFilter):
+    title = "status"
+    parameter_name = "health"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Iterable[tuple[str, str]]:
+        return Connection.Health.choices
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        return queryset.filter(health=self.value()) if self.value() else queryset
+
+
+class ProfileChosenFilter(admin.SimpleListFilter):
+    title = "profile"
+    parameter_name = "profile"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Iterable[tuple[str, str]]:
+        return [("chosen", "Chosen"), ("none", "Not chosen")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() in ("chosen", "none"):
+            return queryset.filter(chosen_profile__isnull=self.value() == "none")
+        return queryset
+
+
+class LastSyncFilter(admin.SimpleListFilter):
+    title = "last sync"
+    parameter_name = "last_sync"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Iterable[tuple[str, str]]:
+        return [("failed", "Failed"), ("never", "Never synced")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "failed":
+            return queryset.filter(last_sync_state__in=SyncRun.FAILED_STATES)
+        if self.value() == "never":
+            return queryset.filter(last_sync_id__isnull=True)
+        return queryset
+
+
+class DeadlineFilter(admin.SimpleListFilter):
+    title = "30-day deadline"
+    parameter_name = "deadline"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Iterable[tuple[str, str]]:
+        return [("soon", "Within 7 days"), ("passed", "Passed")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        now = timezone.now()
+        connections = cast(ConnectionQuerySet, queryset)
+        if self.value() == "soon":
+            return connections.refresh_deadline_between(now, now + DEADLINE_NOTICE)
+        if self.value() == "passed":
+            return connections.refresh_deadline_between(None, now)
+        return queryset
+
+
+# --- Read-only admins --------------------------------------------------------------------------
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request: HttpRequest) -> bool:
+    """Seen, never written: history and mirror rows come from Zywave and the workers."""
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
 
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
-@admin.register(Connection)
+
+class OwnedByConnection(ReadOnlyAdmin):
+    """Rows that belong to a connection: shown with their owner, without loading tokens."""
+
+    list_select_related = ["connection__user"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("connection__user")
+            .defer(*OWNER_TOKEN_FIELDS)
+        )
+
+    @admin.display(description="linked user", ordering="connection__user__username")
+    def owner(self, obj: Any) -> str:
+        return format_html(
+            '<a href="{}">{}</a>',
+            change_url(Connection, obj.connection_id),
+            obj.connection.user.get_username(),
+        )
+
+
 class ConnectionAdmin(ReadOnlyAdmin):
     list_display = [
-        "user",
-        "zywave_email",
-        "status",
-        "granted_scopes",
+        "username",
+        "zywave_identity",
+        "health_badge",
+        "profile",
+        "scopes",
         "access_token_expires_at",
-        "authorized_at",
+        "refresh_deadline",
+        "last_refresh",
+        "last_sync",
     ]
-    list_filter = ["status"]
-    list_select_related = ["user"]
-    search_fields = ["user__username", "zywave_email", "zywave_subject"]
-    fields = readonly_fields = (
-        "user",
-        "status",
-        "zywave_subject",
-        "zywave_email",
-        "zywave_name",
-        "access_token_state",
-        "refresh_token_state",
-        "granted_scopes",
-        "authorized_at",
-        "last_refreshed_at",
-        "last_error",
-        "last_error_at",
-    )
+    list_filter = [HealthFilter, ProfileChosenFilter, LastSyncFilter, DeadlineFilter]
+    list_select_related = ["user", "chosen_profile"]
+    list_per_page = 100
+    search_fields = ["user__username", "user__email", "zywave_email", "zywave_subject"]
+    search_help_text = "Username, email or Zywave subject."
+    actions = [
+        "refresh_tokens_now",
+        "sync_now",
+        "full_resync",
+        "send_reconnect_reminder",
+        "disconnect_selected",
+    ]
+    exclude = ["access_token", "refresh_token"]
+    fieldsets = [
+        (None, {"fields": ["person", "zywave_identity", "health_badge", "last_refresh"]}),
+        (
+            "Tokens",
+            {
+                "fields": [
+                    "access_token_state",
+                    "refresh_token_state",
+                    "authorized_at",
+                    "granted_scopes",
+                    "missing_scopes",
+                    "reauth_notified_at",
+                    "deadline_warned_at",
+                ]
+            },
+        ),
+        ("Profile", {"fields": ["profile", "profile_token_state", "profiles_listed_at"]}),
+        ("Sync", {"fields": ["last_sync", "history_links"]}),
+        ("Record", {"fields": ["status", "created_at", "updated_at"]}),
+    ]
+    readonly_fields = flatten_fieldsets(fieldsets)
 
-    @admin.display(description="Access token")
+    class Media:
+        css = {"all": ["admin.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return (
+            Connection.objects.with_health()
+            .with_last_sync()
+            .select_related("user", "chosen_profile")
+            .defer(*TOKEN_FIELDS)
+        )
+
+    # Actions need the change permission; the page itself stays read-only for everyone.
+    def has_act_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("integrations.change_connection")
+
+    # --- Columns -----------------------------------------------------------------------------
+
+    @admin.display(description="portal user", ordering="user__username")
+    def username(self, obj: Connection) -> str:
+        return obj.user.get_username()
+
+    @admin.display(description="person")
+    def person(self, obj: Connection) -> str:
+        user = obj.user
+        return format_html(
+            '<a href="{}">{}</a> {}',
+            change_url(user, user.pk),
+            user.get_username(),
+            f"<{user.email}>" if user.email else "",
+        )
+
+    @admin.display(description="Zywave identity", ordering="zywave_email")
+    def zywave_identity(self, obj: Connection) -> str:
+        return format_html(
+            '{}<br><span class="zw-quiet">{}</span>',
+            obj.zywave_email or EMPTY,
+            obj.zywave_subject,
+        )
+
+    @admin.display(description="status", ordering="health")
+    def health_badge(self, obj: Connection) -> str:
+        return format_html(
+            '<span class="zw-badge zw-{}">{}</span>',
+            obj.health,  # type: ignore[attr-defined]
+            health_label(obj),
+        )
+
+    @admin.display(description="chosen profile", ordering="chosen_profile__name")
+    def profile(self, obj: Connection) -> str:
+        return profile_text(obj)
+
+    @admin.display(description="granted scopes")
+    def scopes(self, obj: Connection) -> str:
+        missing = obj.missing_scopes()
+        return format_html(
+            "{}{}",
+            obj.granted_scopes or EMPTY,
+            format_html('<br><span class="zw-warn">missing: {}</span>', " ".join(missing))
+            if missing
+            else "",
+        )
+
+    @admin.display(description="missing scopes")
+    def missing_scopes(self, obj: Connection) -> str:
+        return " ".join(obj.missing_scopes()) or EMPTY
+
+    @admin.display(description="30-day deadline", ordering="authorized_at")
+    def refresh_deadline(self, obj: Connection) -> str:
+        deadline = obj.refresh_deadline
+        if deadline is None:
+            return EMPTY
+        soon = obj.status == Connection.Status.ACTIVE and deadline < timezone.now() + (
+            DEADLINE_NOTICE
+        )
+        return format_html('<span class="{}">{}</span>', "zw-warn" if soon else "", when(deadline))
+
+    @admin.display(description="last refresh", ordering="last_refreshed_at")
+    def last_refresh(self, obj: Connection) -> str:
+        return last_refresh_text(obj)
+
+    @admin.display(description="last sync", ordering="last_sync_queued_at")
+    def last_sync(self, obj: Any) -> str:
+        if obj.last_sync_id is None:
+            return last_sync_text(obj)
+        return format_html(
+            '<a class="zw-sync zw-{}" href="{}">{}</a>',
+            obj.last_sync_state,
+            change_url(SyncRun, obj.last_sync_id),
+            last_sync_text(obj),
+        )
+
+    @admin.display(description="access token")
     def access_token_state(self, obj: Connection) -> str:
         if not obj.access_token_fingerprint:
             return "not set"
-        expires = obj.access_token_expires_at
-        return f"set, fingerprint {obj.access_token_fingerprint}, expires {expires:%Y-%m-%d %H:%M}"
+        return (
+            f"set, fingerprint {obj.access_token_fingerprint}, "
+            f"expires {when(obj.access_token_expires_at)}"
+        )
 
-    @admin.display(description="Refresh token")
+    @admin.display(description="refresh token")
     def refresh_token_state(self, obj: Connection) -> str:
         if not obj.refresh_token_fingerprint:
             return "not set"
-        deadline = obj.refresh_deadline
-        return f"set, fingerprint {obj.refresh_token_fingerprint}, deadline {deadline:%Y-%m-%d}"
+        return (
+            f"set, fingerprint {obj.refresh_token_fingerprint}, "
+            f"expires {when(obj.refresh_deadline)} (30-day deadline)"
+        )
+
+    @admin.display(description="profile token")
+    def profile_token_state(self, obj: Connection) -> str:
+        profile = obj.chosen_profile
+        if profile is None or not profile.profile_token_fingerprint:
+            return "not set"
+        return f"set, fingerprint {profile.profile_token_fingerprint}"
+
+    @admin.display(description="history")
+    def history_links(self, obj: Connection) -> SafeString:
+        links = [
+            (changelist_url(SyncRun, connection__id__exact=obj.pk), "all sync runs"),
+            (changelist_url(ConnectionEvent, connection__id__exact=obj.pk), "all events"),
+            (changelist_url(Account, connection__id__exact=obj.pk), "mirrored accounts"),
+            (changelist_url(Contact, connection__id__exact=obj.pk), "mirrored contacts"),
+        ]
+        return format_html_join(" · ", '<a href="{}">{}</a>', links)
+
+    # --- The connection's page: history below the fields, actions above ---------------------
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
+    ) -> Any:
+        if obj is not None:
+            context["events"] = obj.events.select_related("actor")[:HISTORY_ROWS]
+            context["runs"] = obj.sync_runs.all()[:RUN_ROWS]
+            context["history_rows"] = HISTORY_ROWS
+            context["run_rows"] = RUN_ROWS
+            context["events_url"] = changelist_url(ConnectionEvent, connection__id__exact=obj.pk)
+            context["runs_url"] = changelist_url(SyncRun, connection__id__exact=obj.pk)
+            if self.has_act_permission(request):
+                context["connection_actions"] = [
+                    (name, action[2])
+                    for name, action in self.get_actions(request).items()
+                    if action
+                ]
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path("export/", wrap(self.export_view), name="integrations_connection_export"),
+            path(
+                "<path:object_id>/act/",
+                wrap(require_POST(self.act_view)),
+                name="integrations_connection_act",
+            ),
+            *super().get_urls(),
+        ]
+
+    def act_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        """An action on one connection, from its page; back to the page afterwards."""
+        if not self.has_act_permission(request):
+            raise PermissionDenied
+        action = self.get_actions(request).get(request.POST.get("action", ""))
+        if action is None:
+            raise PermissionDenied
+        queryset = self.get_queryset(request).filter(pk=object_id)
+        if not queryset.exists():
+            raise Http404
+        response = cast(HttpResponseBase | None, action[0](self, request, queryset))
+        return response or redirect(change_url(Connection, object_id))
+
+    # --- Actions -------------------------------------------------------------------------
+
+    def _each(self, queryset: QuerySet[Any]) -> list[Connection]:
+        """Whole rows (tokens included) for an action to work on, in a stable order."""
+        ids = queryset.values("pk")
+        return list(Connection.objects.filter(pk__in=ids).select_related("user").order_by("pk"))
+
+    def _report(self, request: HttpRequest, what: str, outcomes: Counter[str]) -> None:
+        level = messages.SUCCESS if set(outcomes) <= GOOD_OUTCOMES else messages.WARNING
+        parts = "; ".join(f"{n} {OUTCOMES[outcome]}" for outcome, n in sorted(outcomes.items()))
+        self.message_user(request, f"{what}: {parts}." if parts else f"{what}: nothing.", level)
+
+    def _guarded(self, connection: Connection, work: Callable[..., str], *args: Any) -> str:
+        """Run one connection's part of an action. An unexpected failure of one connection
+        must not stop a batch, nor reach an error page with tokens in the frame's locals: it
+        is logged (through the redacting log filter) and reported as an error."""
+        try:
+            return work(connection, *args)
+        except Exception:
+            log.exception("Admin action failed for connection %s", connection.pk)
+            return "error"
+
+    @admin.action(description="Refresh token now", permissions=["act"])
+    def refresh_tokens_now(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        connections = self._each(queryset)
+        if len(connections) > INLINE_REFRESH_LIMIT:
+            for connection in connections:
+                refresh_connection.delay_on_commit(connection.pk)
+                connection.record(
+                    ConnectionEvent.Kind.REFRESH_REQUESTED, actor=request.user, result="queued"
+                )
+            self.message_user(
+                request,
+                f"Token refresh queued for {len(connections)} connections: each is refreshed by "
+                "a worker if its access token ends within the hour. Refresh at most "
+                f"{INLINE_REFRESH_LIMIT} at once to refresh them now.",
+                messages.INFO,
+            )
+            return
+        outcomes: Counter[str] = Counter()
+        for connection in connections:
+            result = self._guarded(connection, lambda c=connection: self._refresh(c))  # type: ignore[misc]
+            connection.record(
+                ConnectionEvent.Kind.REFRESH_REQUESTED, actor=request.user, result=result
+            )
+            outcomes[result] += 1
+        self._report(request, "Token refresh", outcomes)
+
+    def _refresh(self, connection: Connection) -> str:
+        if connection.status != Connection.Status.ACTIVE:
+            return "not_active"
+        try:
+            # Naming the current token as refused forces one refresh, unless another process
+            # replaced it meanwhile: then that newer token stands and Zywave is not called.
+            refresh(connection, refused=connection.access_token or "")
+        except ReauthRequired:
+            return "reauth_required"
+        except RefreshFailed:
+            return "refresh_failed"
+        return "refreshed"
+
+    @admin.action(description="Sync now", permissions=["act"])
+    def sync_now(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._queue_syncs(request, queryset, full=False)
+
+    @admin.action(description="Full resync", permissions=["act"])
+    def full_resync(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        self._queue_syncs(request, queryset, full=True)
+
+    def _queue_syncs(self, request: HttpRequest, queryset: QuerySet[Any], full: bool) -> None:
+        outcomes: Counter[str] = Counter()
+        for connection in self._each(queryset):
+            if not can_sync(connection):
+                result = "cannot_sync"
+            elif queue_run(connection, full=full, trigger="admin") is None:
+                result = "already_queued"  # queue_run made a waiting run full if asked
+            else:
+                sync_connection.delay_on_commit(connection.pk, full)
+                result = "queued"
+            connection.record(
+                ConnectionEvent.Kind.SYNC_REQUESTED, actor=request.user, full=full, result=result
+            )
+            outcomes[result] += 1
+        self._report(request, "Full resync" if full else "Sync", outcomes)
+
+    @admin.action(description="Send a reconnect reminder email", permissions=["act"])
+    def send_reconnect_reminder(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        outcomes: Counter[str] = Counter()
+        for connection in self._each(queryset):
+            address = connection.user.email or connection.zywave_email
+            if not address:
+                result = "no_address"
+            elif send(address, "reconnect_reminder", {"connection": connection}):
+                result = "sent"
+            else:
+                result = "send_failed"
+            connection.record(ConnectionEvent.Kind.REMINDER_SENT, actor=request.user, result=result)
+            outcomes[result] += 1
+        self._report(request, "Reconnect reminder", outcomes)
+
+    @admin.action(description="Disconnect (revoke at Zywave, delete tokens)…", permissions=["act"])
+    def disconnect_selected(
+        self, request: HttpRequest, queryset: QuerySet[Any]
+    ) -> TemplateResponse | None:
+        connections = self._each(queryset)
+        if request.POST.get("post") != "yes":
+            return self._confirm_disconnect(request, connections)
+        outcomes: Counter[str] = Counter()
+        for connection in connections:
+            if not connection.is_connected:
+                outcomes["already_disconnected"] += 1
+                continue
+            outcomes[
+                self._guarded(connection, lambda c=connection: self._disconnect(c, request))
+            ] += 1  # type: ignore[misc]
+        self._report(request, "Disconnect", outcomes)
+        return None
+
+    def _disconnect(self, connection: Connection, request: HttpRequest) -> str:
+        revoked, reason = revoke_tokens(connection)
+        with transaction.atomic():
+            connection.disconnect(actor=request.user, revoked=revoked, reason=reason)
+        return "revoked" if revoked else "not_revoked"
+
+    def _confirm_disconnect(
+        self, request: HttpRequest, connections: list[Connection]
+    ) -> TemplateResponse:
+        request.current_app = self.admin_site.name
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Disconnect Zywave?",
+            "subtitle": None,
+            "opts": self.model._meta,
+            "media": self.media,
+            "connections": connections,
+            "connected": [c for c in connections if c.is_connected],
+            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
+        }
+        return TemplateResponse(
+            request, "admin/integrations/connection/disconnect_confirmation.html", context
+        )
+
+    # --- CSV export ------------------------------------------------------------------------
+
+    def export_view(self, request: HttpRequest) -> HttpResponseBase:
+        """The list as CSV, with the list's current filters, search and order."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        try:
+            changelist = self.get_changelist_instance(request)
+        except IncorrectLookupParameters:
+            return redirect(changelist_url(Connection))
+        rows = changelist.queryset.iterator(chunk_size=500)
+        stamp = timezone.localtime().strftime("%Y%m%d-%H%M")
+        response = StreamingHttpResponse(csv_lines(rows), content_type="text/csv; charset=utf-8")
+        response["Content-Disposition"] = f'attachment; filename="zywave-connections-{stamp}.csv"'
+        return response
 
 
-@admin.register(ConnectionEvent)
+CSV_COLUMNS: list[tuple[str, Callable[[Any], Any]]] = [
+    ("portal user", lambda c: c.user.get_username()),
+    ("portal email", lambda c: c.user.email),
+    ("Zywave email", lambda c: c.zywave_email),
+    ("Zywave subject", lambda c: c.zywave_subject),
+    ("status", health_label),
+    ("chosen profile", profile_text),
+    ("granted scopes", lambda c: c.granted_scopes),
+    ("access token expires", lambda c: c.access_token_expires_at),
+    ("30-day deadline", lambda c: c.refresh_deadline),
+    ("last refreshed", lambda c: c.last_refreshed_at),
+    ("last refresh error", lambda c: c.last_error),
+    ("last sync state", lambda c: c.last_sync_state),
+    ("last sync queued", lambda c: c.last_sync_queued_at),
+    ("last sync finished", lambda c: c.last_sync_finished_at),
+    ("last sync records", lambda c: c.last_sync_records),
+    ("last sync seconds", last_sync_duration),
+    ("last sync error", lambda c: c.last_sync_error),
+]
+
+
+class _Echo:
+    def write(self, value: str) -> str:
+        return value
+
+
+def csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.isoformat()
+    text = str(value)
+    # Names come from Zywave: a leading =, +, - or @ would run as a formula in a spreadsheet.
+    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
+
+
+def csv_lines(rows: Iterable[Any]) -> Iterator[str]:
+    writer = csv.writer(_Echo())
+    yield writer.writerow([name for name, _ in CSV_COLUMNS])
+    for row in rows:
+        yield writer.writerow([csv_cell(column(row)) for _, column in CSV_COLUMNS])
+
+
+OUTCOMES = {
+    "refreshed": "refreshed",
+    "reauth_required": "need re-authorization (Zywave ended the grant)",
+    "refresh_failed": "failed for now (tokens kept; try again later)",
+    "not_active": "skipped (not active)",
+    "queued": "queued",
+    "already_queued": "already had a sync queued or running",
+    "cannot_sync": "skipped (not active, or no profile chosen)",
+    "sent": "sent",
+    "no_address": "skipped (no email address)",
+    "send_failed": "could not be sent",
+    "revoked": "disconnected and revoked at Zywave",
+    "not_revoked": "disconnected here, but Zywave did not confirm the revocation",
+    "already_disconnected": "already disconnected",
+    "error": "failed unexpectedly (see the log)",
+}
+GOOD_OUTCOMES = {"refreshed", "queued", "already_queued", "sent", "revoked"}
+
+
+class SyncRunAdmin(OwnedByConnection):
+    list_display = [
+        "id",
+        "owner",
+        "state",
+        "full",
+        "trigger",
+        "queued_at",
+        "started_at",
+        "finished_at",
+        "run_duration",
+        "records_done",
+        "error",
+    ]
+    list_filter = ["state", "full", "trigger"]
+    search_fields = ["connection__user__username", "connection__zywave_email"]
+    list_per_page = 100
+
+    @admin.display(description="duration")
+    def run_duration(self, obj: SyncRun) -> str:
+        elapsed = obj.duration
+        return duration(elapsed.total_seconds() if elapsed else None)
+
+
 class ConnectionEventAdmin(ReadOnlyAdmin):
-    list_display = ["at", "user", "kind", "actor"]
+    list_display = ["at", "user", "kind", "actor", "summary"]
     list_filter = ["kind"]
     list_select_related = ["user", "actor"]
-    search_fields = ["user__username"]
+    search_fields = ["user__username", "actor__username"]
+    list_per_page = 100
+    fields = ("at", "user", "connection_link", "kind", "actor", "summary")
+    readonly_fields = fields
+
+    @admin.display(description="connection")
+    def connection_link(self, obj: ConnectionEvent) -> str:
+        if obj.connection_id is None:
+            return EMPTY
+        return format_html('<a href="{}">{}</a>', change_url(Connection, obj.connection_id), "open")
+
+    @admin.display(description="detail")
+    def summary(self, obj: ConnectionEvent) -> str:
+        return event_summary(obj.detail)
+
+
+def event_summary(detail: Any) -> str:
+    if not isinstance(detail, dict):
+        return json.dumps(detail)
+    return ", ".join(f"{key}: {value}" for key, value in detail.items())
+
+
+class AccountAdmin(OwnedByConnection):
+    list_display = [
+        "name",
+        "zywave_id",
+        "owner",
+        "classification",
+        "city",
+        "state",
+        "is_active",
+        "is_archived",
+        "updated_at_zywave",
+        "synced_at",
+    ]
+    list_filter = ["is_active", "is_archived"]
+    search_fields = ["name", "zywave_id"]
+    list_per_page = 100
+    # The mirror can hold millions of rows: skip counting all of them on every page.
+    show_full_result_count = False
+
+
+class ContactAdmin(OwnedByConnection):
+    list_display = [
+        "__str__",
+        "email",
+        "title",
+        "account_zywave_id",
+        "owner",
+        "is_primary",
+        "is_active",
+        "updated_at_zywave",
+    ]
+    list_filter = ["is_primary", "is_active", "is_archived"]
+    search_fields = ["last_name", "first_name", "email", "zywave_id"]
+    list_per_page = 100
+    show_full_result_count = False
+
+
+admin.site.register(Connection, ConnectionAdmin)
+admin.site.register(SyncRun, SyncRunAdmin)
+admin.site.register(ConnectionEvent, ConnectionEventAdmin)
+admin.site.register(Account, AccountAdmin)
+admin.site.register(Contact, ContactAdmin)
 
 
 # social-auth's stock admin shows and edits raw extra_data: replace it with a read-only list.

@@ -8,6 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
+from django.db.models import Case, OuterRef, Q, Subquery, Value, When
 from django.utils import timezone
 
 from .fields import EncryptedTextField, token_fingerprint
@@ -34,6 +35,62 @@ class ConnectionQuerySet(models.QuerySet):
             deadline_warned_at__isnull=True,
         )
 
+    def refresh_deadline_between(self, start: datetime | None, end: datetime) -> ConnectionQuerySet:
+        """Active connections whose 30-day refresh deadline falls in [start, end)."""
+        connections = self.active().filter(authorized_at__lt=end - REFRESH_LIFETIME)
+        if start is not None:
+            connections = connections.filter(authorized_at__gte=start - REFRESH_LIFETIME)
+        return connections
+
+    def with_health(self) -> ConnectionQuerySet:
+        """Annotate `health`, the state people act on (see `Connection.Health`).
+
+        Computed in SQL so that lists can filter, sort and count by it. A transient refresh
+        failure outranks a missing profile: it is the one an admin can do something about.
+        """
+        return self.annotate(
+            health=Case(
+                When(
+                    status=Connection.Status.DISCONNECTED,
+                    then=Value(Connection.Health.DISCONNECTED),
+                ),
+                When(
+                    status=Connection.Status.REAUTH_REQUIRED,
+                    then=Value(Connection.Health.REAUTH_REQUIRED),
+                ),
+                When(
+                    ~Q(last_error="") & Q(last_error_permanent=False),
+                    then=Value(Connection.Health.REFRESH_FAILING),
+                ),
+                When(chosen_profile__isnull=True, then=Value(Connection.Health.NEEDS_PROFILE)),
+                default=Value(Connection.Health.ACTIVE),
+                output_field=models.CharField(),
+            )
+        )
+
+    def with_last_sync(self) -> ConnectionQuerySet:
+        """Annotate `last_sync_*` from each connection's latest run: correlated subqueries in
+        the one SELECT, so a page of connections costs one query however many runs exist."""
+        latest = SyncRun.objects.filter(connection=OuterRef("pk")).order_by("-queued_at", "-id")
+        return self.annotate(
+            **{
+                f"last_sync_{name}": Subquery(latest.values(field)[:1])
+                for name, field in (
+                    ("id", "pk"),
+                    ("state", "state"),
+                    ("queued_at", "queued_at"),
+                    ("started_at", "started_at"),
+                    ("finished_at", "finished_at"),
+                    ("records", "records_done"),
+                    ("error", "error"),
+                )
+            }
+        )
+
+    def last_sync_failed(self) -> ConnectionQuerySet:
+        """Connections whose latest run failed or stopped part way (needs `with_last_sync`)."""
+        return self.filter(last_sync_state__in=SyncRun.FAILED_STATES)
+
 
 class Connection(models.Model):
     """One per portal user: their Zywave identity, tokens (encrypted) and health."""
@@ -41,6 +98,15 @@ class Connection(models.Model):
     class Status(models.TextChoices):
         ACTIVE = "active", "Active"
         REAUTH_REQUIRED = "reauth_required", "Re-authorization needed"
+        DISCONNECTED = "disconnected", "Disconnected"
+
+    class Health(models.TextChoices):
+        """What the status means for people: `active` split by what is wrong with it."""
+
+        ACTIVE = "active", "Active"
+        REFRESH_FAILING = "refresh_failing", "Refresh failing"
+        REAUTH_REQUIRED = "reauth_required", "Re-authorization needed"
+        NEEDS_PROFILE = "needs_profile", "Profile needed"
         DISCONNECTED = "disconnected", "Disconnected"
 
     user = models.OneToOneField(
@@ -222,6 +288,9 @@ class ConnectionEvent(models.Model):
         PROFILE_CHOSEN = "profile_chosen", "Profile chosen"
         PROFILE_LOST = "profile_lost", "Chosen profile no longer offered"
         MIRROR_CLEARED = "mirror_cleared", "Mirror cleared"
+        REFRESH_REQUESTED = "refresh_requested", "Token refresh requested by an admin"
+        SYNC_REQUESTED = "sync_requested", "Sync requested by an admin"
+        REMINDER_SENT = "reminder_sent", "Reconnect reminder sent"
 
     # The person the event concerns; the connection when one exists (a first connect that
     # failed has none).
@@ -302,6 +371,7 @@ class SyncRun(models.Model):
         FAILED = "failed", "Failed"
 
     ACTIVE_STATES = (State.QUEUED, State.RUNNING)
+    FAILED_STATES = (State.FAILED, State.PARTIAL)
 
     connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="sync_runs")
     full = models.BooleanField(default=False)
