@@ -103,6 +103,7 @@ class RedactFilter(logging.Filter):
     exception again."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        _ids_from_request(record)
         try:
             message = record.getMessage()
         except Exception:  # noqa: BLE001 (a broken format string: keep what we have)
@@ -119,6 +120,15 @@ class RedactFilter(logging.Filter):
             if key not in _STANDARD:
                 setattr(record, key, _redact_value(value))
         return True
+
+
+def _ids_from_request(record: logging.LogRecord) -> None:
+    """django.request logs 4xx/5xx after the middleware has unbound the request's ids, but
+    attaches the request itself: take the user's id from it."""
+    request = getattr(record, "request", None)
+    user = getattr(request, "user", None)
+    if user is not None and getattr(user, "is_authenticated", False):
+        record.user_id = user.pk
 
 
 def _redact_value(value: Any) -> Any:

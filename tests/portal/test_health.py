@@ -1,0 +1,145 @@
+"""/health/: JSON and a status a load balancer can act on; nothing secret for anonymous callers.
+
+A worker answering is the one thing patched here (`app.control.ping`): the smoke run
+(tests/smoke/run_smoke.py) checks /health/ against a real worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from cryptography.fernet import Fernet
+from django.test import Client
+
+from integrations.fields import ensure_canary
+from portal import health
+from portal.celery import app
+
+
+@pytest.fixture(autouse=True)
+def forget_the_last_ping() -> Iterator[None]:
+    health._last_worker_ok = 0.0
+    yield
+    health._last_worker_ok = 0.0
+
+
+@pytest.fixture
+def worker_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app.control, "ping", lambda timeout: [{"w@host": {"ok": "pong"}}])
+
+
+@pytest.fixture
+def no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(app.control, "ping", lambda timeout: [])
+
+
+def test_it_answers_200_when_every_check_passes(client: Client, db: None, worker_answers) -> None:  # type: ignore[no-untyped-def]
+    ensure_canary()
+    response = client.get("/health/")
+    assert response.status_code == 200
+    assert response["Content-Type"] == "application/json"
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"database": "ok", "redis": "ok", "worker": "ok", "encryption": "ok"},
+    }
+    assert "no-cache" in response["Cache-Control"]
+
+
+def test_it_answers_503_when_no_worker_answers(client: Client, db: None, no_worker) -> None:  # type: ignore[no-untyped-def]
+    response = client.get("/health/")
+    assert response.status_code == 503
+    assert response.json()["status"] == "fail"
+    assert response.json()["checks"]["worker"] == "fail"
+    assert response.json()["checks"]["database"] == "ok"
+
+
+def test_it_answers_503_when_the_key_cannot_decrypt_the_canary(
+    client: Client,
+    db: None,
+    worker_answers,  # type: ignore[no-untyped-def]
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    ensure_canary()
+    settings.FIELD_ENCRYPTION_KEY = [Fernet.generate_key().decode()]
+    response = client.get("/health/")
+    assert response.status_code == 503
+    assert response.json()["checks"]["encryption"] == "fail"
+
+
+def test_it_answers_503_when_redis_does_not_answer(
+    client: Client,
+    db: None,
+    worker_answers,  # type: ignore[no-untyped-def]
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.CELERY_BROKER_URL = "redis://:hunter2-broker-pass@127.0.0.1:1/0"
+    response = client.get("/health/")
+    assert response.status_code == 503
+    assert response.json()["checks"]["redis"] == "fail"
+
+
+def test_it_answers_503_when_the_database_fails(
+    client: Client,
+    db: None,
+    worker_answers,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from django.db import OperationalError
+
+    def broken() -> None:
+        raise OperationalError("could not connect to server at db.internal:5432")
+
+    monkeypatch.setitem(health.CHECKS, "database", broken)
+    response = client.get("/health/")
+    assert response.status_code == 503
+    assert response.json()["checks"]["database"] == "fail"
+    assert b"db.internal" not in response.content
+
+
+def test_anonymous_callers_see_no_reasons_hosts_or_versions(
+    client: Client,
+    db: None,
+    no_worker,  # type: ignore[no-untyped-def]
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.CELERY_BROKER_URL = "redis://:hunter2-broker-pass@127.0.0.1:1/0"
+    response = client.get("/health/")
+    body = response.json()
+    assert set(body) == {"status", "checks"}
+    text = response.content.decode()
+    for leak in ("hunter2", "127.0.0.1", "redis://", "Django", "5.2", "ConnectionError"):
+        assert leak not in text
+
+
+def test_staff_also_see_why_a_check_failed(
+    client: Client,
+    admin_user,  # type: ignore[no-untyped-def]
+    no_worker,  # type: ignore[no-untyped-def]
+) -> None:
+    client.force_login(admin_user)
+    body = client.get("/health/").json()
+    assert "no Celery worker answered" in body["errors"]["worker"]
+    assert "database" not in body["errors"]
+
+
+def test_a_successful_ping_is_remembered_briefly(
+    client: Client,
+    db: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[float] = []
+
+    def ping(timeout: float) -> list[dict[str, object]]:
+        calls.append(timeout)
+        return [{"w@host": {"ok": "pong"}}]
+
+    monkeypatch.setattr(app.control, "ping", ping)
+    client.get("/health/")
+    client.get("/health/")
+    assert len(calls) == 1
+    assert calls[0] <= 2.0
+
+
+def test_health_only_answers_get(client: Client, db: None) -> None:
+    assert client.post("/health/").status_code == 405

@@ -1,0 +1,188 @@
+"""Logs: the redaction filter masks real secrets wherever they are; JSON lines carry the ids."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import logging.config
+from collections.abc import Iterator
+
+import pytest
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.test import Client
+from django.test.utils import override_settings
+from django.urls import path
+
+from portal import logs
+
+ACCESS = "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLXBhcnQtMTIz"
+REFRESH = "rt-8f3a2b9c4d5e6f708192a3b4c5d6e7f8"
+PROFILE_TOKEN = "pt_Zm9vYmFyYmF6cXV4LXByb2ZpbGUtdG9rZW4"
+CLIENT_SECRET = "portal-client-secret-0f9e8d7c6b5a"
+
+
+@pytest.fixture
+def captured(settings) -> Iterator[io.StringIO]:  # type: ignore[no-untyped-def]
+    """The configured console handler (filter and formatter from LOGGING), into a buffer."""
+    settings.ZYWAVE_CLIENT_SECRET = CLIENT_SECRET
+    config = dict(settings.LOGGING)
+    buffer = io.StringIO()
+    config["handlers"] = {
+        "console": {**config["handlers"]["console"], "formatter": "json", "stream": buffer}
+    }
+    logging.config.dictConfig(config)
+    try:
+        yield buffer
+    finally:
+        logging.config.dictConfig(settings.LOGGING)
+
+
+def lines(buffer: io.StringIO) -> list[dict[str, object]]:
+    return [json.loads(line) for line in buffer.getvalue().splitlines()]
+
+
+SECRETS = (ACCESS, REFRESH, PROFILE_TOKEN, CLIENT_SECRET)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        f"GET /accounts with headers {{'Authorization': 'Bearer {ACCESS}'}}",
+        f"Authorization: bearer {ACCESS}",
+        f"POST /connect/token body grant_type=refresh_token&refresh_token={REFRESH}&x=1",
+        f"callback /oauth/complete/zywave/?access_token={ACCESS}&state=abc",
+        f'token response {{"access_token": "{ACCESS}", "refresh_token": "{REFRESH}"}}',
+        f"token response {{'access_token': '{ACCESS}', 'refresh_token': '{REFRESH}'}}",
+        f'escaped {{\\"access_token\\": \\"{ACCESS}\\"}}',
+        f"headers {{'Profile': 'Token {PROFILE_TOKEN}'}}",
+        f"Profile: Token {PROFILE_TOKEN}",
+        f'profile {{"ProfileToken": "{PROFILE_TOKEN}", "Name": "Summit"}}',
+        f"client_secret={CLIENT_SECRET}&client_id=portal",
+        f"the secret is {CLIENT_SECRET} in plain words",
+    ],
+)
+def test_it_redacts_a_secret_in_the_message(captured: io.StringIO, message: str) -> None:
+    logging.getLogger("integrations.client").warning(message)
+    (line,) = lines(captured)
+    event = str(line["event"])
+    assert not any(secret in event for secret in SECRETS), event
+    assert logs.REDACTED in event
+
+
+def test_it_redacts_secrets_passed_as_arguments(captured: io.StringIO) -> None:
+    logging.getLogger("integrations.tokens").info(
+        "Refreshed with %s and %r", f"Bearer {ACCESS}", {"refresh_token": REFRESH}
+    )
+    output = captured.getvalue()
+    assert ACCESS not in output and REFRESH not in output
+    assert "Refreshed with Bearer [redacted]" in output
+
+
+def test_it_redacts_the_exception_text(captured: io.StringIO) -> None:
+    try:
+        raise RuntimeError(f"Zywave refused Profile: Token {PROFILE_TOKEN} with {CLIENT_SECRET}")
+    except RuntimeError:
+        logging.getLogger("integrations.sync").exception("Sync failed")
+    (line,) = lines(captured)
+    assert "RuntimeError" in str(line["error"])
+    assert PROFILE_TOKEN not in captured.getvalue() and CLIENT_SECRET not in captured.getvalue()
+
+
+def test_it_redacts_extra_fields(captured: io.StringIO) -> None:
+    logging.getLogger("integrations").info(
+        "Token answer", extra={"response": {"access_token": ACCESS}, "connection_id": 7}
+    )
+    (line,) = lines(captured)
+    assert ACCESS not in captured.getvalue()
+    assert line["connection_id"] == 7
+
+
+def test_it_redacts_the_plain_format_too(settings) -> None:  # type: ignore[no-untyped-def]
+    settings.ZYWAVE_CLIENT_SECRET = CLIENT_SECRET
+    buffer = io.StringIO()
+    handler = logging.StreamHandler(buffer)
+    handler.addFilter(logs.RedactFilter())
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger = logging.getLogger("test_logs.plain")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.error("secret %s bearer %s", CLIENT_SECRET, ACCESS)
+    finally:
+        logger.removeHandler(handler)
+    assert buffer.getvalue() == "secret [redacted] bearer [redacted]\n"
+
+
+def test_it_masks_passwords_in_urls_and_leaves_ordinary_text_alone() -> None:
+    assert logs.redact("postgres://portal:hunter2pass@db:5432/portal") == (
+        "postgres://portal:***@db:5432/portal"
+    )
+    ordinary = "Sync run 4 of connection 2 succeeded: 3 pages, 300 records"
+    assert logs.redact(ordinary) == ordinary
+
+
+def test_a_json_line_has_time_level_event_and_bound_ids(captured: io.StringIO) -> None:
+    with logs.bind(connection_id=3, sync_run_id=9):
+        logging.getLogger("integrations.sync").info("Sync run %s started", 9)
+    (line,) = lines(captured)
+    assert line["level"] == "INFO"
+    assert line["event"] == "Sync run 9 started"
+    assert line["logger"] == "integrations.sync"
+    assert str(line["time"]).endswith("+00:00")
+    assert (line["connection_id"], line["sync_run_id"]) == (3, 9)
+
+
+def test_a_celery_task_binds_its_id_and_connection(captured: io.StringIO) -> None:
+    from celery import shared_task
+
+    @shared_task(name="tests.log_inside_a_task")
+    def log_inside(connection_id: int) -> None:
+        logging.getLogger("integrations.tasks").info("working")
+
+    with override_settings(CELERY_TASK_ALWAYS_EAGER=True):
+        log_inside.apply(args=(42,), task_id="task-abc")
+    working = [line for line in lines(captured) if line["event"] == "working"]
+    assert working[0]["task_id"] == "task-abc"
+    assert working[0]["connection_id"] == 42
+    assert "task_id" not in logs.context()
+
+
+def test_a_request_binds_its_id_and_the_user_id(
+    captured: io.StringIO,
+    client: Client,
+    staff,  # type: ignore[no-untyped-def]
+) -> None:
+    client.force_login(staff)
+    with override_settings(ROOT_URLCONF="tests.portal.test_logs"):
+        client.get("/log-something/", HTTP_X_REQUEST_ID="req-12345678")
+    (line,) = [line for line in lines(captured) if line["event"] == "inside a view"]
+    assert line["user_id"] == staff.pk
+    assert line["request_id"] == "req-12345678"
+    assert "user_id" not in logs.context()
+
+
+def test_a_logged_error_response_carries_the_user_id(
+    captured: io.StringIO,
+    client: Client,
+    staff,  # type: ignore[no-untyped-def]
+) -> None:
+    client.force_login(staff)
+    client.get("/no-such-page/")
+    (line,) = [line for line in lines(captured) if line["logger"] == "django.request"]
+    assert line["user_id"] == staff.pk
+
+
+def _view_that_logs(request: HttpRequest) -> HttpResponse:
+    logging.getLogger("integrations.views").info("inside a view")
+    return HttpResponse("ok")
+
+
+urlpatterns = [path("log-something/", _view_that_logs)]
+
+
+def test_production_logs_are_json_and_filtered() -> None:
+    handler = settings.LOGGING["handlers"]["console"]
+    assert handler["filters"] == ["redact"]
+    assert settings.LOGGING["loggers"]["django"]["handlers"] == ["console"]
