@@ -57,7 +57,9 @@ smoke: $(VENV)/.dev
 	$(BIN)/python tests/smoke/run_smoke.py
 
 bench: $(VENV)/.dev
-	$(BIN)/python tests/bench/bench_sandbox.py
+	cd tests/bench && ../../$(BIN)/python bench_sandbox.py
+	cd tests/bench && ../../$(BIN)/python bench_tokens.py
+	cd tests/bench && ../../$(BIN)/python bench_sync.py
 
 clean:
 	rm -rf var
