@@ -221,6 +221,8 @@ EMAIL_PORT = env.get_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = env.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env.get("EMAIL_HOST_PASSWORD", "")
 EMAIL_USE_TLS = env.get_bool("EMAIL_USE_TLS", default=False)
+# For django.core.mail.backends.filebased.EmailBackend (browser tests read the worker's mail).
+EMAIL_FILE_PATH = env.get("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
 DEFAULT_FROM_EMAIL = env.get("DEFAULT_FROM_EMAIL", "portal@localhost")
 
 # --- Celery --------------------------------------------------------------------------------
