@@ -7,6 +7,7 @@ import json
 import logging
 import logging.config
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from django.conf import settings
@@ -182,7 +183,7 @@ def _view_that_logs(request: HttpRequest) -> HttpResponse:
 urlpatterns = [path("log-something/", _view_that_logs)]
 
 
-def test_production_logs_are_json_and_filtered() -> None:
-    handler = settings.LOGGING["handlers"]["console"]
-    assert handler["filters"] == ["redact"]
-    assert settings.LOGGING["loggers"]["django"]["handlers"] == ["console"]
+def test_every_handler_filters_and_django_logs_through_it() -> None:
+    config: dict[str, Any] = settings.LOGGING
+    assert all(handler["filters"] == ["redact"] for handler in config["handlers"].values())
+    assert config["loggers"]["django"]["handlers"] == ["console"]

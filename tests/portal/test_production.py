@@ -1,0 +1,319 @@
+"""Production: check --deploy is clean, security headers, login throttling, the docker/ files."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from cryptography.fernet import Fernet
+from django.contrib.auth.models import User
+from django.test import Client
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKER = ROOT / "docker"
+BIN = Path(sys.executable).parent
+
+
+def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
+    """A complete production environment, and nothing of the caller's configuration."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not re.match(
+            r"(DEBUG|SECRET_KEY|ALLOWED_HOSTS|FIELD_ENCRYPTION|ZYWAVE_|DATABASE_|REDIS_|CELERY_|"
+            r"PORTAL_|LOG_|SECURE_|SOCIAL_AUTH_|EMAIL_|AXES_)",
+            k,
+        )
+    }
+    env.update(
+        DEBUG="false",
+        SECRET_KEY="p" * 20 + "-production-secret-value-0123456789",
+        ALLOWED_HOSTS="portal.example.com",
+        FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+        REDIS_URL="redis://127.0.0.1:1/0",  # nothing answers: the checks must not need it
+        ZYWAVE_CLIENT_ID="portal",
+        ZYWAVE_CLIENT_SECRET="a-client-secret-value",
+        ZYWAVE_AUTH_URL="https://auth.zywave.com",
+        ZYWAVE_API_URL="https://api.zywave.com",
+        DATABASE_URL=f"sqlite:///{tmp_path / 'portal.sqlite3'}",
+        PORTAL_VAR_DIR=str(tmp_path / "var"),
+        DJANGO_SETTINGS_MODULE="portal.settings",
+    )
+    env.update(overrides)
+    return env
+
+
+def run(env: dict[str, str], *argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_check_deploy_is_clean_in_production(tmp_path: Path) -> None:
+    result = run(production_env(tmp_path), "manage.py", "check", "--deploy", "--fail-level", "INFO")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_check_deploy_notices_an_unsafe_production_setting(tmp_path: Path) -> None:
+    env = production_env(tmp_path, SECURE_HSTS_SECONDS="0")
+    result = run(env, "manage.py", "check", "--deploy", "--fail-level", "WARNING")
+    assert result.returncode != 0
+    assert "security.W004" in result.stderr + result.stdout
+
+
+RESPONSES = """
+import json, django
+django.setup()
+from django.core.management import call_command
+call_command("migrate", verbosity=0)
+call_command("collectstatic", verbosity=0, interactive=False)
+from django.test import Client
+from portal.celery import app
+app.control.ping = lambda timeout: []
+def show(response):
+    return {"status": response.status_code, "headers": dict(response.items()),
+            "cookies": {k: dict(v) for k, v in response.cookies.items()},
+            "body": response.content.decode(errors="replace")}
+http = Client(HTTP_HOST="portal.example.com")
+print(json.dumps({
+    "login": show(http.get("/login/", secure=True)),
+    "callback": show(http.get("/oauth/complete/zywave/?code=x&state=y", secure=True, follow=True)),
+    "plain_login": show(http.get("/login/")),
+    "plain_health": show(http.get("/health/")),
+    "error": show(http.get("/no-such-page/", secure=True)),
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def responses(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, object]]:
+    """Responses of a portal running with the production environment, in a fresh process."""
+    tmp_path = tmp_path_factory.mktemp("production")
+    result = run(production_env(tmp_path), "-c", RESPONSES)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_pages_send_the_security_headers(responses: dict[str, dict[str, object]]) -> None:
+    headers = responses["login"]["headers"]
+    assert isinstance(headers, dict)
+    assert responses["login"]["status"] == 200
+    assert headers["Strict-Transport-Security"] == "max-age=31536000; includeSubDomains; preload"
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["Referrer-Policy"] == "same-origin"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Cross-Origin-Opener-Policy"] == "same-origin"
+
+
+def test_the_content_security_policy_allows_no_inline_script_or_third_party(
+    responses: dict[str, dict[str, object]],
+) -> None:
+    headers = responses["login"]["headers"]
+    assert isinstance(headers, dict)
+    policy = dict(
+        (part.strip().split(" ", 1) + [""])[:2]
+        for part in headers["Content-Security-Policy"].split(";")
+    )
+    assert policy["default-src"] == "'self'"
+    assert policy["script-src"] == "'self'"
+    assert policy["style-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'"
+    assert policy["object-src"] == "'none'"
+    assert "unsafe" not in headers["Content-Security-Policy"]
+    # The one outside origin: the Connect form's redirect to Zywave's authorize page.
+    assert policy["form-action"] == "'self' https://auth.zywave.com"
+
+
+def test_the_oauth_callback_page_loads_nothing_third_party(
+    responses: dict[str, dict[str, object]],
+) -> None:
+    page = responses["callback"]
+    headers = page["headers"]
+    assert isinstance(headers, dict)
+    assert "Content-Security-Policy" in headers
+    body = str(page["body"])
+    sources = re.findall(r'(?:src|href)="([^"]+)"', body)
+    assert sources, "the callback should land on a page"
+    assert all(not re.match(r"(https?:)?//", source) for source in sources), sources
+
+
+def test_cookies_are_secure_and_http_only(responses: dict[str, dict[str, object]]) -> None:
+    cookies = responses["login"]["cookies"]
+    assert isinstance(cookies, dict)
+    assert cookies["csrftoken"]["secure"] is True
+
+
+def test_plain_http_is_redirected_to_https_except_health(
+    responses: dict[str, dict[str, object]],
+) -> None:
+    assert responses["plain_login"]["status"] == 301
+    headers = responses["plain_login"]["headers"]
+    assert isinstance(headers, dict)
+    assert headers["Location"] == "https://portal.example.com/login/"
+    # A load balancer probes over plain HTTP: /health/ answers (503 here: no worker, no Redis).
+    assert responses["plain_health"]["status"] == 503
+
+
+def test_production_error_pages_reveal_nothing(responses: dict[str, dict[str, object]]) -> None:
+    page = responses["error"]
+    assert page["status"] == 404
+    assert "Traceback" not in str(page["body"]) and "DEBUG" not in str(page["body"])
+
+
+def test_production_logs_are_json_lines(tmp_path: Path) -> None:
+    script = "import django, logging; django.setup(); logging.getLogger('x').warning('hello %s', 1)"
+    result = run(production_env(tmp_path), "-c", script)
+    line = json.loads(result.stderr.strip().splitlines()[-1])
+    assert (line["level"], line["logger"], line["event"]) == ("WARNING", "x", "hello 1")
+
+
+# --- Login throttling ------------------------------------------------------------------------
+
+
+def test_repeated_wrong_passwords_lock_the_login_with_a_clear_message(
+    client: Client,
+    staff: User,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.AXES_FAILURE_LIMIT = 3
+    for _ in range(2):
+        response = client.post("/login/", {"username": "dana", "password": "wrong"})
+        assert response.status_code == 200
+    locked = client.post("/login/", {"username": "dana", "password": "wrong"})
+    assert locked.status_code == 429
+    assert b"Too many login attempts" in locked.content
+    assert b"try again in 15 minutes" in locked.content
+    # Locked means locked: the right password is refused too, until the cool-off ends.
+    right = client.post("/login/", {"username": "dana", "password": "dana-password"})
+    assert right.status_code == 429
+    assert client.get("/").status_code == 302
+
+
+def test_the_lock_is_per_username_and_address(
+    client: Client,
+    staff: User,
+    other_staff: User,
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    settings.AXES_FAILURE_LIMIT = 2
+    for _ in range(2):
+        client.post("/login/", {"username": "dana", "password": "wrong"})
+    response = client.post("/login/", {"username": "omar", "password": "omar-password"})
+    assert response.status_code == 302
+    colleague = Client(REMOTE_ADDR="10.0.0.9")
+    assert (
+        colleague.post("/login/", {"username": "dana", "password": "dana-password"}).status_code
+        == 302
+    )
+
+
+# --- docker/ ---------------------------------------------------------------------------------
+
+
+def test_the_compose_file_validates_against_the_compose_specification() -> None:
+    result = subprocess.run(
+        [
+            str(BIN / "check-jsonschema"),
+            "--builtin-schema",
+            "vendor.compose-spec",
+            str(DOCKER / "compose.yaml"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_compose_validation_can_fail(tmp_path: Path) -> None:
+    broken = tmp_path / "compose.yaml"
+    broken.write_text("services:\n  web:\n    restart: sometimes\n    healthcheck: yes\n")
+    result = subprocess.run(
+        [str(BIN / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(broken)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+
+
+def test_web_worker_and_beat_share_one_image_with_healthchecks_and_restarts() -> None:
+    from ruamel.yaml import YAML  # installed with check-jsonschema
+
+    compose = YAML(typ="safe").load((DOCKER / "compose.yaml").read_text())
+    services = compose["services"]
+    images = {services[name]["image"] for name in ("web", "worker", "beat", "migrate")}
+    assert len(images) == 1
+    for name in ("postgres", "redis", "web", "worker", "beat"):
+        assert "healthcheck" in services[name], name
+        assert services[name]["restart"] == "unless-stopped", name
+    assert services["sandbox"]["profiles"] == ["sandbox"]
+    assert "postgres-data" in compose["volumes"]
+    assert services["web"]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+
+
+def test_the_image_is_slim_runs_as_a_user_and_collects_static_files() -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert re.search(r"^USER portal$", dockerfile, re.MULTILINE)
+    assert "collectstatic" in dockerfile
+    assert "-r requirements.txt -r sandbox/requirements.txt" in dockerfile
+
+
+def _settings_the_code_reads() -> set[str]:
+    """Every environment variable the portal's code, entrypoint and compose file read."""
+    names: set[str] = set()
+    sources = [
+        *ROOT.glob("portal/**/*.py"),
+        *(p for p in ROOT.glob("integrations/**/*.py") if "migrations" not in p.parts),
+        *DOCKER.glob("*.py"),
+    ]
+    calls = re.compile(
+        r"""(?:env\.get(?:_bool|_int|_list|_choice)?|os\.environ\.get|os\.getenv|"""
+        r"""os\.environ\[)\(?\s*["']([A-Z][A-Z0-9_]+)["']"""
+    )
+    for path in sources:
+        names |= set(calls.findall(path.read_text()))
+    for path in (DOCKER / "entrypoint.sh", DOCKER / "compose.yaml"):
+        names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", path.read_text()))
+    # Read by the helper itself (`NAME_FILE`) or set by the image, not by an operator.
+    return names - {"DJANGO_SETTINGS_MODULE"}
+
+
+def test_every_setting_the_code_reads_is_in_env_example() -> None:
+    read = _settings_the_code_reads()
+    # The scan must see the settings we know of, or it proves nothing.
+    assert {
+        "SECRET_KEY",
+        "FIELD_ENCRYPTION_KEY",
+        "ZYWAVE_CLIENT_SECRET",
+        "GUNICORN_BIND",
+        "CELERY_CONCURRENCY",
+        "POSTGRES_PASSWORD",
+        "AXES_FAILURE_LIMIT",
+    } <= read
+    example = (DOCKER / ".env.example").read_text()
+    listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
+    assert read - listed == set()
+
+
+def test_every_listed_setting_has_a_comment() -> None:
+    lines = (DOCKER / ".env.example").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if re.match(r"^[A-Z][A-Z0-9_]+=", line):
+            above = [text for text in lines[max(0, number - 3) : number] if text.startswith("#")]
+            assert above, f"{line} has no comment"
+
+
+def test_templates_have_no_inline_script_or_style() -> None:
+    for path in (ROOT / "templates").rglob("*.html"):
+        text = path.read_text()
+        assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", text), path
+        assert not re.search(r"\sstyle=", text), path
+        assert not re.search(r"\son[a-z]+=", text), path
