@@ -31,7 +31,7 @@ from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils import formats, timezone
+from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
@@ -66,7 +66,8 @@ EMPTY = "–"
 
 
 def when(value: datetime | None) -> str:
-    return formats.localize(timezone.localtime(value)) if value else EMPTY
+    """Dates as 2026-11-28 14:05 (local time): short enough for a list with many of them."""
+    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M") if value else EMPTY
 
 
 def duration(seconds: float | None) -> str:
@@ -107,10 +108,10 @@ def last_sync_duration(connection: Any) -> float | None:
 
 def last_refresh_text(connection: Connection) -> str:
     if connection.last_error:
-        kind = "ended the grant" if connection.last_error_permanent else "failing"
-        return f"{kind}: {connection.last_error} ({when(connection.last_error_at)})"
+        kind = "grant ended" if connection.last_error_permanent else "failing"
+        return f"{kind} {when(connection.last_error_at)}: {connection.last_error}"
     if connection.last_refreshed_at:
-        return f"ok ({when(connection.last_refreshed_at)})"
+        return f"ok {when(connection.last_refreshed_at)}"
     return "never refreshed"
 
 
@@ -242,7 +243,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
         "health_badge",
         "profile",
         "scopes",
-        "access_token_expires_at",
+        "token_expires",
         "refresh_deadline",
         "last_refresh",
         "last_sync",
@@ -278,7 +279,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
         ),
         ("Profile", {"fields": ["profile", "profile_token_state", "profiles_listed_at"]}),
         ("Sync", {"fields": ["last_sync", "history_links"]}),
-        ("Record", {"fields": ["status", "created_at", "updated_at"]}),
+        ("Record", {"fields": ["stored_status", "created_at", "updated_at"]}),
     ]
     readonly_fields = flatten_fieldsets(fieldsets)
 
@@ -335,14 +336,22 @@ class ConnectionAdmin(ReadOnlyAdmin):
 
     @admin.display(description="granted scopes")
     def scopes(self, obj: Connection) -> str:
+        # The full list is on the connection's page and in the CSV; the list says what matters.
         missing = obj.missing_scopes()
-        return format_html(
-            "{}{}",
-            obj.granted_scopes or EMPTY,
-            format_html('<br><span class="zw-warn">missing: {}</span>', " ".join(missing))
-            if missing
-            else "",
-        )
+        if missing:
+            return format_html('<span class="zw-warn">missing {}</span>', " ".join(missing))
+        return format_html('<span title="{}">all requested</span>', obj.granted_scopes)
+
+    @admin.display(description="access token expires", ordering="access_token_expires_at")
+    def token_expires(self, obj: Connection) -> str:
+        expires = obj.access_token_expires_at
+        if expires is not None and expires < timezone.now():
+            return format_html('<span class="zw-quiet">expired {}</span>', when(expires))
+        return when(expires)
+
+    @admin.display(description="stored status")
+    def stored_status(self, obj: Connection) -> str:
+        return obj.get_status_display()
 
     @admin.display(description="missing scopes")
     def missing_scopes(self, obj: Connection) -> str:

@@ -419,26 +419,56 @@ def test_search_finds_connections_by_username_email_and_zywave_subject(
         assert list(result) == [dana], term
 
 
-def test_the_list_shows_the_last_sync_and_refresh_and_sorts_by_dates(
-    staff: User, other_staff: User, admin_client: Client
+def test_the_list_shows_the_last_sync_duration_and_records(
+    staff: User, admin_client: Client
 ) -> None:
     now = timezone.now()
-    early = connection(staff, access_token_expires_at=now + timedelta(minutes=5))
-    connection(other_staff, access_token_expires_at=now + timedelta(hours=2))
+    conn = connection(staff)
     SyncRun.objects.create(
-        connection=early,
+        connection=conn,
         state="succeeded",
         started_at=now - timedelta(seconds=75),
         finished_at=now,
         records_done=1234,
     )
-    listing = admin_client.get(CHANGELIST).content.decode()
-    assert "1234 records in 1m 15s" in listing
-    column = 1 + admin_client.get(CHANGELIST).context["cl"].list_display.index(
-        "access_token_expires_at"
+    assert "1234 records in 1m 15s" in admin_client.get(CHANGELIST).content.decode()
+
+
+@pytest.mark.parametrize(
+    "column, earliest_first",
+    [
+        ("token_expires", ["omar", "dana"]),
+        ("refresh_deadline", ["dana", "omar"]),
+        ("last_refresh", ["omar", "dana"]),
+        ("last_sync", ["dana", "omar"]),
+    ],
+)
+def test_the_list_sorts_by_each_date(
+    staff: User, other_staff: User, admin_client: Client, column: str, earliest_first: list[str]
+) -> None:
+    now = timezone.now()
+    dana = connection(
+        staff,
+        access_token_expires_at=now + timedelta(hours=2),
+        authorized_at=now - timedelta(days=5),
+        last_refreshed_at=now - timedelta(minutes=1),
     )
-    ordered = admin_client.get(CHANGELIST, {"o": f"-{column}"}).context["cl"].result_list
-    assert [c.user for c in ordered] == [other_staff, staff]
+    omar = connection(
+        other_staff,
+        access_token_expires_at=now + timedelta(minutes=5),
+        authorized_at=now - timedelta(days=1),
+        last_refreshed_at=now - timedelta(hours=1),
+    )
+    SyncRun.objects.create(connection=dana, queued_at=now - timedelta(hours=3), state="failed")
+    SyncRun.objects.create(connection=omar, queued_at=now - timedelta(hours=1), state="failed")
+    index = admin_client.get(CHANGELIST).context["cl"].list_display.index(column)
+
+    def usernames(order: str) -> list[str]:
+        result = admin_client.get(CHANGELIST, {"o": order}).context["cl"].result_list
+        return [conn.user.username for conn in result]
+
+    assert usernames(str(index)) == earliest_first
+    assert usernames(f"-{index}") == earliest_first[::-1]
 
 
 # --- The connection's page ---------------------------------------------------------------
