@@ -6,7 +6,7 @@ PORTAL_URL ?= http://127.0.0.1:8000
 SANDBOX_BIND ?= 127.0.0.1:8001
 SANDBOX_ACCOUNTS ?= 10000
 
-.PHONY: run test smoke lint types bench sandbox migrate demo clean
+.PHONY: run test smoke lint types bench sandbox migrate demo clean browser
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,8 +48,18 @@ types: $(VENV)/.dev
 	$(BIN)/mypy .
 	$(BIN)/mypy --config-file sandbox/mypy.ini sandbox tests/sandboxserver.py
 
-test: lint types smoke
+test: lint types smoke browser
 	$(BIN)/pytest
+
+# Browser tests need Debian's Chromium (no browser download is possible here) and axe-core.
+browser: tests/e2e/node_modules/axe-core/axe.min.js
+	@command -v chromium >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+		else echo "Install Chromium first: sudo apt-get install chromium"; exit 1; fi; }
+
+tests/e2e/node_modules/axe-core/axe.min.js: tests/e2e/package.json tests/e2e/package-lock.json
+	npm ci --prefix tests/e2e --no-audit --no-fund --silent
+	touch $@
 
 # Production-like run without Docker: gunicorn, worker and beat with DEBUG off against
 # PostgreSQL and Redis (DB 14) on 127.0.0.1, plus the sandbox; connects and syncs one user.

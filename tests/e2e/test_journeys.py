@@ -1,0 +1,196 @@
+"""The people's journeys, in a real browser, with real processes behind it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+
+from integrations.models import Connection, SyncRun
+from tests.e2e.conftest import assert_accessible, screenshot
+from tests.integrations.flows import inject_fault
+from tests.integrations.workers import Worker, wait_for
+from tests.sandboxserver import Sandbox
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+
+
+def log_in(page: Any, portal: str, username: str, password: str, path: str = "/login/") -> None:
+    page.goto(f"{portal}{path}")
+    page.fill("#id_username", username)
+    page.fill("#id_password", password)
+    page.get_by_role("button", name="Log in").click()
+
+
+def zywave_sign_in(page: Any, allow: bool = True, email: str = "agent@example.com") -> None:
+    """At the sandbox: log in if asked, then answer the consent page."""
+    page.wait_for_selector("input[name=password], button[name=allow]")
+    if page.locator("input[name=password]").count():
+        page.fill("input[name=username]", email)
+        page.fill("input[name=password]", "sandbox")
+        page.locator("form").filter(has=page.locator("input[name=password]")).locator(
+            "button[type=submit], input[type=submit]"
+        ).first.click()
+    page.locator("button[name=allow]" if allow else "button[name=deny]").click()
+
+
+def connect_and_choose(page: Any, portal: str, sandbox: Sandbox, profile_index: int = 1) -> str:
+    """Journey 1's steps; returns the chosen profile's name."""
+    log_in(page, portal, "dana", "dana-password")
+    page.get_by_role("button", name="Connect Zywave").click()
+    zywave_sign_in(page)
+    page.wait_for_url(re.compile(r"/zywave/profiles/"))
+    chosen = sandbox.profiles()[profile_index]
+    page.locator(f"input[name=profile][value='{chosen['id']}']").check()
+    page.get_by_role("button", name="Use this profile").click()
+    page.wait_for_url(f"{portal}/")
+    return str(chosen["name"])
+
+
+def test_a_staff_member_connects_and_chooses_a_profile(
+    page: Any, portal: str, zywave: Sandbox, staff: User
+) -> None:
+    log_in(page, portal, "dana", "dana-password")
+    assert_accessible(page)
+    page.get_by_role("button", name="Connect Zywave").click()
+    zywave_sign_in(page)
+    page.wait_for_url(re.compile(r"/zywave/profiles/"))
+    assert page.locator("input[name=profile]").count() == 3
+    assert_accessible(page)
+    screenshot(page, "profile-picker")
+    chosen = zywave.profiles()[1]
+    page.locator(f"input[name=profile][value='{chosen['id']}']").check()
+    page.get_by_role("button", name="Use this profile").click()
+    page.wait_for_url(f"{portal}/")
+    assert chosen["name"] in page.content()
+    assert "Connected as" in page.content()
+    conn = Connection.objects.get(user=staff)
+    assert conn.chosen_profile is not None and conn.chosen_profile.zywave_id == chosen["id"]
+
+
+def test_sync_now_shows_progress_and_the_accounts_match_the_sandbox(
+    page: Any, portal: str, zywave: Sandbox, staff: User, worker: Worker
+) -> None:
+    connect_and_choose(page, portal, zywave, profile_index=0)
+    conn = Connection.objects.get(user=staff)
+    wait_for(
+        lambda: SyncRun.objects.filter(connection=conn, state="succeeded").exists(),
+        what="the first sync",
+    )
+    # Slow the pages down so the bar can be watched.
+    inject_fault(zywave, r"^/accounts/v2\.0/(account|contact)$", count=12, delay_ms=400)
+    page.goto(f"{portal}/")
+    page.get_by_role("button", name="Full resync").click()
+    progress = page.locator("#sync-progress")
+    progress.wait_for(state="visible")
+    seen = set()
+    for _ in range(40):
+        if not progress.is_visible():
+            break
+        seen.add(page.locator("#sync-text").inner_text())
+        page.wait_for_timeout(250)
+    page.wait_for_load_state()
+    page.locator("text=Last sync").wait_for()
+    assert len(seen) >= 2, seen  # the numbers moved while we watched
+    assert "succeeded" in page.content()
+    assert_accessible(page)
+    screenshot(page, "dashboard")
+    counts = zywave.control("GET", "accounts/count", profile_id=conn.chosen_profile.zywave_id)
+    page.goto(f"{portal}/zywave/accounts/")
+    assert f"{counts['accounts']} accounts" in page.locator("main").inner_text()
+    assert_accessible(page)
+    screenshot(page, "accounts")
+    known = conn.accounts.order_by("name").first()
+    page.fill("#q", known.name)
+    page.get_by_role("button", name="Filter").click()
+    page.get_by_role("link", name=known.name).first.click()
+    assert_accessible(page)
+    for contact in conn.contacts.filter(account_zywave_id=known.zywave_id):
+        assert contact.last_name in page.content()
+
+
+def test_a_revoked_grant_asks_to_reconnect_and_reconnecting_keeps_the_profile(
+    page: Any, portal: str, zywave: Sandbox, staff: User, worker: Worker, mailbox: Path
+) -> None:
+    name = connect_and_choose(page, portal, zywave)
+    conn = Connection.objects.get(user=staff)
+    wait_for(
+        lambda: not SyncRun.objects.filter(connection=conn).active().exists(), what="the first sync"
+    )
+    zywave.control("POST", "users/agent@example.com/revoke")
+    page.goto(f"{portal}/")
+    page.get_by_role("button", name="Sync now").click()
+    wait_for(
+        lambda: Connection.objects.get(pk=conn.pk).status == "reauth_required",
+        what="the failed sync",
+    )
+    page.goto(f"{portal}/zywave/accounts/")
+    banner = page.get_by_role("alert").filter(has_text="Zywave needs you to sign in again")
+    assert banner.is_visible()
+    assert_accessible(page)
+    wait_for(lambda: any(mailbox.iterdir()), what="the email")
+    mail = "".join(p.read_text() for p in mailbox.iterdir())
+    assert "Please reconnect your Zywave account" in mail
+    banner.get_by_role("button", name="Reconnect").click()
+    zywave_sign_in(page)
+    page.wait_for_url(f"{portal}/zywave/accounts/")
+    conn.refresh_from_db()
+    assert conn.status == "active" and conn.chosen_profile is not None
+    assert conn.chosen_profile.name == name
+    assert "sign in again" not in page.content()
+
+
+def test_declining_consent_connects_nothing(
+    page: Any, portal: str, zywave: Sandbox, staff: User
+) -> None:
+    log_in(page, portal, "dana", "dana-password")
+    page.get_by_role("button", name="Connect Zywave").click()
+    zywave_sign_in(page, allow=False)
+    page.wait_for_url(re.compile(r"/oauth/complete/zywave/"))
+    assert "You declined access at Zywave" in page.content()
+    assert_accessible(page)
+    assert not Connection.objects.exists()
+
+
+def test_disconnecting_revokes_at_zywave_and_offers_connect_again(
+    page: Any, portal: str, zywave: Sandbox, staff: User
+) -> None:
+    connect_and_choose(page, portal, zywave)
+    conn = Connection.objects.get(user=staff)
+    tokens = [conn.access_token, conn.refresh_token]
+    page.get_by_role("link", name="Disconnect…").click()
+    assert_accessible(page)
+    page.get_by_role("button", name="Disconnect").click()
+    page.wait_for_url(f"{portal}/")
+    assert page.get_by_role("button", name="Connect Zywave").is_visible()
+    for token in tokens:
+        assert zywave.control("GET", f"tokens/{token}")["active"] is False
+
+
+def test_an_admin_finds_the_user_and_refreshes_the_token(
+    page: Any, portal: str, zywave: Sandbox, staff: User, admin_user: User
+) -> None:
+    connect_and_choose(page, portal, zywave)
+    page.context.clear_cookies()
+    log_in(page, portal, "root", "root-password", path="/admin/login/?next=/admin/")
+    assert_accessible(page)
+    screenshot(page, "admin-overview")
+    page.goto(f"{portal}/admin/integrations/connection/?q=dana")
+    assert_accessible(page)
+    row = page.locator("#result_list tbody tr").filter(has_text="dana")
+    assert row.count() == 1
+    assert "active" in row.inner_text().lower()
+    zywave.control("POST", "counters/reset")
+    row.locator("input[name=_selected_action]").check()
+    page.select_option("select[name=action]", label="Refresh token now")
+    page.get_by_role("button", name="Run").click()
+    page.locator(".messagelist").wait_for()
+    assert zywave.counters()["token"].get("refresh_token:success") == 1
+    conn = Connection.objects.get(user=staff)
+    page.goto(f"{portal}/admin/integrations/connection/{conn.pk}/change/")
+    assert_accessible(page)
+    assert "root" in page.locator("body").inner_text()
+    assert conn.events.filter(kind="refreshed").exists()
