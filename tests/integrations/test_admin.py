@@ -366,6 +366,18 @@ def test_the_connection_list_runs_the_same_queries_for_10_and_1000_connections(
     assert len(large) < 15
 
 
+def test_the_overview_runs_the_same_queries_for_10_and_1000_connections(
+    admin_client: Client,
+) -> None:
+    many_connections(10)
+    with CaptureQueriesContext(db) as small:
+        assert b"Zywave connections" in admin_client.get("/admin/").content
+    many_connections(990, start=10)
+    with CaptureQueriesContext(db) as large:
+        assert b"Zywave connections" in admin_client.get("/admin/").content
+    assert len(small) == len(large)
+
+
 def test_the_list_shows_each_status_with_its_badge(
     staff: User, other_staff: User, admin_client: Client
 ) -> None:
@@ -403,10 +415,14 @@ def test_the_list_filters_failed_syncs_chosen_profiles_and_near_deadlines(
     def shown(**params: str) -> list[Connection]:
         return list(admin_client.get(CHANGELIST, params).context["cl"].result_list)
 
+    lapsed = connection(
+        User.objects.create_user("lapsed"), authorized_at=now - timedelta(days=31), profile=False
+    )
     assert shown(last_sync="failed") == [failing]
     assert shown(deadline="soon") == [failing]
+    assert shown(deadline="passed") == [lapsed]
     assert shown(profile="chosen") == [failing]
-    assert shown(profile="none") == [fine]
+    assert shown(profile="none") == [lapsed, fine]  # by username
 
 
 def test_search_finds_connections_by_username_email_and_zywave_subject(
