@@ -98,12 +98,14 @@ def test_sync_now_shows_progress_and_the_accounts_match_the_sandbox(
     assert "succeeded" in page.content()
     assert_accessible(page)
     screenshot(page, "dashboard")
+    assert conn.chosen_profile is not None
     counts = zywave.control("GET", "accounts/count", profile_id=conn.chosen_profile.zywave_id)
     page.goto(f"{portal}/zywave/accounts/")
     assert f"{counts['accounts']} accounts" in page.locator("main").inner_text()
     assert_accessible(page)
     screenshot(page, "accounts")
     known = conn.accounts.order_by("name").first()
+    assert known is not None
     page.fill("#q", known.name)
     page.get_by_role("button", name="Filter").click()
     page.get_by_role("link", name=known.name).first.click()
