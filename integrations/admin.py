@@ -795,3 +795,8 @@ class UserSocialAuthAdmin(ReadOnlyAdmin):
     list_select_related = ["user"]
     search_fields = ["user__username", "uid"]
     fields = readonly_fields = ("user", "provider", "uid", "created", "modified")
+
+
+admin.site.site_header = "Zywave portal administration"
+admin.site.site_title = "Zywave portal admin"
+admin.site.index_title = "Linked users and their connections"

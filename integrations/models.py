@@ -256,11 +256,9 @@ class Connection(models.Model):
         self.status = self.Status.DISCONNECTED
         self.chosen_profile = None
         self.save()
+        self.sync_runs.cancel("disconnected")  # first: a running worker stops at its next page
         self.profiles.all().delete()
         self.clear_mirror()
-        self.sync_runs.filter(state__in=["queued", "running"]).update(
-            state="failed", error="disconnected", finished_at=timezone.now(), lease_until=None
-        )
         self.record(ConnectionEvent.Kind.DISCONNECTED, actor=actor, revoked=revoked, reason=reason)
 
     def record(self, kind: str, actor: Any = None, **detail: Any) -> ConnectionEvent:
@@ -354,6 +352,12 @@ class EncryptionCanary(models.Model):
 class SyncRunQuerySet(models.QuerySet):
     def active(self) -> SyncRunQuerySet:
         return self.filter(state__in=SyncRun.ACTIVE_STATES)
+
+    def cancel(self, reason: str) -> int:
+        """End queued or running runs; a worker running one stops before its next page."""
+        return self.active().update(
+            state=SyncRun.State.FAILED, error=reason, finished_at=timezone.now(), lease_until=None
+        )
 
 
 class SyncRun(models.Model):

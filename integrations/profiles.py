@@ -112,6 +112,8 @@ def choose_profile(
         locked.save(update_fields=["chosen_profile", "updated_at"])
         if previous is not None and previous.pk != profile.pk:
             # The mirror belongs to the old profile's agency: it must not mix with the new one.
+            # Cancel first, so a sync running under the old profile writes no further page.
+            locked.sync_runs.cancel("profile changed")
             locked.clear_mirror()
             locked.record(ConnectionEvent.Kind.MIRROR_CLEARED, actor=actor, reason="profile")
         locked.record(

@@ -22,6 +22,8 @@ from django.db.models import Model
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from portal.logs import bind
+
 from .client import (
     ACCOUNTS,
     CONTACTS,
@@ -48,6 +50,10 @@ PATHS = {"accounts": ACCOUNTS, "contacts": CONTACTS}
 
 class SyncStopped(Exception):
     """The run cannot go on (grant ended, forbidden, too many failures): recorded on the run."""
+
+
+class Cancelled(Exception):
+    """Someone else ended the run (profile changed, disconnected): stop without writing."""
 
 
 # --- Converting Zywave records (camelCase, zywave-api.md §4) to mirror rows ----------------
@@ -329,6 +335,16 @@ def run_sync(
         run.save(update_fields=["full"])
     since_marks = {} if run.full else previous_marks(connection)
     client = client or client_for(connection)
+    with bind(sync_run_id=run.pk, connection_id=run.connection_id):
+        return _run(run, client, since_marks, sleep)
+
+
+def _run(
+    run: SyncRun,
+    client: ZywaveClient,
+    since_marks: dict[str, str],
+    sleep: Callable[[float], None],
+) -> SyncRun:
     try:
         for resource in RESOURCES[RESOURCES.index(run.resource) :]:
             if run.resource != resource:
@@ -337,10 +353,19 @@ def run_sync(
             _sync_resource(run, client, resource, since_marks.get(resource), sleep)
         if run.full:
             _remove_unseen(run)
+    except Cancelled as exc:
+        log.info("Sync run %s stopped: %s", run.pk, exc)
+        run.refresh_from_db()
+        return run
     except SyncStopped as exc:
         return _finish(
             run, SyncRun.State.PARTIAL if run.pages_done else SyncRun.State.FAILED, str(exc)
         )
+    except Exception as exc:
+        # Record it, so the run does not sit "running" until its lease ends and is retried
+        # forever by the reconciler; re-raise for the worker's log.
+        _finish(run, SyncRun.State.FAILED, f"unexpected error ({type(exc).__name__})")
+        raise
     return _finish(run, SyncRun.State.SUCCEEDED, "")
 
 
@@ -419,16 +444,18 @@ def _advance(
     if newest is not None and (mark is None or newest > mark):
         run.marks = {**run.marks, resource: newest.isoformat()}
     run.lease_until = timezone.now() + lease()
-    run.save(
-        update_fields=[
-            "skip",
-            "pages_done",
-            "records_done",
-            "total_reported",
-            "marks",
-            "lease_until",
-        ]
+    # Conditional UPDATE: if the run was cancelled meanwhile (the profile changed, or the
+    # person disconnected), no row matches and the page's transaction is rolled back.
+    updated = SyncRun.objects.filter(pk=run.pk, state=SyncRun.State.RUNNING).update(
+        skip=run.skip,
+        pages_done=run.pages_done,
+        records_done=run.records_done,
+        total_reported=run.total_reported,
+        marks=run.marks,
+        lease_until=run.lease_until,
     )
+    if not updated:
+        raise Cancelled(f"run {run.pk} was cancelled")
 
 
 def _remove_unseen(run: SyncRun) -> None:

@@ -188,7 +188,7 @@ def test_an_admin_finds_the_user_and_refreshes_the_token(
     zywave.control("POST", "counters/reset")
     row.locator("input[name=_selected_action]").check()
     page.select_option("select[name=action]", label="Refresh token now")
-    page.get_by_role("button", name="Run").click()
+    page.get_by_role("button", name="Go").click()
     page.locator(".messagelist").wait_for()
     assert zywave.counters()["token"].get("refresh_token:success") == 1
     conn = Connection.objects.get(user=staff)

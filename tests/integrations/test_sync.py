@@ -367,3 +367,23 @@ def test_a_worker_killed_mid_sync_loses_nothing_and_duplicates_nothing(
         Account.objects.values("connection", "zywave_id").annotate(n=Count("id")).filter(n__gt=1)
     )
     assert not dupes.exists()
+
+
+def test_changing_the_profile_mid_run_stops_the_old_run_before_its_next_page(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = linked(staff, zywave)
+    inject_fault(zywave, r"^/accounts/v2\.0/contact$", status=429, retry_after="0")
+    queue_run(conn, full=True)
+    old_run = claim(conn.pk)
+    assert old_run is not None
+    new_profile = zywave.profiles()[1]["id"]
+
+    def person_changes_profile_meanwhile(seconds: float) -> None:
+        choose_profile(conn, client_for(conn), new_profile, actor=staff)
+
+    result = run_sync(old_run, sleep=person_changes_profile_meanwhile)
+    assert result.state == SyncRun.State.FAILED and result.error == "profile changed"
+    # The old profile's accounts were cleared with the change and no contact page followed.
+    assert not Account.objects.filter(connection=conn).exists()
+    assert not Contact.objects.filter(connection=conn).exists()
