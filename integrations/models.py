@@ -408,7 +408,10 @@ class SyncRun(models.Model):
                 name="one_active_sync_per_connection",
             )
         ]
-        indexes = [models.Index(fields=["connection", "state", "-finished_at"])]
+        indexes = [
+            models.Index(fields=["connection", "state", "-finished_at"]),
+            models.Index(fields=["connection", "-queued_at"]),
+        ]
 
     def __str__(self) -> str:
         return f"{'Full' if self.full else 'Incremental'} sync {self.pk} ({self.state})"
@@ -434,9 +437,13 @@ class SyncRun(models.Model):
 class Account(models.Model):
     """The mirror of one Zywave account, keyed by (connection, Zywave id)."""
 
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="accounts")
+    # No index of its own on `connection`: the unique (connection, zywave_id) index leads with
+    # it, and every index less is one less to maintain on each page's upsert.
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="accounts", db_index=False
+    )
     zywave_id = models.CharField("Zywave id", max_length=64)
-    name = models.CharField(max_length=255, blank=True, db_index=True)
+    name = models.CharField(max_length=255, blank=True)
     classification = models.CharField(max_length=100, blank=True)
     lines_of_business = models.CharField(max_length=500, blank=True)
     client_size = models.CharField(max_length=50, blank=True)
@@ -466,7 +473,9 @@ class Account(models.Model):
 class Contact(models.Model):
     """The mirror of one Zywave contact, keyed by (connection, Zywave id)."""
 
-    connection = models.ForeignKey(Connection, on_delete=models.CASCADE, related_name="contacts")
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="contacts", db_index=False
+    )
     zywave_id = models.CharField("Zywave id", max_length=64)
     account_zywave_id = models.CharField("Zywave account id", max_length=64, blank=True)
     first_name = models.CharField(max_length=100, blank=True)
