@@ -14,10 +14,6 @@ import pytest
 from tests.integrations.workers import Worker, use_test_broker
 from tests.sandboxserver import Sandbox
 
-# Playwright's sync API runs an event loop in this thread; the ORM calls the tests make between
-# page steps are ordinary synchronous calls.
-os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 AXE = Path(__file__).parent / "node_modules" / "axe-core" / "axe.min.js"
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
@@ -31,6 +27,10 @@ def browser() -> Iterator[Any]:
         raise RuntimeError("Chromium is missing: `apt-get install chromium` (.ci/run does it)")
     if not AXE.exists():
         raise RuntimeError("axe-core is missing: `npm ci --prefix tests/e2e` (make test does it)")
+    # Playwright's sync API keeps an event loop in this thread; the ORM calls the tests make
+    # between page steps are ordinary synchronous calls. (Processes that other tests start
+    # drop this variable; `check --deploy` warns about it.)
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
@@ -46,6 +46,7 @@ def browser() -> Iterator[Any]:
         )
         yield browser
         browser.close()
+    os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not re.match(
             r"(DEBUG|SECRET_KEY|ALLOWED_HOSTS|FIELD_ENCRYPTION|ZYWAVE_|DATABASE_|REDIS_|CELERY_|"
-            r"PORTAL_|LOG_|SECURE_|SOCIAL_AUTH_|EMAIL_|AXES_)",
+            r"PORTAL_|LOG_|SECURE_|SOCIAL_AUTH_|EMAIL_|AXES_|DJANGO_ALLOW_ASYNC_UNSAFE)",
             k,
         )
     }
