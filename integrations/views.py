@@ -36,9 +36,18 @@ def connection_for(user) -> Connection | None:  # type: ignore[no-untyped-def]
 
 
 def safe_next(request: HttpRequest, target: str | None, default: str = "/") -> str:
-    """A same-site path for `next`, or the default: never an open redirect."""
-    if target and url_has_allowed_host_and_scheme(
-        target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+    """A same-site path for `next`, or the default: never an open redirect.
+
+    A path only: Django's check alone also lets through `//`, `//ourhost` and full URLs of
+    this host, which are not paths (and `//` is a broken redirect).
+    """
+    if (
+        target
+        and target.startswith("/")
+        and not target.startswith(("//", "/\\"))
+        and url_has_allowed_host_and_scheme(
+            target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
+        )
     ):
         return target
     return default
