@@ -6,6 +6,7 @@ from typing import Any
 
 from django.conf import settings
 from social_core.backends.oauth import BaseOAuth2PKCE
+from social_core.exceptions import AuthInputError
 
 
 class ZywaveOAuth2(BaseOAuth2PKCE):
@@ -36,6 +37,16 @@ class ZywaveOAuth2(BaseOAuth2PKCE):
 
     def userinfo_url(self) -> str:
         return f"{settings.ZYWAVE_AUTH_URL}/connect/userinfo"
+
+    def validate_state(self) -> str | None:
+        """`state` first, then RFC 9207's `iss`: an authorization response that names an issuer
+        must name Zywave's (a mix-up defence), before the code is exchanged. Zywave may omit it.
+        """
+        state = super().validate_state()
+        issuer = self.data.get("iss")
+        if issuer is not None and issuer != settings.ZYWAVE_AUTH_URL.rstrip("/"):
+            raise AuthInputError(self, parameter="iss", code="invalid_parameter", stage="callback")
+        return state
 
     def get_scope(self) -> list[str]:
         return list(settings.ZYWAVE_SCOPES)
