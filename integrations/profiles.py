@@ -29,7 +29,8 @@ def _text(record: dict[str, Any], *keys: str) -> str:
     for key in keys:
         value = record.get(key)
         if value not in (None, ""):
-            return str(value)[:255]
+            # PostgreSQL text cannot hold NUL: a NUL from Zywave would fail the whole listing.
+            return str(value).replace("\x00", "")[:255]
     return ""
 
 
@@ -87,10 +88,12 @@ def choose_profile(
     connection: Connection, client: ZywaveClient, zywave_id: str, actor: Any
 ) -> Profile:
     """Choose one of the listed profiles: fetch its ProfileToken and store it encrypted."""
+    if not SAFE_ID.match(zywave_id):  # before any query: PostgreSQL refuses NUL in text
+        raise ProfileRefused(zywave_id)
     profile = connection.profiles.filter(
         type_code=settings.ZYWAVE_PROFILE_TYPE_CODE, zywave_id=zywave_id
     ).first()
-    if profile is None or not SAFE_ID.match(zywave_id):
+    if profile is None:
         raise ProfileRefused(zywave_id)
     detail = client.profile(profile.type_code, profile.zywave_id)
     token = detail.get("profiletoken")

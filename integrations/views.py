@@ -22,7 +22,7 @@ from social_django import views as social_views
 from .client import ZywaveError
 from .models import Account, Connection, ConnectionEvent, Contact, SyncRun
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
-from .profiles import ProfileRefused, choose_profile, refresh_profiles
+from .profiles import SAFE_ID, ProfileRefused, choose_profile, refresh_profiles
 from .sync import can_sync, queue_run
 from .tasks import sync_connection
 from .tokens import ReauthRequired, RefreshFailed, client_for, revoke_tokens
@@ -275,6 +275,8 @@ def profiles(request: HttpRequest) -> HttpResponse:
         return _choose(request, connection, client, listed[0].zywave_id, next_url, auto=True)
     if action == "choose":
         chosen_id = request.POST.get("profile", "")
+        if not SAFE_ID.match(chosen_id):  # before any lookup: PostgreSQL refuses NUL in text
+            return _refuse(request)
         changing = (
             connection.chosen_profile is not None
             and connection.chosen_profile.zywave_id != chosen_id
@@ -394,7 +396,8 @@ def accounts(request: HttpRequest) -> HttpResponse:
         messages.info(request, "Connect your Zywave account first.")
         return redirect("dashboard")
     rows = Account.objects.filter(connection=connection)
-    query = request.GET.get("q", "").strip()[:100]
+    # PostgreSQL refuses NUL in a lookup: drop it from what people type.
+    query = request.GET.get("q", "").replace("\x00", "").strip()[:100]
     if query:
         rows = rows.filter(name__icontains=query)
     status = request.GET.get("status", "")
@@ -402,7 +405,7 @@ def accounts(request: HttpRequest) -> HttpResponse:
         rows = rows.filter(is_active=True, is_archived=False)
     elif status == "archived":
         rows = rows.filter(is_archived=True)
-    classification = request.GET.get("classification", "").strip()[:100]
+    classification = request.GET.get("classification", "").replace("\x00", "").strip()[:100]
     if classification:
         rows = rows.filter(classification=classification)
     page = Paginator(rows.order_by("name", "zywave_id"), ACCOUNTS_PER_PAGE).get_page(
@@ -433,7 +436,7 @@ CLASSIFICATIONS = ("Client", "Prospect", "Former Client")
 @login_required
 def account_detail(request: HttpRequest, zywave_id: str) -> HttpResponse:
     connection = connection_for(request.user)
-    if connection is None:
+    if connection is None or "\x00" in zywave_id:
         raise Http404
     account = get_object_or_404(Account, connection=connection, zywave_id=zywave_id)
     contacts = Contact.objects.filter(connection=connection, account_zywave_id=zywave_id)
