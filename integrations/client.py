@@ -7,7 +7,10 @@ exceptions that carry what the caller needs and never a secret.
 
 from __future__ import annotations
 
+import json
+import math
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -117,6 +120,33 @@ def parse_retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _finite(text: str) -> float:
+    """JSON numbers only: `1e999` would be read as infinity, which no column or jsonb holds."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _not_json(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's reader accepts NaN and Infinity
+
+
+# NUL and lone UTF-16 surrogates are valid JSON escapes that PostgreSQL's text and jsonb refuse.
+UNSTORABLE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _storable(value: Any) -> Any:
+    """The parsed answer without NUL, and with lone surrogates replaced by `?`."""
+    if isinstance(value, str):
+        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, list):
+        return [_storable(item) for item in value]
+    if isinstance(value, dict):
+        return {_storable(key): _storable(item) for key, item in value.items()}
+    return value
 
 
 def lower_keys(record: Any) -> dict[str, Any]:
@@ -252,11 +282,12 @@ class ZywaveClient:
                 f"{path}: Zywave refused the request ({status})", path=path, status=status
             )
         try:
-            return response.json()
+            body = json.loads(response.content, parse_float=_finite, parse_constant=_not_json)
         except ValueError:
             raise MalformedResponse(
                 f"{path}: Zywave answered {status} without JSON", path=path, status=status
             ) from None
+        return _storable(body) if UNSTORABLE.search(response.content) else body
 
     # --- Profiles (zywave-api.md §3) ------------------------------------------------------
 

@@ -1,0 +1,316 @@
+"""Zywave's answers, fuzzed: the parsers either read them or raise a named `ZywaveError`, and a
+sync fed malformed pages by the sandbox ends FAILED or PARTIAL with a named error, never with an
+exception escaping the worker."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+import requests
+from django.contrib.auth.models import User
+from django.test import Client
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from integrations.client import (
+    MalformedResponse,
+    ZywaveClient,
+    ZywaveError,
+    lower_keys,
+    parse_envelope,
+)
+from integrations.models import Account, SyncRun
+from integrations.sync import account_row, contact_row, sync_now
+from tests.integrations.flows import inject_fault
+from tests.integrations.test_sync import linked
+from tests.sandboxserver import Sandbox
+
+FUZZ = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# What the client hands on (`ZywaveClient._read` refuses NaN and infinities and drops NUL; the
+# boundary is fuzzed on its own below).
+TEXT = st.text(st.characters(blacklist_characters="\x00"), max_size=30)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=False, allow_infinity=False),
+    TEXT,
+    st.sampled_from(["true", "false", "2024-01-01T00:00:00Z", "2024-13-45T99:99:99", "1e999"]),
+)
+JSON = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(TEXT, inner, max_size=4)),
+    max_leaves=12,
+)
+FIELDS = [
+    "id",
+    "Id",
+    "ID",
+    "name",
+    "classification",
+    "linesOfBusiness",
+    "clientSize",
+    "numberOfEmployees",
+    "isActive",
+    "isArchived",
+    "city",
+    "state",
+    "updatedDateTime",
+    "accountId",
+    "firstName",
+    "lastName",
+    "emailAddress",
+    "title",
+    "workPhoneNumber",
+    "mobilePhoneNumber",
+    "isPrimaryContact",
+]
+RECORDS = st.one_of(
+    # Mostly records with a usable id, so that the rest of each record is read too.
+    st.fixed_dictionaries(
+        {"id": st.integers() | TEXT.filter(bool) | st.text("x", min_size=65, max_size=80)},
+        optional=dict.fromkeys(FIELDS[3:], JSON),
+    ),
+    st.dictionaries(st.sampled_from(FIELDS) | TEXT, JSON, max_size=12),
+)
+ENVELOPES = st.one_of(
+    JSON,
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "items": JSON | st.lists(RECORDS, max_size=3),
+            "value": JSON,
+            "totalCount": JSON,
+            "TotalCount": JSON,
+            "@odata.count": JSON,
+            "hasMoreResults": JSON,
+        },
+    ),
+)
+
+
+@given(body=ENVELOPES)
+@FUZZ
+def test_parse_envelope_reads_a_list_or_raises_a_named_error(body: Any) -> None:
+    try:
+        items, total, more = parse_envelope(body, "/accounts/v2.0/account")
+    except MalformedResponse:
+        return
+    assert isinstance(items, list)
+    assert total is None or (isinstance(total, int) and not isinstance(total, bool))
+    assert more is None or isinstance(more, bool)
+
+
+@given(record=JSON)
+@FUZZ
+def test_lower_keys_reads_an_object_or_raises_a_named_error(record: Any) -> None:
+    try:
+        keys = lower_keys(record)
+    except MalformedResponse:
+        return
+    assert all(isinstance(key, str) and key == key.lower() for key in keys)
+
+
+def answer(content: bytes) -> requests.Response:
+    response = requests.Response()
+    response.status_code, response._content = 200, content
+    return response
+
+
+def reader() -> ZywaveClient:
+    return ZywaveClient(connection=None, token=str, refresh=lambda c, t: t)  # type: ignore[arg-type]
+
+
+# Bytes as Zywave might send them: JSON texts, JSON with the literals Python's reader accepts
+# (NaN, Infinity, 1e999), NUL escapes, and any bytes at all.
+ANSWERS = st.one_of(
+    JSON.map(lambda v: json.dumps(v).encode()),
+    st.lists(
+        st.sampled_from(
+            ['{"items": [', "]", "}", "{", '"id": ', "1e999", "-1e400", "NaN", "Infinity", "1"]
+            + ['"a\\u0000b"', '"\\u0000": 1', ", ", '"x": ', "[", "null", '"\\ud800"', '"']
+        ),
+        max_size=12,
+    ).map(lambda parts: "".join(parts).encode()),
+    st.binary(max_size=40),
+)
+
+
+def no_nan_or_nul(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return "\x00" not in value and value.encode("utf-8", "strict") is not None
+    if isinstance(value, list):
+        return all(map(no_nan_or_nul, value))
+    if isinstance(value, dict):
+        return all(no_nan_or_nul(k) and no_nan_or_nul(v) for k, v in value.items())
+    return True
+
+
+@given(content=ANSWERS)
+@FUZZ
+def test_the_client_reads_json_a_database_can_store_or_raises_a_named_error(
+    content: bytes,
+) -> None:
+    try:
+        body = reader()._read(answer(content), "/accounts/v2.0/account")
+    except MalformedResponse:
+        return
+    assert no_nan_or_nul(body)
+    json.dumps(body, allow_nan=False)
+
+
+TEXT_LIMITS = {
+    "name": 255,
+    "classification": 100,
+    "lines_of_business": 500,
+    "client_size": 50,
+    "city": 100,
+    "state": 50,
+    "account_zywave_id": 64,
+    "first_name": 100,
+    "last_name": 100,
+    "email": 254,
+    "title": 150,
+    "work_phone": 50,
+    "mobile_phone": 50,
+    "zywave_id": 64,
+}
+
+
+def check_row(row: dict[str, Any]) -> None:
+    """The row fits its columns: bounded text, int32 or None, real booleans, aware datetimes,
+    and a `raw` that PostgreSQL's jsonb accepts."""
+    for name, limit in TEXT_LIMITS.items():
+        if name in row:
+            assert isinstance(row[name], str) and len(row[name]) <= limit, name
+            assert "\x00" not in row[name], name
+    if "number_of_employees" in row:
+        value = row["number_of_employees"]
+        assert value is None or (type(value) is int and -(2**31) < value < 2**31)
+    for name in ("is_active", "is_archived", "is_primary"):
+        if name in row:
+            assert type(row[name]) is bool
+    when = row["updated_at_zywave"]
+    assert when is None or (isinstance(when, datetime) and when.tzinfo is not None)
+    json.dumps(row["raw"], allow_nan=False)
+
+
+@pytest.mark.parametrize("build", [account_row, contact_row], ids=["account", "contact"])
+@given(record=RECORDS)
+@FUZZ
+def test_mirror_rows_fit_their_columns_or_raise_a_named_error(
+    build: Any, record: dict[str, Any]
+) -> None:
+    try:
+        row = build(1, 1, record, datetime.now(UTC))
+    except ZywaveError:
+        return
+    check_row(row)
+
+
+# --- The whole path: malformed pages from the sandbox during a real sync ----------------------
+
+MALFORMED = {
+    "not-json": ("{not json", "text/html"),
+    "html": ("<html><body>Service</body></html>", "text/html"),
+    "empty-body": ("", "application/json"),
+    "a-string": ('"items"', "application/json"),
+    "a-number": ("12345678901234567890123", "application/json"),
+    "null": ("null", "application/json"),
+    "items-an-object": ('{"items": {"id": 1}}', "application/json"),
+    "items-of-numbers": ('{"items": [1, 2, 3], "totalCount": 3}', "application/json"),
+    "items-of-strings": ('{"value": ["a", "b"]}', "application/json"),
+    "record-without-id": ('{"items": [{"name": "x"}], "totalCount": 1}', "application/json"),
+    "nested-id": ('{"items": [{"id": {"value": 1}}]}', "application/json"),
+    "boolean-id": ('{"items": [{"id": true}]}', "application/json"),
+    "unknown-envelope": ('{"data": {"accounts": []}}', "application/json"),
+}
+
+ODD_BUT_READABLE = {
+    "wrong-types": {
+        "items": [
+            {
+                "id": 77,
+                "name": {"first": "x"},
+                "isActive": "yes",
+                "isArchived": "TRUE",
+                "numberOfEmployees": "12x",
+                "updatedDateTime": 5,
+                "linesOfBusiness": [1, {"a": 2}],
+            }
+        ],
+        "totalCount": "1",
+        "hasMoreResults": "false",
+    },
+    "huge-numbers": '{"items": [{"id": 1, "numberOfEmployees": 1e999, "city": 10000000000000000000000000}], "hasMoreResults": false}',  # noqa: E501
+    "nul-characters": {"items": [{"id": "n1", "name": "a\u0000b", "city": "\u0000"}]},
+    "lone-surrogate": '{"items": [{"id": "s1", "name": "a\\ud800b"}], "hasMoreResults": false}',
+    "nan": '{"items": [{"id": 2, "numberOfEmployees": NaN, "x": -Infinity}], "hasMoreResults": false}',  # noqa: E501
+}
+
+
+@pytest.fixture
+def synced_once(staff: User, zywave: Sandbox, settings: Any) -> Any:
+    settings.ZYWAVE_SYNC_BACKOFF_SECONDS = 0
+    settings.ZYWAVE_SYNC_MAX_RETRIES = 1
+    return linked(staff, zywave)
+
+
+def plant(sandbox: Sandbox, body: Any, content_type: str = "application/json") -> None:
+    text = body if isinstance(body, str) else json.dumps(body)
+    inject_fault(
+        sandbox,
+        r"^/accounts/v2\.0/account$",
+        status=200,
+        body=text,
+        content_type=content_type,
+    )
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("case", list(MALFORMED))
+def test_a_malformed_page_ends_the_sync_with_a_named_error(
+    case: str, synced_once: Any, zywave: Sandbox, staff: User
+) -> None:
+    body, content_type = MALFORMED[case]
+    plant(zywave, body, content_type)
+    run = sync_now(synced_once, full=True)
+    assert run is not None
+    assert run.state in {SyncRun.State.FAILED, SyncRun.State.PARTIAL}
+    assert run.error and "unexpected error" not in run.error
+    client = Client()
+    client.force_login(staff)
+    assert client.get("/").status_code == 200
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("case", list(ODD_BUT_READABLE))
+def test_odd_values_in_a_page_are_read_or_end_the_sync_with_a_named_error(
+    case: str, synced_once: Any, zywave: Sandbox
+) -> None:
+    plant(zywave, ODD_BUT_READABLE[case])
+    run = sync_now(synced_once, full=True)
+    assert run is not None
+    assert "unexpected error" not in run.error
+    assert run.state != SyncRun.State.RUNNING
+
+
+@pytest.mark.django_db
+def test_a_page_far_bigger_than_asked_for_ends_the_sync_without_a_crash(
+    synced_once: Any, zywave: Sandbox
+) -> None:
+    items = [{"id": f"big-{n}", "name": f"n{n}"} for n in range(10_000)]
+    plant(zywave, {"items": items, "totalCount": 10_000, "hasMoreResults": False})
+    run = sync_now(synced_once, full=True)
+    assert run is not None
+    assert "unexpected error" not in run.error
+    assert run.state in {SyncRun.State.SUCCEEDED, SyncRun.State.FAILED, SyncRun.State.PARTIAL}
+    assert Account.objects.filter(connection=synced_once).count() <= 10_000 + 300
