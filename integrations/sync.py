@@ -316,13 +316,17 @@ def needs_full(connection: Connection) -> bool:
 
 
 def run_sync(
-    run: SyncRun, client: ZywaveClient | None = None, sleep: Callable[[float], None] = time.sleep
+    run: SyncRun,
+    client: ZywaveClient | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    on_page: Callable[[SyncRun], None] | None = None,
 ) -> SyncRun:
     """Page through accounts then contacts from where the run stands, one transaction per page.
 
     429 and 503 (and timeouts, other 5xx) wait as Zywave asks or back off with jitter, then the
     same page is asked again, up to ZYWAVE_SYNC_MAX_RETRIES times in a row. A grant that ended,
-    a 403 or a bad page stop the run; pages already written stay written.
+    a 403 or a bad page stop the run; pages already written stay written. `on_page` is told
+    after each committed page (progress bars).
     """
     connection = Connection.objects.select_related("chosen_profile").get(pk=run.connection_id)
     if (
@@ -336,7 +340,7 @@ def run_sync(
     since_marks = {} if run.full else previous_marks(connection)
     client = client or client_for(connection)
     with bind(sync_run_id=run.pk, connection_id=run.connection_id):
-        return _run(run, client, since_marks, sleep)
+        return _run(run, client, since_marks, sleep, on_page)
 
 
 def _run(
@@ -344,13 +348,14 @@ def _run(
     client: ZywaveClient,
     since_marks: dict[str, str],
     sleep: Callable[[float], None],
+    on_page: Callable[[SyncRun], None] | None,
 ) -> SyncRun:
     try:
         for resource in RESOURCES[RESOURCES.index(run.resource) :]:
             if run.resource != resource:
                 run.resource, run.skip = resource, 0
                 run.save(update_fields=["resource", "skip"])
-            _sync_resource(run, client, resource, since_marks.get(resource), sleep)
+            _sync_resource(run, client, resource, since_marks.get(resource), sleep, on_page)
         if run.full:
             _remove_unseen(run)
     except Cancelled as exc:
@@ -384,6 +389,7 @@ def _sync_resource(
     resource: str,
     mark: str | None,
     sleep: Callable[[float], None],
+    on_page: Callable[[SyncRun], None] | None = None,
 ) -> None:
     odata_filter = _odata_since(mark)
     failures = 0
@@ -394,6 +400,8 @@ def _sync_resource(
                     written, newest = upsert(resource, run.connection_id, run.pk, page.items)
                     _advance(run, resource, len(page.items), page.total, written, newest)
                 failures = 0
+                if on_page is not None:
+                    on_page(run)
             return
         except (RateLimited, ServerError, ZywaveTimeout, RefreshFailed) as exc:
             failures += 1
@@ -487,9 +495,13 @@ def _finish(run: SyncRun, state: str, error: str) -> SyncRun:
     return run
 
 
-def sync_now(connection: Connection, full: bool = False) -> SyncRun | None:
+def sync_now(
+    connection: Connection,
+    full: bool = False,
+    on_page: Callable[[SyncRun], None] | None = None,
+) -> SyncRun | None:
     """Run a sync in this process (operators' command, tests): claim, then run."""
     if full:
         queue_run(connection, full=True, trigger="command")
     run = claim(connection.pk, full=full)
-    return run_sync(run) if run else None
+    return run_sync(run, on_page=on_page) if run else None

@@ -19,7 +19,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from social_core.exceptions import SocialAuthBaseException
 from social_django import views as social_views
 
-from .client import ZywaveError
+from .client import ZywaveClient, ZywaveError
 from .models import Account, Connection, ConnectionEvent, Contact, SyncRun
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
 from .profiles import SAFE_ID, ProfileRefused, choose_profile, refresh_profiles
@@ -309,15 +309,12 @@ def _refuse(request: HttpRequest) -> HttpResponse:
 def _choose(
     request: HttpRequest,
     connection: Connection,
-    client: object,
+    client: ZywaveClient,
     zywave_id: str,
     next_url: str,
     *,
     auto: bool,
 ) -> HttpResponse:
-    from .client import ZywaveClient
-
-    assert isinstance(client, ZywaveClient)
     try:
         profile = choose_profile(connection, client, zywave_id, actor=request.user)
     except ProfileRefused:

@@ -153,18 +153,7 @@ def main() -> int:
                         },
                     )
                     stock_ids.append(social.pk)
-            env = {
-                key: os.environ[key]
-                for key in (
-                    "DATABASE_URL",
-                    "ZYWAVE_AUTH_URL",
-                    "ZYWAVE_API_URL",
-                    "LOG_LEVEL",
-                    "CELERY_BROKER_URL",
-                    "PORTAL_VAR_DIR",
-                    "DJANGO_SETTINGS_MODULE",
-                )
-            }
+            env = dict(os.environ)  # the settings setup_django chose, keys included
             env["PYTHONPATH"] = os.pathsep.join(sys.path)
             results = {}
             for kind, ids in (("portal", portal_ids), ("stock", stock_ids)):

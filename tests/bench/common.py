@@ -36,7 +36,17 @@ def bench_database(name: str, var_dir: Path) -> str:
 
 
 def setup_django(database_url: str, sandbox_url: str, var_dir: Path) -> None:
+    """Production settings (DEBUG off): with DEBUG on, Django keeps every query, with its
+    parameters, in memory, which is not what a production worker does."""
+    from cryptography.fernet import Fernet
+
     os.environ.update(
+        DEBUG="false",
+        SECRET_KEY="bench-" + "k" * 40,
+        ALLOWED_HOSTS="127.0.0.1",
+        FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(),
+        ZYWAVE_CLIENT_ID="portal-dev",
+        ZYWAVE_CLIENT_SECRET="portal-dev-secret",
         DJANGO_SETTINGS_MODULE="portal.settings",
         DATABASE_URL=database_url,
         ZYWAVE_AUTH_URL=sandbox_url,

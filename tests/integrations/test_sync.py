@@ -387,3 +387,26 @@ def test_changing_the_profile_mid_run_stops_the_old_run_before_its_next_page(
     # The old profile's accounts were cleared with the change and no contact page followed.
     assert not Account.objects.filter(connection=conn).exists()
     assert not Contact.objects.filter(connection=conn).exists()
+
+
+def test_the_operators_command_syncs_one_user_or_all(
+    staff: User, other_staff: User, zywave: Sandbox, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from django.core.management import call_command
+    from django.core.management.base import CommandError
+
+    conn = linked(staff, zywave)
+    Connection.objects.create(
+        user=other_staff, zywave_subject="x", status=Connection.Status.REAUTH_REQUIRED
+    )
+    call_command("sync_zywave", user="dana", full=True)
+    out = capsys.readouterr().out
+    assert "dana: succeeded" in out
+    assert (
+        Account.objects.filter(connection=conn).count() == sandbox_counts(zywave, conn)["accounts"]
+    )
+    call_command("sync_zywave", all=True)
+    out = capsys.readouterr().out
+    assert "omar: skipped (status reauth_required" in out and "dana: succeeded" in out
+    with pytest.raises(CommandError, match="nobody has no Zywave connection"):
+        call_command("sync_zywave", user="nobody")

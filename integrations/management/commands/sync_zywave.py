@@ -5,7 +5,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from integrations.models import Connection
+from integrations.models import Connection, SyncRun
 from integrations.sync import can_sync, sync_now
 
 
@@ -33,7 +33,13 @@ class Command(BaseCommand):
                     f"{connection.chosen_profile_id is None})"
                 )
                 continue
-            run = sync_now(connection, full=full)
+            with tqdm(desc=name, unit=" records", disable=None, leave=False) as bar:
+
+                def progress(run: SyncRun, bar: Any = bar) -> None:
+                    bar.total = run.total_reported
+                    bar.update(run.records_done - bar.n)
+
+                run = sync_now(connection, full=full, on_page=progress)
             if run is None:
                 self.stdout.write(f"{name}: a sync is already running")
                 continue
