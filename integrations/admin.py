@@ -24,7 +24,6 @@ from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import flatten_fieldsets
 from django.core.exceptions import PermissionDenied
-from django.db import transaction
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, StreamingHttpResponse
 from django.http.response import HttpResponseBase
@@ -48,7 +47,8 @@ from .models import (
 from .notify import send
 from .sync import can_sync, queue_run
 from .tasks import refresh_connection, sync_connection
-from .tokens import ReauthRequired, RefreshFailed, refresh, revoke_tokens
+from .tokens import ReauthRequired, RefreshFailed, refresh
+from .tokens import disconnect as disconnect_and_revoke
 
 log = logging.getLogger(__name__)
 
@@ -587,9 +587,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
         return None
 
     def _disconnect(self, connection: Connection, request: HttpRequest) -> str:
-        revoked, reason = revoke_tokens(connection)
-        with transaction.atomic():
-            connection.disconnect(actor=request.user, revoked=revoked, reason=reason)
+        revoked, _reason = disconnect_and_revoke(connection, actor=request.user)
         return "revoked" if revoked else "not_revoked"
 
     def _confirm_disconnect(

@@ -184,3 +184,19 @@ def revoke_tokens(connection: Connection) -> tuple[bool, str]:
             log.warning("Revocation refused for connection %s", connection.pk)
             return False, "Zywave refused the revocation"
     return True, ""
+
+
+def disconnect(connection: Connection, actor: Any) -> tuple[bool, str]:
+    """Revoke the tokens at Zywave, then forget them, under the connection's row lock.
+
+    The lock closes a race with a refresh running at the same moment: either the refresh
+    finishes first (and its new tokens are the ones revoked here), or it waits and then finds
+    the connection disconnected. Without it, a refresh could store a fresh grant that nobody
+    revokes. The lock is held for the revocation calls, each bounded by the HTTP timeout.
+    """
+    with transaction.atomic():
+        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        revoked, reason = revoke_tokens(locked)
+        locked.disconnect(actor=actor, revoked=revoked, reason=reason)
+    connection.refresh_from_db()
+    return revoked, reason

@@ -9,7 +9,6 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -25,7 +24,8 @@ from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
 from .profiles import SAFE_ID, ProfileRefused, choose_profile, refresh_profiles
 from .sync import can_sync, queue_run
 from .tasks import sync_connection
-from .tokens import ReauthRequired, RefreshFailed, client_for, revoke_tokens
+from .tokens import ReauthRequired, RefreshFailed, client_for
+from .tokens import disconnect as disconnect_and_revoke
 
 log = logging.getLogger(__name__)
 
@@ -208,9 +208,7 @@ def disconnect(request: HttpRequest) -> HttpResponse:
         return redirect("dashboard")
     if request.method == "GET":
         return render(request, "integrations/disconnect_confirm.html", {"connection": connection})
-    revoked, reason = revoke_tokens(connection)
-    with transaction.atomic():
-        connection.disconnect(actor=request.user, revoked=revoked, reason=reason)
+    revoked, reason = disconnect_and_revoke(connection, actor=request.user)
     if revoked:
         messages.success(request, "Zywave is disconnected and the portal's access was revoked.")
     else:
