@@ -20,6 +20,7 @@ def test_staff_log_in_and_see_the_zywave_panel(client: Client, staff: User) -> N
     assert page.status_code == 200
     assert b"Your Zywave account is not connected." in page.content
     assert b"Connect Zywave" in page.content
+    assert "<title>Dashboard · Zywave portal</title>" in page.content.decode()
 
 
 def test_a_wrong_password_is_refused(client: Client, staff: User) -> None:
