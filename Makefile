@@ -6,7 +6,7 @@ PORTAL_URL ?= http://127.0.0.1:8000
 SANDBOX_BIND ?= 127.0.0.1:8001
 SANDBOX_ACCOUNTS ?= 10000
 
-.PHONY: run test smoke lint types bench sandbox migrate demo clean browser
+.PHONY: run test smoke lint types bench sandbox migrate demo clean browser drills
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,11 @@ tests/e2e/node_modules/axe-core/axe.min.js: tests/e2e/package.json tests/e2e/pac
 # PostgreSQL and Redis (DB 14) on 127.0.0.1, plus the sandbox; connects and syncs one user.
 smoke: $(VENV)/.dev
 	$(BIN)/python tests/smoke/run_smoke.py
+
+# Reliability drills against real processes (gunicorn, two workers, beat, PostgreSQL database
+# portal_drills, Redis DB 13, the sandbox with faults): writes docs/reliability.md.
+drills: $(VENV)/.dev
+	$(BIN)/python tests/drills/run_drills.py
 
 bench: $(VENV)/.dev
 	cd tests/bench && ../../$(BIN)/python bench_sandbox.py

@@ -1,0 +1,1271 @@
+"""The drills. Each takes the running `Stack` and a `Scale` and returns a result row: what was
+injected, what was expected, the figures measured and a verdict computed from them.
+
+Figures are measured, never assumed: from the portal's database (runs, events, mirror rows),
+the sandbox's counters, request times recorded in this process, and /proc.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import parse_qs, urljoin, urlsplit
+
+import redis
+import requests
+
+from tests.drills.stack import PASSWORD, DrillError, Stack, redis_server, stop_process, wait_until
+from tests.sandboxserver import free_port
+from tests.smoke.run_smoke import Browser, csrf_from
+
+TOKEN_PATH = r"^/connect/token$"
+API_PAGES = r"^/accounts/v2\.0/(account|contact)$"
+
+
+@dataclass
+class Scale:
+    """How big each drill is: `full` for `make drills`, `short` for `make test`."""
+
+    name: str
+    users: int
+    big: int
+    flows: int
+    concurrency: int
+    outage_seconds: float
+    outage_connections: int
+    kills: int
+    soak_connections: int
+    soak_seconds: float
+    page_users: int
+    hang_connections: int
+
+
+FULL = Scale(
+    name="full",
+    users=200,
+    big=20,
+    flows=200,
+    concurrency=50,
+    outage_seconds=45,
+    outage_connections=10,
+    kills=20,
+    soak_connections=100,
+    soak_seconds=240,
+    page_users=20,
+    hang_connections=3,
+)
+SHORT = Scale(
+    name="short",
+    users=12,
+    big=3,
+    flows=12,
+    concurrency=5,
+    outage_seconds=4,
+    outage_connections=3,
+    kills=3,
+    soak_connections=8,
+    soak_seconds=25,
+    page_users=3,
+    hang_connections=2,
+)
+
+
+@dataclass
+class Result:
+    drill: str
+    injected: str
+    expected: str
+    figures: dict[str, Any] = field(default_factory=dict)
+    checks: dict[str, bool] = field(default_factory=dict)
+    measured: str = ""
+    seconds: float = 0.0
+    error: str = ""
+
+    @property
+    def verdict(self) -> str:
+        if self.error:
+            return "error"
+        return "pass" if self.checks and all(self.checks.values()) else "FAIL"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "drill": self.drill,
+            "injected": self.injected,
+            "expected": self.expected,
+            "measured": self.measured,
+            "figures": self.figures,
+            "checks": self.checks,
+            "verdict": self.verdict,
+            "seconds": round(self.seconds, 1),
+            "error": self.error,
+        }
+
+
+# --- Helpers: the portal, as this process sees it (same database and broker) ------------------
+
+
+def models() -> Any:
+    from integrations import models as m
+
+    return m
+
+
+def conn_of(i: int) -> Any:
+    return models().Connection.objects.get(user__username=f"staff{i:03d}")
+
+
+def conn_ids(indexes: list[int]) -> list[int]:
+    found = dict(
+        models()
+        .Connection.objects.filter(user__username__in=[f"staff{i:03d}" for i in indexes])
+        .values_list("user__username", "pk")
+    )
+    return [found[f"staff{i:03d}"] for i in indexes]
+
+
+def expire_tokens(ids: list[int]) -> None:
+    from django.utils import timezone
+
+    models().Connection.objects.filter(pk__in=ids).update(
+        access_token_expires_at=timezone.now() - timedelta(seconds=1)
+    )
+
+
+def queue_syncs(ids: list[int], full: bool = False) -> int:
+    """What "Sync now" does (a queued run, then the task) where the dashboard would offer it;
+    for a connection that cannot sync only the task, as a stale message would bring it."""
+    from integrations.sync import can_sync, queue_run
+    from integrations.tasks import sync_connection
+
+    queued = 0
+    for conn in models().Connection.objects.filter(pk__in=ids):
+        if can_sync(conn) and queue_run(conn, full=full, trigger="drill") is not None:
+            queued += 1
+        sync_connection.delay(conn.pk, full)
+    return queued
+
+
+def reconcile() -> dict[str, int]:
+    """Beat's reconciler, called here so the drill decides when it runs."""
+    from integrations.tasks import sync_due_connections
+
+    result: dict[str, int] = sync_due_connections()
+    return result
+
+
+def active_runs(ids: list[int] | None = None) -> int:
+    """Queued or running runs of connections that can sync (a run left queued for a connection
+    that can no longer sync is never picked up: counted by `orphaned_runs`)."""
+    runs = (
+        models()
+        .SyncRun.objects.active()
+        .filter(connection__status="active", connection__chosen_profile__isnull=False)
+    )
+    if ids is not None:
+        runs = runs.filter(connection_id__in=ids)
+    return int(runs.count())
+
+
+def orphaned_runs() -> int:
+    return int(models().SyncRun.objects.active().exclude(connection__status="active").count())
+
+
+def wait_idle(ids: list[int] | None, timeout: float, reconcile_every: float = 2.0) -> float:
+    """Wait until no run of `ids` is queued or running, calling the reconciler meanwhile."""
+    start = time.monotonic()
+    last = 0.0
+    while time.monotonic() - start < timeout:
+        if not active_runs(ids):
+            return time.monotonic() - start
+        if time.monotonic() - last > reconcile_every:
+            reconcile()
+            last = time.monotonic()
+        time.sleep(0.3)
+    raise DrillError(f"runs still active after {timeout:.0f}s: {active_runs(ids)}")
+
+
+def fault_remaining(stack: Stack) -> int:
+    return sum(f["remaining"] for f in stack.zywave.control("GET", "faults")["faults"])
+
+
+def clear_faults(stack: Stack) -> dict[str, Any]:
+    """Read the counters, then clear faults, counters and runtime settings."""
+    counters = stack.zywave.counters()
+    stack.zywave.reset()
+    return dict(counters)
+
+
+def duplicates() -> int:
+    from django.db import connection as db
+
+    with db.cursor() as cursor:
+        total = 0
+        for table in ("integrations_account", "integrations_contact"):
+            cursor.execute(
+                f"SELECT count(*) FROM (SELECT connection_id, zywave_id FROM {table} "  # noqa: S608
+                "GROUP BY 1, 2 HAVING count(*) > 1) d"
+            )
+            total += cursor.fetchone()[0]
+    return total
+
+
+def mirror_mismatches(stack: Stack, indexes: list[int]) -> list[str]:
+    """Connections whose mirror does not hold exactly the sandbox's records."""
+    m = models()
+    wrong = []
+    for i in indexes:
+        conn = conn_of(i)
+        expected = stack.sandbox_book(i)
+        accounts = m.Account.objects.filter(connection=conn).count()
+        contacts = m.Contact.objects.filter(connection=conn).count()
+        foreign = m.Account.objects.filter(connection=conn).exclude(
+            name__startswith=f"Drill{i:03d} "
+        )
+        if accounts != expected or contacts != expected or foreign.exists():
+            wrong.append(f"staff{i:03d}: {accounts}/{contacts} of {expected}")
+    return wrong
+
+
+class RequestLog:
+    """Every HTTP request this process sends (requests' adapter), with send and answer times."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+        self.lock = threading.Lock()
+
+    @contextmanager
+    def recording(self) -> Iterator[RequestLog]:
+        from requests.adapters import HTTPAdapter
+
+        original = HTTPAdapter.send
+        log = self
+
+        def send(adapter: HTTPAdapter, request: Any, *args: Any, **kwargs: Any) -> Any:
+            started = time.time()
+            row: dict[str, Any] = {"path": urlsplit(request.url).path, "sent": started}
+            try:
+                response = original(adapter, request, *args, **kwargs)
+            except Exception as exc:
+                row.update(answered=time.time(), status=None, error=type(exc).__name__)
+                with log.lock:
+                    log.rows.append(row)
+                raise
+            row.update(
+                answered=time.time(),
+                status=response.status_code,
+                retry_after=response.headers.get("Retry-After"),
+            )
+            with log.lock:
+                log.rows.append(row)
+            return response
+
+        HTTPAdapter.send = send  # type: ignore[method-assign,assignment]
+        try:
+            yield self
+        finally:
+            HTTPAdapter.send = original  # type: ignore[method-assign]
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+# --- Connecting: the complete flow a person goes through ----------------------------------
+
+
+def logged_in(stack: Stack, i: int) -> Browser:
+    """A browser holding a portal session for staff{i} (what /login/ would set; the password
+    hash check is left out so that the load measures connecting, not PBKDF2)."""
+    from importlib import import_module
+
+    from django.conf import settings
+    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
+    from django.contrib.auth.models import User
+
+    user = User.objects.get(username=f"staff{i:03d}")
+    store = import_module(settings.SESSION_ENGINE).SessionStore()
+    store[SESSION_KEY] = str(user.pk)
+    store[BACKEND_SESSION_KEY] = "django.contrib.auth.backends.ModelBackend"
+    store[HASH_SESSION_KEY] = user.get_session_auth_hash()
+    store.save()
+    browser = Browser()
+    browser.cookies.set(settings.SESSION_COOKIE_NAME, store.session_key, domain="127.0.0.1")
+    return browser
+
+
+def connect_flow(stack: Stack, i: int) -> dict[str, Any]:
+    """Dashboard → Connect Zywave → sandbox login and consent → callback → profile picker →
+    choose the first profile. Returns timings, statuses, state and PKCE challenge."""
+    portal = stack.portal
+    browser = logged_in(stack, i)
+    statuses: list[int] = []
+    result: dict[str, Any] = {"i": i, "ok": False, "statuses": statuses}
+    start = time.monotonic()
+    try:
+        page = browser.get(f"{portal}/", timeout=60)
+        statuses.append(page.status_code)
+        begin = browser.post(
+            f"{portal}/oauth/login/zywave/",
+            data={"csrfmiddlewaretoken": csrf_from(page.text)},
+            allow_redirects=False,
+            timeout=60,
+        )
+        statuses.append(begin.status_code)
+        authorize = begin.headers.get("Location", "")
+        query = parse_qs(urlsplit(authorize).query)
+        result["state"] = query.get("state", [""])[0]
+        result["challenge"] = query.get("code_challenge", [""])[0]
+        result["method"] = query.get("code_challenge_method", [""])[0]
+        callback = stack.zywave.walk_authorize(
+            authorize, username=stack.email(i), password=PASSWORD
+        )
+        landed = browser.get(callback, timeout=60)
+        statuses.extend([r.status_code for r in landed.history] + [landed.status_code])
+        if urlsplit(landed.url).path != "/zywave/profiles/":
+            raise DrillError(f"landed on {landed.url}")
+        profile = re.search(r'name="profile" value="([^"]+)"', landed.text)
+        if profile is None:
+            raise DrillError("no profile offered")
+        chosen = browser.post(
+            urljoin(landed.url, ""),
+            data={
+                "action": "choose",
+                "profile": profile.group(1),
+                "next": "",
+                "csrfmiddlewaretoken": csrf_from(landed.text),
+            },
+            timeout=60,
+        )
+        statuses.extend([r.status_code for r in chosen.history] + [chosen.status_code])
+        result["ok"] = chosen.status_code == 200 and "profile" in chosen.text.lower()
+        if not result["ok"]:
+            result["error"] = f"choosing a profile answered {chosen.status_code}"
+    except Exception as exc:  # noqa: BLE001 (a failed flow is a figure, not a crash)
+        result["error"] = f"{type(exc).__name__}: {exc}"[:300]
+    result["seconds"] = time.monotonic() - start
+    return result
+
+
+def tokens_belong_to_owners(stack: Stack, indexes: list[int]) -> tuple[int, int]:
+    """(checked, wrong): each connection's access token, asked at Zywave's userinfo, names the
+    connection's own Zywave identity; refresh tokens are all distinct."""
+    wrong = 0
+    refresh_tokens = set()
+    session = requests.Session()
+    for i in indexes:
+        conn = conn_of(i)
+        info = session.get(
+            f"{stack.zywave.url}/connect/userinfo",
+            headers={"Authorization": f"Bearer {conn.access_token}"},
+            timeout=30,
+        )
+        email = info.json().get("email") if info.ok else None
+        if email != stack.email(i) or conn.zywave_email != stack.email(i):
+            wrong += 1
+        refresh_tokens.add(conn.refresh_token)
+    wrong += len(indexes) - len(refresh_tokens)
+    return len(indexes), wrong
+
+
+# --- The drills ------------------------------------------------------------------------------
+
+
+def drill_connect_burst(stack: Stack, scale: Scale) -> Result:
+    result = Result(
+        "Load: connect burst",
+        f"{scale.concurrency} concurrent clients, {scale.flows} complete connect flows (portal "
+        "dashboard, Connect, sandbox login and consent, callback, profile picker, choice)",
+        f"failures 0, 5xx 0, connections {scale.flows}, distinct state and PKCE challenges "
+        f"{scale.flows}, tokens held by their owner only",
+    )
+    indexes = list(range(1, scale.flows + 1))
+    start = time.monotonic()
+    with ThreadPoolExecutor(max_workers=scale.concurrency) as pool:
+        flows = list(pool.map(lambda i: connect_flow(stack, i), indexes))
+    wall = time.monotonic() - start
+    failures = [f for f in flows if not f["ok"]]
+    server_errors = sum(1 for f in flows for s in f["statuses"] if s >= 500)
+    times = [f["seconds"] for f in flows if f["ok"]]
+    connections = models().Connection.objects.filter(status="active").count()
+    checked, wrong = tokens_belong_to_owners(stack, indexes)
+    f = result.figures
+    f.update(
+        flows=len(flows),
+        failures=len(failures),
+        server_errors=server_errors,
+        connections=connections,
+        distinct_state=len({x.get("state") for x in flows if x.get("state")}),
+        distinct_pkce=len({x.get("challenge") for x in flows if x.get("challenge")}),
+        pkce_s256=sum(1 for x in flows if x.get("method") == "S256"),
+        wrong_owner=wrong,
+        p50=round(statistics.median(times), 2) if times else None,
+        p95=round(percentile(times, 0.95), 2),
+        wall=round(wall, 1),
+        first_errors=[x.get("error") for x in failures[:3]],
+    )
+    result.checks = {
+        "no failures": not failures,
+        "no 5xx": server_errors == 0,
+        "a connection per flow": connections == scale.flows,
+        "distinct state": f["distinct_state"] == scale.flows,
+        "distinct PKCE": f["distinct_pkce"] == scale.flows == f["pkce_s256"],
+        "tokens with their owner": wrong == 0 and checked == scale.flows,
+    }
+    result.measured = (
+        f"{len(failures)} failures, {server_errors} 5xx, {connections} connections, "
+        f"{f['distinct_state']} distinct state, {f['distinct_pkce']} distinct PKCE challenges "
+        f"(S256), {wrong} tokens with another user; flow p50 {f['p50']} s, p95 {f['p95']} s "
+        f"({len(flows)} flows in {f['wall']} s)"
+    )
+    # Choosing a profile queued a full sync per connection: let the workers finish them.
+    wait_idle(None, timeout=300)
+    return result
+
+
+def drill_token_outage(stack: Stack, scale: Scale, first: int) -> Result:
+    """The token endpoint answers 500 for a window while syncs and refreshes need it."""
+    m = models()
+    window = scale.outage_seconds
+    indexes = list(range(first, first + scale.outage_connections))
+    ids = conn_ids(indexes)
+    retries = int(stack.env["ZYWAVE_SYNC_MAX_RETRIES"])
+    result = Result(
+        "Token endpoint 500s",
+        f"/connect/token answers 500 for {window:.0f} s; {len(ids)} connections with expired "
+        "access tokens are synced and refreshed meanwhile",
+        "tokens lost 0, wrongly marked for re-authorization 0, refresh attempts per connection "
+        f"within {retries + 1} per sync run plus 1 per refresh task, all healthy after recovery",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    before = {c.pk: c.refresh_token for c in m.Connection.objects.filter(pk__in=ids)}
+    started = datetime.now(UTC)
+    stack.zywave.add_fault(TOKEN_PATH, count=100000, status=500, method="POST")
+    expire_tokens(ids)
+    queue_syncs(ids)
+    from integrations.tasks import refresh_connection
+
+    for pk in ids:
+        refresh_connection.delay(pk)
+    end = time.monotonic() + window
+    while time.monotonic() < end:
+        time.sleep(min(5.0, max(0.0, end - time.monotonic())))
+        reconcile()
+    conns = list(m.Connection.objects.filter(pk__in=ids))
+    wrongly_reauth = sum(1 for c in conns if c.status != "active")
+    lost = sum(1 for c in conns if not c.refresh_token or c.refresh_token != before[c.pk])
+    live = 0
+    for c in conns:
+        status = stack.zywave.control("GET", f"tokens/{c.refresh_token}")
+        live += bool(status.get("active"))
+    counters = clear_faults(stack)  # the recovery: the token endpoint answers again
+    recovered_at = datetime.now(UTC)
+    attempts = counters["token"].get("refresh_token:500", 0)
+    events = m.ConnectionEvent.objects.filter(
+        connection_id__in=ids, kind="refresh_failed", at__gte=started
+    )
+    per_conn = [events.filter(connection_id=pk).count() for pk in ids]
+    runs_in_window = [
+        m.SyncRun.objects.filter(connection_id=pk, queued_at__gte=started).count() for pk in ids
+    ]
+    over_bound = sum(
+        1 for n, runs in zip(per_conn, runs_in_window, strict=True) if n > runs * (retries + 1) + 1
+    )
+
+    def healthy() -> bool:
+        reconcile()
+        good = m.Connection.objects.filter(
+            pk__in=ids,
+            status="active",
+            last_error="",
+            access_token_expires_at__gt=datetime.now(UTC) + timedelta(minutes=5),
+        ).count()
+        synced = (
+            m.SyncRun.objects.filter(
+                connection_id__in=ids, state="succeeded", finished_at__gte=recovered_at
+            )
+            .values("connection_id")
+            .distinct()
+            .count()
+        )
+        return good == len(ids) and synced == len(ids)
+
+    recovery = wait_until("every connection healthy and synced", healthy, timeout=150, interval=2)
+    f = result.figures
+    f.update(
+        window_seconds=window,
+        connections=len(ids),
+        token_requests_answered_500=attempts,
+        refresh_failed_events=sum(per_conn),
+        attempts_per_connection_max=max(per_conn),
+        attempts_per_connection_mean=round(sum(per_conn) / len(per_conn), 2),
+        sync_runs_in_window=sum(runs_in_window),
+        connections_over_bound=over_bound,
+        tokens_lost=lost,
+        refresh_tokens_still_live=live,
+        wrongly_reauth=wrongly_reauth,
+        healthy_after_seconds=round(recovery, 1),
+    )
+    result.checks = {
+        "tokens lost 0": lost == 0 and live == len(ids),
+        "wrongly reauth 0": wrongly_reauth == 0,
+        "attempts within bound": over_bound == 0 and attempts > 0,
+        "all healthy after recovery": True,
+    }
+    result.measured = (
+        f"{attempts} refresh requests answered 500 over {len(ids)} connections (max "
+        f"{max(per_conn)}, mean {f['attempts_per_connection_mean']} per connection, "
+        f"{sum(runs_in_window)} sync runs; {over_bound} over the bound); tokens lost {lost} "
+        f"({live}/{len(ids)} refresh tokens still live at Zywave); wrongly marked for "
+        f"re-authorization {wrongly_reauth}; all {len(ids)} refreshed and synced "
+        f"{recovery:.1f} s after recovery"
+    )
+    return result
+
+
+def drill_invalid_grant(stack: Stack, scale: Scale, victim: int, others: list[int]) -> Result:
+    m = models()
+    result = Result(
+        "invalid_grant",
+        f"the grant of one person (drill{victim:03d}) revoked at Zywave; their access token and "
+        f"those of {len(others)} others expire; syncs and refreshes asked for all, then again",
+        "re-authorization flagged after exactly one refresh attempt, that refresh token never "
+        "presented again, the others refreshed and synced",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    victim_id = conn_ids([victim])[0]
+    other_ids = conn_ids(others)
+    started = datetime.now(UTC)
+    stack.zywave.control("POST", f"users/{stack.email(victim)}/revoke")
+    expire_tokens([victim_id, *other_ids])
+    queue_syncs([victim_id, *other_ids])
+    wait_idle([victim_id, *other_ids], timeout=60)
+    first = stack.zywave.counters()["token"]
+    # Everything that could use the token again: beat, "Sync now", the upkeep task.
+    from integrations.tasks import keep_tokens_alive, refresh_connection
+
+    queue_syncs([victim_id])
+    refresh_connection.delay(victim_id)
+    keep_tokens_alive.delay()
+    reconcile()
+    time.sleep(4)
+    wait_idle([victim_id, *other_ids], timeout=60)
+    after = clear_faults(stack)["token"]
+    victim_conn = m.Connection.objects.get(pk=victim_id)
+    others_ok = m.Connection.objects.filter(pk__in=other_ids, status="active").count()
+    others_synced = (
+        m.SyncRun.objects.filter(
+            connection_id__in=other_ids, state="succeeded", finished_at__gte=started
+        )
+        .values("connection_id")
+        .distinct()
+        .count()
+    )
+    reauth_events = m.ConnectionEvent.objects.filter(
+        connection_id=victim_id, kind="reauth_required", at__gte=started
+    ).count()
+    others_refreshed = (
+        m.ConnectionEvent.objects.filter(
+            connection_id__in=other_ids, kind="refreshed", at__gte=started
+        )
+        .values("connection_id")
+        .distinct()
+        .count()
+    )
+    emails = m.ConnectionEvent.objects.filter(connection_id=victim_id, at__gte=started).count()
+    f = result.figures
+    f.update(
+        victim_status=victim_conn.status,
+        invalid_grant_first=first.get("refresh_token:invalid_grant", 0),
+        invalid_grant_total=after.get("refresh_token:invalid_grant", 0),
+        refresh_successes=after.get("refresh_token:success", 0),
+        reauth_events=reauth_events,
+        victim_events=emails,
+        others_active=others_ok,
+        others_synced=others_synced,
+        others_refreshed=others_refreshed,
+    )
+    result.checks = {
+        "flagged": victim_conn.status == "reauth_required" and reauth_events == 1,
+        "exactly one attempt": f["invalid_grant_first"] == 1,
+        "never presented again": f["invalid_grant_total"] == 1,
+        "others unaffected": others_ok == len(others) == others_synced == others_refreshed,
+    }
+    result.measured = (
+        f"victim {victim_conn.status} after {f['invalid_grant_first']} refresh attempt "
+        f"(invalid_grant); after more syncs, a refresh task and the upkeep task: "
+        f"{f['invalid_grant_total']} invalid_grant in all; {reauth_events} re-authorization "
+        f"event; others {others_ok}/{len(others)} active, {others_refreshed} refreshed, "
+        f"{others_synced} synced"
+    )
+    return result
+
+
+def http_date(seconds_ahead: float) -> tuple[str, float]:
+    when = datetime.now(UTC) + timedelta(seconds=seconds_ahead)
+    when = when.replace(microsecond=0) + timedelta(seconds=1)
+    return format_datetime(when, usegmt=True), when.timestamp()
+
+
+def drill_rate_limit(stack: Stack, scale: Scale, indexes: list[int]) -> Result:
+    from integrations.sync import claim, queue_run, run_sync
+
+    m = models()
+    result = Result(
+        "429 with Retry-After",
+        "429 on the accounts and contacts pages with Retry-After as seconds (2, 3) and as an "
+        "HTTP date (3-4 s ahead), during syncs in this process (request times recorded) and on "
+        f"the workers ({len(indexes)} syncs, 8 429s)",
+        "no request before the delay elapsed, every sync finishes",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    early: list[str] = []
+    margins: list[float] = []
+    seen = 0
+    plans = [
+        ("2", "date"),  # accounts: seconds; contacts: an HTTP date
+        ("date", "3"),
+    ]
+    for i, plan in zip(indexes[:2], plans, strict=False):
+        conn = conn_of(i)
+        not_before: dict[str, float] = {}
+        for resource, retry in zip(("account", "contact"), plan, strict=True):
+            if retry == "date":
+                value, at = http_date(3)
+                not_before[resource] = at
+            else:
+                value = retry
+            stack.zywave.add_fault(
+                rf"^/accounts/v2\.0/{resource}$", count=1, status=429, retry_after=value
+            )
+        queue_run(conn, full=True, trigger="drill")
+        run = claim(conn.pk)
+        assert run is not None
+        log = RequestLog()
+        with log.recording():
+            finished = run_sync(run)
+        if finished.state != "succeeded":
+            early.append(f"run {finished.pk} {finished.state}")
+        for resource in ("account", "contact"):
+            rows = [r for r in log.rows if r["path"] == f"/accounts/v2.0/{resource}"]
+            for index, row in enumerate(rows):
+                if row["status"] != 429:
+                    continue
+                seen += 1
+                nxt = rows[index + 1]["sent"] if index + 1 < len(rows) else None
+                header = row["retry_after"] or ""
+                due = (
+                    row["answered"] + float(header)
+                    if header.isdigit()
+                    else not_before.get(resource, row["answered"])
+                )
+                if nxt is None:
+                    early.append(f"no retry after the 429 on {resource}")
+                    continue
+                margins.append(nxt - due)
+                if nxt < due:
+                    early.append(f"{resource}: retried {due - nxt:.2f}s early")
+    # The same through the workers: every sync finishes.
+    ids = conn_ids(indexes)
+    stack.zywave.add_fault(r"^/accounts/v2\.0/account$", count=5, status=429, retry_after="1")
+    value, _ = http_date(2)
+    stack.zywave.add_fault(r"^/accounts/v2\.0/contact$", count=3, status=429, retry_after=value)
+    stack.zywave.control("POST", "counters/reset")
+    started = datetime.now(UTC)
+    queue_syncs(ids, full=True)
+    wait_idle(ids, timeout=120)
+    counters = clear_faults(stack)
+    served = sum(n for k, n in counters["api"].items() if k.endswith(":429"))
+    succeeded = (
+        m.SyncRun.objects.filter(connection_id__in=ids, state="succeeded", finished_at__gte=started)
+        .values("connection_id")
+        .distinct()
+        .count()
+    )
+    mismatched = mirror_mismatches(stack, indexes)
+    f = result.figures
+    f.update(
+        timed_429s=seen,
+        early_requests=len([e for e in early if "early" in e]),
+        problems=early,
+        min_margin_seconds=round(min(margins), 3) if margins else None,
+        worker_429s_served=served,
+        worker_syncs=len(ids),
+        worker_syncs_succeeded=succeeded,
+        mirror_mismatches=mismatched,
+    )
+    result.checks = {
+        "no early request": not early and seen == 4,
+        "every sync finishes": succeeded == len(ids) and not mismatched and served == 8,
+    }
+    result.measured = (
+        f"{seen} timed 429s (2 as seconds, 2 as HTTP dates): {f['early_requests']} requests "
+        f"before the delay, smallest margin {f['min_margin_seconds']} s; on the workers "
+        f"{served} 429s served, {succeeded}/{len(ids)} syncs succeeded, mirrors exact"
+    )
+    return result
+
+
+def drill_worker_kills(stack: Stack, scale: Scale) -> Result:
+    m = models()
+    indexes = list(range(1, scale.big + 1))
+    ids = conn_ids(indexes)
+    result = Result(
+        "Worker SIGKILL mid-sync",
+        f"{scale.kills} SIGKILLs of a whole worker (parent and pool) at random moments (1-3 s "
+        f"apart) while {len(ids)} connections run full syncs of {stack.sizes[0]} accounts and "
+        f"{stack.sizes[0]} contacts (pages slowed by 150 ms); a new worker started after each; "
+        f"lease {stack.env['ZYWAVE_SYNC_LEASE_SECONDS']} s, reconciler every 2 s",
+        "syncs lost 0, duplicate records 0, every mirror exact",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    stack.zywave.add_fault(API_PAGES, count=100000, delay_ms=150)
+    started = datetime.now(UTC)
+    rng = random.Random(11)
+    kills = 0
+    mid_run = 0
+    next_kill = time.monotonic() + rng.uniform(1, 3)
+    last_reconcile = 0.0
+    deadline = time.monotonic() + 60 + scale.kills * 6
+    while kills < scale.kills and time.monotonic() < deadline:
+        idle = [
+            pk for pk in ids if not m.SyncRun.objects.active().filter(connection_id=pk).exists()
+        ]
+        if idle:
+            queue_syncs(idle, full=True)
+        if time.monotonic() - last_reconcile > 2:
+            reconcile()
+            last_reconcile = time.monotonic()
+        if time.monotonic() >= next_kill:
+            running = m.SyncRun.objects.filter(
+                connection_id__in=ids, state="running", pages_done__gt=0
+            ).count()
+            mid_run += bool(running)
+            victim = rng.choice(stack.workers)
+            stack.replace_worker(victim)
+            kills += 1
+            next_kill = time.monotonic() + rng.uniform(1, 3)
+        time.sleep(0.3)
+    counters = clear_faults(stack)  # pages at full speed again
+    drain = wait_idle(ids, timeout=180)
+    runs = m.SyncRun.objects.filter(connection_id__in=ids, queued_at__gte=started)
+    states: dict[str, int] = {}
+    for state in runs.values_list("state", flat=True):
+        states[state] = states.get(state, 0) + 1
+    resumed = runs.filter(state="succeeded", trigger="drill").count()
+    dupes = duplicates()
+    mismatched = mirror_mismatches(stack, indexes)
+    lost = sum(n for s, n in states.items() if s != "succeeded")
+    f = result.figures
+    f.update(
+        kills=kills,
+        kills_with_a_run_mid_page=mid_run,
+        runs=sum(states.values()),
+        states=states,
+        resumed_or_succeeded=resumed,
+        syncs_lost=lost,
+        duplicates=dupes,
+        mirror_mismatches=mismatched,
+        drain_seconds=round(drain, 1),
+        api_requests=sum(counters["api"].values()),
+    )
+    result.checks = {
+        f"{scale.kills} kills": kills == scale.kills,
+        "syncs lost 0": lost == 0,
+        "duplicates 0": dupes == 0,
+        "mirrors exact": not mismatched,
+    }
+    result.measured = (
+        f"{kills} kills ({mid_run} with a run between pages); {f['runs']} runs: {states}; "
+        f"syncs lost {lost}; duplicate records {dupes}; {len(mismatched)} mirrors off; "
+        f"all runs done {drain:.1f} s after the last kill"
+    )
+    return result
+
+
+def lock_is_free(pk: int) -> bool:
+    from django.db import DatabaseError, transaction
+
+    try:
+        with transaction.atomic():
+            models().Connection.objects.select_for_update(nowait=True).filter(pk=pk).first()
+        return True
+    except DatabaseError:
+        return False
+
+
+def drill_kill_in_refresh(stack: Stack, scale: Scale, i: int) -> Result:
+    m = models()
+    pk = conn_ids([i])[0]
+    result = Result(
+        "Worker SIGKILL inside a token refresh",
+        "the token endpoint holds a refresh for 4 s (then would answer 503); both workers are "
+        "SIGKILLed while one holds the connection's row lock and waits for it; new workers "
+        "start and the refresh is asked again",
+        "no stuck lock, exactly one successful refresh, connection active",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    stack.zywave.add_fault(TOKEN_PATH, count=1, status=503, delay_ms=4000, method="POST")
+    expire_tokens([pk])
+    started = datetime.now(UTC)
+    from integrations.tasks import refresh_connection
+
+    refresh_connection.delay(pk)
+    wait_until("the refresh to reach Zywave", lambda: fault_remaining(stack) == 0, timeout=30)
+    time.sleep(0.5)
+    held = not lock_is_free(pk)
+    killed_at = time.monotonic()
+    for worker in list(stack.workers):
+        stack.replace_worker(worker)
+    free_after = wait_until("the row lock to be released", lambda: lock_is_free(pk), timeout=60)
+    free_after = max(free_after, time.monotonic() - killed_at - free_after)
+    stack.wait_workers()
+    time.sleep(4)  # the 503 is answered to nobody
+    refresh_connection.delay(pk)
+    wait_until(
+        "the refresh",
+        lambda: m.Connection.objects.filter(
+            pk=pk, access_token_expires_at__gt=datetime.now(UTC) + timedelta(minutes=5)
+        ).exists(),
+        timeout=60,
+    )
+    counters = clear_faults(stack)["token"]
+    conn = m.Connection.objects.get(pk=pk)
+    refreshed = m.ConnectionEvent.objects.filter(
+        connection_id=pk, kind="refreshed", at__gte=started
+    ).count()
+    f = result.figures
+    f.update(
+        lock_held_before_kill=held,
+        lock_free_seconds_after_kill=round(time.monotonic() - killed_at, 1)
+        if not held
+        else round(free_after, 2),
+        refresh_successes=counters.get("refresh_token:success", 0),
+        refresh_503=counters.get("refresh_token:503", 0),
+        invalid_grant=counters.get("refresh_token:invalid_grant", 0),
+        refreshed_events=refreshed,
+        status=conn.status,
+    )
+    result.checks = {
+        "lock held, then released": held and free_after < 30,
+        "one refresh": f["refresh_successes"] == 1 == refreshed and f["invalid_grant"] == 0,
+        "active": conn.status == "active",
+    }
+    result.measured = (
+        f"row lock held at the kill: {held}; free {f['lock_free_seconds_after_kill']} s after "
+        f"it; {f['refresh_successes']} successful refresh at Zywave ({refreshed} recorded), "
+        f"{f['invalid_grant']} invalid_grant; connection {conn.status}"
+    )
+    return result
+
+
+def drill_hang(stack: Stack, scale: Scale, indexes: list[int], lost_one: int) -> Result:
+    """The API and the token endpoint hang past the read timeout."""
+    from integrations.tokens import RefreshFailed, client_for, refresh
+
+    m = models()
+    read_timeout = float(stack.env["ZYWAVE_READ_TIMEOUT"])
+    hang_ms = int((read_timeout + 4) * 1000)
+    result = Result(
+        "API and token endpoint hanging",
+        f"the accounts API and /connect/token answer only after {hang_ms / 1000:.0f} s (read "
+        f"timeout {read_timeout:.0f} s): one call timed here, then {len(indexes)} syncs on the "
+        "workers; a refresh whose answer comes after the timeout (Zywave rotated the token, "
+        "the portal never saw it)",
+        "every call ends at its timeout, no worker stuck, no task lost; the lost refresh: "
+        "no loop, the consumed token presented at most once more, re-authorization flagged",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    ids = conn_ids(indexes)
+    # One call here, timed.
+    stack.zywave.add_fault(r"^/accounts/v2\.0/account$", count=1, delay_ms=hang_ms)
+    conn = conn_of(indexes[0])
+    client = client_for(conn)
+    call_start = time.monotonic()
+    outcome = "answered"
+    try:
+        next(iter(client.pages("/accounts/v2.0/account")))
+    except Exception as exc:  # noqa: BLE001
+        outcome = type(exc).__name__
+    api_call = time.monotonic() - call_start
+    # Syncs on the workers, each meeting one hang.
+    stack.zywave.add_fault(
+        r"^/accounts/v2\.0/account$", count=len(ids), delay_ms=hang_ms, method="GET"
+    )
+    started = datetime.now(UTC)
+    queue_syncs(ids, full=True)
+    sync_time = wait_idle(ids, timeout=120)
+    succeeded = m.SyncRun.objects.filter(
+        connection_id__in=ids, state="succeeded", finished_at__gte=started
+    ).count()
+    heartbeat = stack.wait_workers(timeout=30)
+    # The token endpoint: a refresh that times out here while Zywave rotates the token.
+    lost = conn_of(lost_one)
+    stack.zywave.add_fault(TOKEN_PATH, count=1, delay_ms=hang_ms, method="POST")
+    expire_tokens([lost.pk])
+    lost.refresh_from_db()
+    token_start = time.monotonic()
+    token_outcome = "refreshed"
+    try:
+        refresh(lost)
+    except RefreshFailed as exc:
+        token_outcome = f"RefreshFailed ({exc})"
+    token_call = time.monotonic() - token_start
+    time.sleep(hang_ms / 1000 - token_call + 1)  # Zywave finishes the rotation meanwhile
+    middle = stack.zywave.counters()["token"]
+    from integrations.tasks import keep_tokens_alive, refresh_connection
+
+    refresh_connection.delay(lost.pk)
+    wait_until(
+        "the retried refresh",
+        lambda: m.Connection.objects.get(pk=lost.pk).status != "active"
+        or m.Connection.objects.filter(
+            pk=lost.pk, access_token_expires_at__gt=datetime.now(UTC)
+        ).exists(),
+        timeout=30,
+    )
+    # More chances to loop: a sync, the upkeep, another refresh.
+    queue_syncs([lost.pk])
+    keep_tokens_alive.delay()
+    refresh_connection.delay(lost.pk)
+    time.sleep(4)
+    wait_idle([lost.pk], timeout=30)
+    counters = clear_faults(stack)["token"]
+    lost.refresh_from_db()
+    f = result.figures
+    f.update(
+        api_call_seconds=round(api_call, 2),
+        api_call_outcome=outcome,
+        worker_syncs=len(ids),
+        worker_syncs_succeeded=succeeded,
+        worker_syncs_seconds=round(sync_time, 1),
+        heartbeat_after_seconds=round(heartbeat, 2),
+        token_call_seconds=round(token_call, 2),
+        token_call_outcome=token_outcome,
+        rotated_at_zywave_unseen=middle.get("refresh_token:success", 0),
+        consumed_token_presented_again=counters.get("refresh_token:invalid_grant", 0),
+        token_requests_total=sum(counters.values()),
+        lost_connection_status=lost.status,
+    )
+    limit = read_timeout + 1.5
+    result.checks = {
+        "API call ends at its timeout": read_timeout - 0.5 <= api_call <= limit
+        and outcome != "answered",
+        "token call ends at its timeout": read_timeout - 0.5 <= token_call <= limit,
+        "no task lost": succeeded == len(ids),
+        "no worker stuck": heartbeat < 10,
+        "lost refresh classified, no loop": lost.status == "reauth_required"
+        and f["consumed_token_presented_again"] == 1,
+    }
+    result.measured = (
+        f"API call ended after {api_call:.2f} s ({outcome}); token call after "
+        f"{token_call:.2f} s ({token_outcome.split(' (')[0]}); {succeeded}/{len(ids)} syncs on "
+        f"the workers succeeded in {sync_time:.1f} s; workers answered a heartbeat in "
+        f"{heartbeat:.2f} s; lost refresh: Zywave rotated ({f['rotated_at_zywave_unseen']}), "
+        f"the consumed token was presented {f['consumed_token_presented_again']} more time "
+        f"(then a sync, the upkeep task and a refresh task: no further use), connection "
+        f"{lost.status}"
+    )
+    return result
+
+
+def use_broker(url: str) -> None:
+    """Send from this process to another broker (same reset as tests/integrations/workers)."""
+    from portal.celery import app
+
+    app.conf.broker_url = url
+    app.conf.result_backend = url
+    app._after_fork()
+    app._backend_cache = None
+    app._local.__dict__.pop("backend", None)
+
+
+def drill_redis_restart(stack: Stack, scale: Scale, indexes: list[int]) -> Result:
+    m = models()
+    result = Result(
+        "Redis restarted mid-run",
+        f"a Redis of our own (no persistence, as in docker/compose.yaml) restarted while "
+        f"{len(indexes)} syncs run (pages slowed); workers and this process use it",
+        "workers consume again (time to first task), the reconciler re-enqueues overdue syncs, "
+        "nothing lost",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    own = redis_server(port, stack.tmp / "redis")
+    main_workers = list(stack.workers)
+    for worker in main_workers:
+        worker.stop()
+        stack.workers.remove(worker)
+    env = {**stack.env, "REDIS_URL": url}
+    workers = [stack.start_worker(env), stack.start_worker(env)]
+    stack.workers.extend(workers)
+    try:
+        use_broker(url)
+        stack.wait_workers(timeout=60)
+        ids = conn_ids(indexes)
+        stack.zywave.add_fault(API_PAGES, count=100000, delay_ms=400)
+        started = datetime.now(UTC)
+        queue_syncs(ids, full=True)
+        wait_until(
+            "runs to start",
+            lambda: m.SyncRun.objects.filter(
+                connection_id__in=ids, state="running", pages_done__gt=0
+            ).exists(),
+            timeout=30,
+        )
+        states_at_restart = dict.fromkeys(("queued", "running"), 0)
+        for state in (
+            m.SyncRun.objects.active().filter(connection_id__in=ids).values_list("state", flat=True)
+        ):
+            states_at_restart[state] += 1
+        stop_process(own)
+        own = redis_server(port, stack.tmp / "redis")
+        restarted = time.monotonic()
+        first_task = stack.wait_workers(timeout=90)
+        stack.zywave.reset()  # pages at full speed
+        # Beat's reconciler: every connection overdue (last queued over a minute ago) again.
+        from integrations.tasks import sync_due_connections
+
+        asked = datetime.now(UTC)
+        due = sync_due_connections()
+        drain = wait_idle(None, timeout=180)
+        total = time.monotonic() - restarted
+        runs = m.SyncRun.objects.filter(connection_id__in=ids, queued_at__gte=started)
+        lost = runs.exclude(state="succeeded").count()
+        scheduled = m.SyncRun.objects.filter(queued_at__gte=asked, trigger="schedule")
+        overdue_runs = scheduled.count()
+        overdue_synced = scheduled.filter(state="succeeded").count()
+        keys_after = redis.Redis.from_url(url).dbsize()
+    finally:
+        stop_process(own)
+        for worker in workers:
+            worker.stop()
+            if worker in stack.workers:
+                stack.workers.remove(worker)
+        use_broker(stack.redis_url)
+        stack.workers.extend([stack.start_worker(), stack.start_worker()])
+    stack.wait_workers(timeout=60)
+    mismatched = mirror_mismatches(stack, indexes)
+    f = result.figures
+    f.update(
+        runs_at_restart=states_at_restart,
+        first_task_after_restart_seconds=round(first_task, 2),
+        reconciler=due,
+        overdue_queued=overdue_runs,
+        overdue_synced=overdue_synced,
+        runs_lost=lost,
+        all_done_seconds=round(total, 1),
+        drain_seconds=round(drain, 1),
+        mirror_mismatches=mismatched,
+        keys_after=keys_after,
+    )
+    result.checks = {
+        "workers consume again": first_task < 60,
+        "reconciler re-enqueues overdue": due.get("queued", 0) >= 1
+        and overdue_synced == overdue_runs == due.get("queued", 0),
+        "nothing lost": lost == 0 and not mismatched,
+    }
+    result.measured = (
+        f"at the restart {states_at_restart['running']} runs running, "
+        f"{states_at_restart['queued']} queued; first task consumed {first_task:.2f} s after "
+        f"Redis was back; reconciler queued {due.get('queued', 0)} overdue syncs and resumed "
+        f"{due.get('resumed', 0)}; {overdue_synced}/{overdue_runs} overdue synced; "
+        f"runs lost {lost}; "
+        f"everything done {total:.1f} s after the restart"
+    )
+    return result
+
+
+def page_user(
+    stack: Stack, i: int, until: float, samples: list[tuple[float, int]], wrong: list[str]
+) -> None:
+    browser = logged_in(stack, i)
+    own = f"{i:03d}"
+    pattern = re.compile(r"(?:Drill|drill)(\d{3})")
+    paths = ["/", "/zywave/accounts/", f"/zywave/accounts/?q=Account+{random.randint(0, 9)}"]
+    n = 0
+    while time.monotonic() < until and n < 2000:
+        path = paths[n % len(paths)]
+        n += 1
+        start = time.monotonic()
+        try:
+            response = browser.get(f"{stack.portal}{path}", timeout=30)
+        except requests.RequestException:
+            samples.append((time.monotonic() - start, 599))
+            continue
+        samples.append((time.monotonic() - start, response.status_code))
+        others = {m for m in pattern.findall(response.text) if m != own}
+        if others:
+            wrong.append(f"staff{own} saw {sorted(others)[:3]} on {path}")
+        time.sleep(0.2)
+
+
+def drill_soak(stack: Stack, scale: Scale, indexes: list[int]) -> tuple[Result, Result]:
+    m = models()
+    ids = conn_ids(indexes)
+    lifetime = 330  # the portal refreshes 5 minutes ahead: a token is "fresh" for 30 s
+    soak = Result(
+        "Load: sync soak",
+        f"{len(ids)} connections, access tokens living {lifetime} s (fresh for 30 s given the "
+        f"portal's 5-minute margin: a refresh per use after that), beat (syncs due every "
+        f"minute, token upkeep every minute), plus the upkeep task every "
+        f"{5 if scale.name == 'short' else 20} s and Sync now for idle connections every "
+        f"{5 if scale.name == 'short' else 10} s, for {scale.soak_seconds:.0f} s, two workers",
+        "syncs lost 0, duplicates 0, refreshes per token generation 1.00, invalid_grant 0",
+    )
+    pages = Result(
+        "Load: pages during the soak",
+        f"{scale.page_users} logged-in users browsing the dashboard and accounts (list, search) "
+        "during the soak, 0.2 s between pages",
+        "5xx 0, another user's data shown 0",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    stack.zywave.control("POST", "settings", access_token_lifetime=lifetime)
+    broker = redis.Redis.from_url(stack.redis_url)
+    memory_start = {
+        "workers_kib": sum(w.rss_kib() for w in stack.workers),
+        "redis_used_kib": int(broker.info("memory")["used_memory"]) // 1024,
+    }
+    expire_tokens(ids)
+    started = datetime.now(UTC)
+    beat = stack.start_beat()
+    samples: list[tuple[float, int]] = []
+    wrong: list[str] = []
+    until = time.monotonic() + scale.soak_seconds
+    threads = [
+        threading.Thread(target=page_user, args=(stack, i, until, samples, wrong), daemon=True)
+        for i in indexes[: scale.page_users]
+    ]
+    for thread in threads:
+        thread.start()
+    from integrations.tasks import keep_tokens_alive
+
+    upkeep_every = 5.0 if scale.name == "short" else 20.0
+    sync_every = 5.0 if scale.name == "short" else 10.0
+    last_upkeep = last_sync = 0.0
+    while time.monotonic() < until:
+        # Beat runs each of its entries once a minute; between its runs the drill adds what
+        # people and a hotter schedule would: the upkeep task and "Sync now" for idle ones.
+        if time.monotonic() - last_upkeep >= upkeep_every:
+            keep_tokens_alive.delay()
+            last_upkeep = time.monotonic()
+        if time.monotonic() - last_sync >= sync_every:
+            busy = set(
+                m.SyncRun.objects.active()
+                .filter(connection_id__in=ids)
+                .values_list("connection_id", flat=True)
+            )
+            queue_syncs([pk for pk in ids if pk not in busy])
+            last_sync = time.monotonic()
+        time.sleep(min(1.0, max(0.0, until - time.monotonic())))
+        if not beat.alive():
+            raise DrillError(f"beat exited:\n{beat.tail()}")
+    for thread in threads:
+        thread.join(timeout=60)
+    memory_end = {
+        "workers_kib": sum(w.rss_kib() for w in stack.workers),
+        "redis_used_kib": int(broker.info("memory")["used_memory"]) // 1024,
+    }
+    beat.stop()
+    stack.processes.remove(beat)
+    stack.beat = None
+    drain = wait_idle(ids, timeout=120)
+    counters = clear_faults(stack)["token"]
+    runs = m.SyncRun.objects.filter(connection_id__in=ids, queued_at__gte=started)
+    states: dict[str, int] = {}
+    for state in runs.values_list("state", flat=True):
+        states[state] = states.get(state, 0) + 1
+    lost = sum(n for s, n in states.items() if s != "succeeded")
+    # Every refresh since the start (the upkeep task refreshes every connection, not only
+    # the soak's), against every refresh Zywave answered.
+    events = m.ConnectionEvent.objects.filter(kind="refreshed", at__gte=started)
+    used = [e.detail.get("used") for e in events]
+    generations = len(set(used))
+    refreshes = counters.get("refresh_token:success", 0)
+    attempts = sum(counters.values())
+    per_generation = round(attempts / generations, 2) if generations else 0.0
+    dupes = duplicates()
+    mismatched = mirror_mismatches(stack, indexes)
+    synced = runs.filter(state="succeeded").values("connection_id").distinct().count()
+    f = soak.figures
+    f.update(
+        connections=len(ids),
+        seconds=scale.soak_seconds,
+        runs=sum(states.values()),
+        states=states,
+        connections_synced=synced,
+        syncs_lost=lost,
+        duplicates=dupes,
+        mirror_mismatches=mismatched,
+        token_requests=attempts,
+        refreshes_at_zywave=refreshes,
+        refreshed_events=len(used),
+        token_generations_replaced=generations,
+        refreshes_per_generation=per_generation,
+        invalid_grant=counters.get("refresh_token:invalid_grant", 0),
+        reauth=m.Connection.objects.filter(pk__in=ids).exclude(status="active").count(),
+        memory_start=memory_start,
+        memory_end=memory_end,
+        drain_seconds=round(drain, 1),
+    )
+    soak.checks = {
+        "syncs lost 0": lost == 0 and synced == len(ids),
+        "duplicates 0": dupes == 0 and not mismatched,
+        "one refresh per generation": per_generation == 1.0
+        and refreshes == len(used) == generations
+        and generations >= len(ids),
+        "no grant lost": f["invalid_grant"] == 0 and f["reauth"] == 0,
+    }
+    soak.measured = (
+        f"{f['runs']} sync runs over {len(ids)} connections ({states}); syncs lost {lost}; "
+        f"duplicates {dupes}; {refreshes} refreshes for {generations} token generations = "
+        f"{per_generation:.2f} per generation, invalid_grant {f['invalid_grant']}; worker memory "
+        f"{memory_start['workers_kib'] // 1024} → {memory_end['workers_kib'] // 1024} MiB, Redis "
+        f"used_memory {memory_start['redis_used_kib'] // 1024} → "
+        f"{memory_end['redis_used_kib'] // 1024} MiB (the shared server)"
+    )
+    times = [t for t, _ in samples]
+    errors = sum(1 for _, s in samples if s >= 500)
+    pf = pages.figures
+    pf.update(
+        users=scale.page_users,
+        pages=len(samples),
+        server_errors=errors,
+        other_users_data=len(wrong),
+        first_wrong=wrong[:3],
+        p50=round(statistics.median(times), 3) if times else None,
+        p95=round(percentile(times, 0.95), 3),
+        max=round(max(times), 3) if times else None,
+    )
+    pages.checks = {
+        "5xx 0": errors == 0 and len(samples) > 0,
+        "no other user's data": not wrong,
+        "all answered 200": all(s == 200 for _, s in samples),
+    }
+    pages.measured = (
+        f"{len(samples)} pages by {scale.page_users} users: {errors} 5xx, {len(wrong)} showing "
+        f"another user's data; p50 {pf['p50']} s, p95 {pf['p95']} s, max {pf['max']} s"
+    )
+    return soak, pages

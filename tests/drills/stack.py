@@ -1,0 +1,442 @@
+"""The drills' stack: the sandbox, PostgreSQL, Redis, gunicorn, two Celery workers and beat.
+
+Process handling comes from the smoke run (`tests/smoke/run_smoke.py`): its production
+environment, its `Process` (log file, SIGTERM then kill) and its `Browser`. Workers run in their
+own process group, so that a SIGKILL reaches the prefork pool children as an OOM kill would.
+
+This process itself is configured as the portal (same environment as the workers): after
+`Stack.start()` it may import the portal's models and call its code, e.g. the reconciler.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import psycopg
+import redis
+import requests
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+from tests.sandboxserver import (  # noqa: E402
+    Sandbox,
+    free_port,
+    sandbox_env,
+    start_sandbox,
+    stop_sandbox,
+)
+from tests.smoke.run_smoke import Process, manage, production_env  # noqa: E402
+
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+REDIS_DB = 13  # the drills' own database on the shared Redis (tests use 15, smoke 14)
+BIN = Path(sys.executable).parent
+CLIENT_ID = "portal-drills"
+PASSWORD = "sandbox"  # the sandbox users' password (the sandbox's own demo password)
+
+# Settings for the drills: short leases and timeouts so that faults resolve in seconds.
+DRILL_SETTINGS = {
+    "ZYWAVE_SYNC_LEASE_SECONDS": "5",
+    "ZYWAVE_SYNC_BACKOFF_SECONDS": "1",
+    "ZYWAVE_SYNC_MAX_RETRIES": "6",
+    "ZYWAVE_SYNC_MAX_WAIT_SECONDS": "30",
+    "ZYWAVE_SYNC_INTERVAL_MINUTES": "1",
+    "ZYWAVE_CONNECT_TIMEOUT": "2",
+    "ZYWAVE_READ_TIMEOUT": "4",
+    "ZYWAVE_TOKEN_UPKEEP_MINUTES": "1",
+    "CELERY_TASK_SOFT_TIME_LIMIT": "240",
+    "CELERY_TASK_TIME_LIMIT": "300",
+}
+
+
+CALLER_SETTINGS = (
+    r"(DEBUG|SECRET_KEY|ALLOWED_HOSTS|FIELD_ENCRYPTION|ZYWAVE_|DATABASE_|REDIS_|CELERY_|"
+    r"SANDBOX_|PORTAL_|LOG_|GUNICORN_|WEB_CONCURRENCY|EMAIL_|SECURE_|SOCIAL_AUTH_|"
+    r"DJANGO_SETTINGS_MODULE)"
+)
+
+
+class DrillError(Exception):
+    pass
+
+
+def wait_until(
+    what: str, probe: Callable[[], bool], timeout: float, interval: float = 0.25
+) -> float:
+    """Seconds until `probe()` held; DrillError after `timeout` seconds."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        try:
+            if probe():
+                return time.monotonic() - start
+        except (requests.RequestException, OSError, redis.RedisError):
+            pass
+        time.sleep(interval)
+    raise DrillError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+class Group(Process):
+    """A `Process` in its own process group: SIGTERM and SIGKILL reach its children too."""
+
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], logs: Path) -> None:
+        self.name = name
+        self.log_path = logs / f"{name}.log"
+        self.log: IO[bytes] = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self.popen = subprocess.Popen(
+            argv,
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def kill(self) -> None:
+        """SIGKILL the whole group at once, as an OOM killer or a lost machine would."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=30)
+        self.log.close()
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.popen.pid, signal.SIGTERM)
+        try:
+            code: int | None = self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+            self.popen.wait(timeout=10)
+            code = None
+        # Stray pool children of a killed parent: the group must be empty when we leave.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        if not self.log.closed:
+            self.log.close()
+        return code
+
+    def rss_kib(self) -> int:
+        """Resident memory of the process and its children (KiB), from /proc."""
+        total = 0
+        for pid in [self.popen.pid, *children(self.popen.pid)]:
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1])
+            except OSError:
+                pass
+        return total
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    try:
+        for task in Path(f"/proc/{pid}/task").iterdir():
+            text = (task / "children").read_text().split()
+            for child in text:
+                found.append(int(child))
+                found.extend(children(int(child)))
+    except OSError:
+        pass
+    return found
+
+
+# Sandbox users for the drills: each with its own agency (so that one person's data is
+# recognisable on a page), two profiles on it (so that connecting asks for a choice), and
+# accounts with one contact each. The first `big` users get multi-page books.
+SANDBOX_SETUP = """
+import json, os, random
+from datetime import timedelta
+from django.contrib.auth.models import User
+from django.contrib.auth.hashers import make_password
+from django.utils import timezone
+from sandbox.zywave.models import Account, Agency, Contact, Person, Profile
+n, big, big_size, small_size = json.loads(os.environ["DRILL_USERS"])
+rng = random.Random(7)
+password = make_password("sandbox")
+now = timezone.now()
+users = User.objects.bulk_create(
+    [User(username=f"drill{i:03d}@example.com", email=f"drill{i:03d}@example.com",
+          first_name="Drill", last_name=f"{i:03d}", password=password) for i in range(1, n + 1)]
+)
+users = list(User.objects.filter(username__startswith="drill").order_by("username"))
+Person.objects.bulk_create([Person(user=u) for u in users])
+accounts = []
+for i, user in enumerate(users, start=1):
+    agency = Agency.objects.create(id=900000 + i, name=f"Drill Agency {i:03d}")
+    for k in (0, 1):
+        Profile.objects.create(
+            id=700000 + 2 * i + k, type_code="B", name=f"Drill {i:03d} profile {k}",
+            agency=agency, user=user, broker_id=str(i), email=user.username,
+            given_name="Drill", surname=f"{i:03d}")
+    size = big_size if i <= big else small_size
+    accounts += [Account(agency=agency, name=f"Drill{i:03d} Account {k:04d}", city="Testville",
+                         state="WI", updated=now - timedelta(days=rng.randint(2, 300)))
+                 for k in range(size)]
+Account.objects.bulk_create(accounts, batch_size=2000)
+contacts = [Contact(account=a, agency_id=a.agency_id, first_name="Pat",
+                    last_name=f"Drill{a.agency_id - 900000:03d}", updated=a.updated)
+            for a in Account.objects.filter(agency_id__gte=900000)]
+Contact.objects.bulk_create(contacts, batch_size=2000)
+print(len(users), len(accounts), len(contacts))
+"""
+
+PORTAL_SETUP = """
+import json, os
+from django.contrib.auth.hashers import make_password
+from django.contrib.auth.models import User
+n = json.loads(os.environ["DRILL_USERS"])[0]
+password = make_password(os.environ["DRILL_PASSWORD"])
+User.objects.bulk_create([User(username=f"staff{i:03d}", password=password)
+                          for i in range(1, n + 1)])
+"""
+
+
+class Stack:
+    """Everything `make drills` runs, on 127.0.0.1 and free ports, stopped in `stop()`."""
+
+    def __init__(
+        self,
+        tmp: Path,
+        database: str,
+        users: int,
+        big: int,
+        big_size: int = 250,
+        small_size: int = 10,
+        log: Callable[[str], None] = print,
+    ) -> None:
+        self.tmp = tmp
+        self.logs = tmp / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.database = database
+        self.users = users
+        self.big = big
+        self.sizes = (big_size, small_size)
+        self.say = log
+        self.processes: list[Group] = []
+        self.workers: list[Group] = []
+        self.beat: Group | None = None
+        self.sandbox: Sandbox | None = None
+        self.sandbox_process: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] = {}
+        self.portal = ""
+        self.redis_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+        self.worker_count = 0
+
+    # Start and stop ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+            conn.execute(f"CREATE DATABASE {self.database}")
+        redis.Redis.from_url(self.redis_url, socket_timeout=5).flushdb()
+
+        self.say("seeding and starting the sandbox")
+        self.sandbox, self.sandbox_process = start_sandbox(self.tmp / "sandbox", accounts=300)
+        setup = subprocess.run(
+            [sys.executable, "-m", "sandbox", "shell", "-c", SANDBOX_SETUP],
+            cwd=REPO_ROOT,
+            env={
+                **sandbox_env(self.tmp / "sandbox"),
+                "DRILL_USERS": f"[{self.users}, {self.big}, {self.sizes[0]}, {self.sizes[1]}]",
+            },
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        if setup.returncode != 0:
+            raise DrillError(f"sandbox users: {setup.stdout}\n{setup.stderr}")
+        self.say(f"sandbox users, accounts, contacts: {setup.stdout.strip()}")
+
+        web_port = free_port()
+        self.portal = f"http://127.0.0.1:{web_port}"
+        client_secret = secrets.token_urlsafe(32)
+        self.sandbox.register_client(
+            CLIENT_ID, client_secret, [f"{self.portal}/oauth/complete/zywave/"]
+        )
+        env = production_env(self.tmp, web_port, self.sandbox, client_secret)
+        env.update(
+            DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{self.database}",
+            REDIS_URL=self.redis_url,
+            ZYWAVE_CLIENT_ID=CLIENT_ID,
+            WEB_CONCURRENCY="2",
+            GUNICORN_THREADS="8",
+            **DRILL_SETTINGS,
+        )
+        self.env = env
+        self.staff_password = secrets.token_urlsafe(16)
+        self.say("migrate, collectstatic, portal users")
+        manage(env, "migrate", "--no-input")
+        manage(env, "collectstatic", "--no-input", "--verbosity", "0")
+        manage(
+            {**env, "DRILL_USERS": f"[{self.users}]", "DRILL_PASSWORD": self.staff_password},
+            "shell",
+            "-c",
+            PORTAL_SETUP,
+        )
+        self.configure_here()
+
+        self.say("starting gunicorn and two Celery workers")
+        web = Group(
+            "web",
+            [str(BIN / "gunicorn"), "-c", "portal/gunicorn.conf.py", "portal.wsgi:application"],
+            env,
+            self.logs,
+        )
+        self.processes.append(web)
+        self.workers = [self.start_worker(), self.start_worker()]
+        wait_until("/health/ to answer 200", self.healthy, timeout=90)
+        self.wait_workers()
+
+    def configure_here(self) -> None:
+        """Make this process the portal: same settings as the workers, then django.setup()."""
+        for key in list(os.environ):
+            if re.match(CALLER_SETTINGS, key):
+                del os.environ[key]  # as production_env does for the children
+        os.environ.update(self.env)
+        import django
+
+        django.setup()
+
+    def healthy(self) -> bool:
+        for process in self.processes:
+            if not process.alive():
+                raise DrillError(f"{process.name} exited early:\n{process.tail()}")
+        response = requests.get(f"{self.portal}/health/", timeout=10)
+        return response.status_code == 200
+
+    def start_worker(self, env: dict[str, str] | None = None) -> Group:
+        self.worker_count += 1
+        name = f"worker{self.worker_count}"
+        worker = Group(
+            name,
+            [
+                str(BIN / "celery"),
+                "-A",
+                "portal",
+                "--quiet",
+                "worker",
+                "--queues",
+                "celery,sync,tokens",
+                "--concurrency",
+                "2",
+                "--hostname",
+                f"drills-{name}-{os.getpid()}@%h",
+                "--without-gossip",
+                "--without-mingle",
+                "--loglevel",
+                "INFO",
+            ],
+            env or self.env,
+            self.logs,
+        )
+        self.processes.append(worker)
+        return worker
+
+    def wait_workers(self, timeout: float = 60) -> float:
+        """Seconds until a heartbeat task comes back (a worker consumes)."""
+        from integrations.tasks import heartbeat
+
+        start = time.monotonic()
+        heartbeat.delay().get(timeout=timeout)
+        return time.monotonic() - start
+
+    def replace_worker(self, worker: Group) -> Group:
+        worker.kill()
+        self.workers.remove(worker)
+        fresh = self.start_worker()
+        self.workers.append(fresh)
+        return fresh
+
+    def start_beat(self) -> Group:
+        self.beat = Group(
+            "beat",
+            [
+                str(BIN / "celery"),
+                "-A",
+                "portal",
+                "--quiet",
+                "beat",
+                "--schedule",
+                str(self.tmp / "celerybeat-schedule"),
+                "--loglevel",
+                "INFO",
+            ],
+            self.env,
+            self.logs,
+        )
+        self.processes.append(self.beat)
+        return self.beat
+
+    def stop(self) -> None:
+        for process in reversed(self.processes):
+            try:
+                process.stop(timeout=20)
+            except Exception as exc:  # noqa: BLE001 (clean up the rest whatever happens)
+                self.say(f"stopping {process.name}: {exc}")
+        if self.sandbox_process is not None:
+            stop_sandbox(self.sandbox_process)
+
+    # Helpers for drills ------------------------------------------------------------------
+
+    @property
+    def zywave(self) -> Sandbox:
+        assert self.sandbox is not None
+        return self.sandbox
+
+    def email(self, i: int) -> str:
+        return f"drill{i:03d}@example.com"
+
+    def sandbox_book(self, i: int) -> int:
+        """Accounts (and as many contacts) the sandbox holds for drill user i."""
+        return self.sizes[0] if i <= self.big else self.sizes[1]
+
+
+def redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    """A Redis of our own, as production runs it (no persistence), on 127.0.0.1:port."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(workdir / f"redis-{port}.log", "ab")  # noqa: SIM115 (the child keeps its copy)
+    process = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--dir",
+            str(workdir),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=2)
+    wait_until("our Redis", lambda: bool(client.ping()), timeout=20)
+    return process
+
+
+def stop_process(process: subprocess.Popen[Any]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)

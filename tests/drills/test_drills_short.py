@@ -1,0 +1,100 @@
+"""The short versions of the reliability drills (`make drills` runs the full ones).
+
+One run of `tests/drills/run_drills.py --short` (its own processes: the sandbox, gunicorn, two
+Celery workers, beat; database `portal_drills_short`, Redis DB 13) feeds every test here; each
+test asserts one drill's correctness figures.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+
+
+@pytest.fixture(scope="module")
+def drills(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]]:
+    out = tmp_path_factory.mktemp("drills") / "results.json"
+    run = subprocess.run(
+        [sys.executable, "tests/drills/run_drills.py", "--short", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=540,
+    )
+    if not out.exists():
+        pytest.fail(f"the drills did not run:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
+    rows = json.loads(out.read_text())["drills"]
+    return {row["drill"]: row for row in rows}
+
+
+def figures(drills: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+    row = drills.get(name)
+    assert row is not None, f"no row for {name}: {sorted(drills)}"
+    assert not row["error"], row["error"]
+    failed = [check for check, ok in row["checks"].items() if not ok]
+    assert not failed, f"{name}: {failed}; {row['measured']}"
+    return dict(row["figures"])
+
+
+def test_connect_burst(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Load: connect burst")
+    assert f["failures"] == 0 and f["server_errors"] == 0 and f["wrong_owner"] == 0
+    assert f["connections"] == f["flows"] == f["distinct_state"] == f["distinct_pkce"]
+
+
+def test_token_endpoint_outage(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Token endpoint 500s")
+    assert f["tokens_lost"] == 0 and f["wrongly_reauth"] == 0
+    assert f["connections_over_bound"] == 0
+
+
+def test_invalid_grant(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "invalid_grant")
+    assert f["victim_status"] == "reauth_required"
+    assert f["invalid_grant_first"] == f["invalid_grant_total"] == 1
+
+
+def test_rate_limits(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "429 with Retry-After")
+    assert f["early_requests"] == 0 and f["worker_syncs_succeeded"] == f["worker_syncs"]
+
+
+def test_worker_kills(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Worker SIGKILL mid-sync")
+    assert f["syncs_lost"] == 0 and f["duplicates"] == 0 and not f["mirror_mismatches"]
+
+
+def test_kill_inside_a_refresh(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Worker SIGKILL inside a token refresh")
+    assert f["refresh_successes"] == 1 and f["invalid_grant"] == 0
+
+
+def test_hanging_endpoints(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "API and token endpoint hanging")
+    assert f["worker_syncs_succeeded"] == f["worker_syncs"]
+    assert f["consumed_token_presented_again"] == 1
+
+
+def test_redis_restart(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Redis restarted mid-run")
+    assert f["runs_lost"] == 0
+
+
+def test_sync_soak(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Load: sync soak")
+    assert f["syncs_lost"] == 0 and f["duplicates"] == 0
+    assert f["refreshes_per_generation"] == 1.0 and f["invalid_grant"] == 0
+
+
+def test_pages_under_load(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Load: pages during the soak")
+    assert f["server_errors"] == 0 and f["other_users_data"] == 0
