@@ -139,9 +139,11 @@ UNSTORABLE = re.compile(rb"\\u(?:0000|[dD][89a-fA-F])")
 
 
 def _storable(value: Any) -> Any:
-    """The parsed answer without NUL, and with lone surrogates replaced by `?`."""
+    """The parsed answer with NUL and lone surrogates replaced by U+FFFD (not dropped: an id
+    must not turn into another id, and one with U+FFFD is refused where ids are checked)."""
     if isinstance(value, str):
-        return value.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")
+        text = value.replace("\x00", "\ufffd").encode("utf-8", "surrogatepass")
+        return text.decode("utf-8", "replace")
     if isinstance(value, list):
         return [_storable(item) for item in value]
     if isinstance(value, dict):
