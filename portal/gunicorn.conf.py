@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 
+from portal.logs import logging_config
+
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 # gunicorn reads WEB_CONCURRENCY itself as the default worker count; say so explicitly.
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -29,24 +31,11 @@ access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'
 _format = os.environ.get("LOG_FORMAT") or (
     "plain" if os.environ.get("DEBUG", "true").lower() in {"1", "true", "yes", "on"} else "json"
 )
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "portal.logs.RedactFilter"}},
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {"()": "portal.logs.JsonFormatter"},
-    },
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": _format,
-            "filters": ["redact"],
-            "stream": "ext://sys.stderr",
-        }
-    },
-    "loggers": {
+logconfig_dict = logging_config(
+    _format,
+    None,
+    {
         "gunicorn.error": {"handlers": ["console"], "level": "INFO", "propagate": False},
         "gunicorn.access": {"handlers": ["console"], "level": "INFO", "propagate": False},
     },
-}
+)

@@ -239,3 +239,31 @@ def _unbind_task(task_id: str | None = None, **_: Any) -> None:
 @setup_logging.connect
 def _keep_django_logging(**_: Any) -> None:
     """Celery would otherwise add its own, unfiltered handlers: Django's LOGGING rules."""
+
+
+def logging_config(
+    fmt: str, root_level: str | None, loggers: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The one logging configuration (Django's LOGGING and gunicorn's logconfig_dict): a console
+    handler in `fmt` ("json" or "plain") behind the redaction filter, and the given loggers."""
+    config: dict[str, Any] = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"redact": {"()": "portal.logs.RedactFilter"}},
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+            "json": {"()": "portal.logs.JsonFormatter"},
+        },
+        "handlers": {
+            "console": {
+                "class": "logging.StreamHandler",
+                "formatter": fmt,
+                "filters": ["redact"],
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": loggers,
+    }
+    if root_level:
+        config["root"] = {"handlers": ["console"], "level": root_level}
+    return config

@@ -19,6 +19,7 @@ from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from portal import env
+from portal.logs import logging_config
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env.get("PORTAL_VAR_DIR") or BASE_DIR / "var")
@@ -403,23 +404,10 @@ LOG_FORMAT = env.get_choice("LOG_FORMAT", "plain" if DEBUG else "json", ("json",
 LOG_LEVEL = env.get_choice(
     "LOG_LEVEL", "info", ("debug", "info", "warning", "error", "critical")
 ).upper()
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "portal.logs.RedactFilter"}},
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {"()": "portal.logs.JsonFormatter"},
-    },
-    "handlers": {
-        "console": {
-            "class": "logging.StreamHandler",
-            "formatter": LOG_FORMAT,
-            "filters": ["redact"],
-        }
-    },
-    "root": {"handlers": ["console"], "level": LOG_LEVEL},
-    "loggers": {
+LOGGING = logging_config(
+    LOG_FORMAT,
+    LOG_LEVEL,
+    {
         # urllib3 at DEBUG would print request lines; keep it quiet.
         "urllib3": {"level": "WARNING"},
         # Django's own handler for django.* mails admins and prints in DEBUG; send it through
@@ -427,4 +415,4 @@ LOGGING = {
         "django": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
         "django.server": {"handlers": ["console"], "level": LOG_LEVEL, "propagate": False},
     },
-}
+)

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.core import mail
 from django.db import connection as db
@@ -25,6 +24,7 @@ from integrations.models import Connection
 from integrations.tasks import keep_tokens_alive, refresh_connection
 from integrations.tokens import ReauthRequired, RefreshFailed, access_token_for, client_for
 from tests.integrations.flows import connect, inject_fault
+from tests.integrations.workers import database_url
 from tests.sandboxserver import Sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,17 +44,6 @@ def linked(user: User, sandbox: Sandbox, username: str = "agent@example.com") ->
 
 def token_counts(sandbox: Sandbox) -> dict[str, int]:
     return dict(sandbox.counters()["token"])
-
-
-def database_url() -> str:
-    config = django_settings.DATABASES["default"]
-    if str(config["ENGINE"]).endswith("sqlite3"):
-        return f"sqlite:///{config['NAME']}"
-    password = f":{config['PASSWORD']}" if config.get("PASSWORD") else ""
-    return (
-        f"postgres://{config['USER']}{password}@{config['HOST'] or '127.0.0.1'}:"
-        f"{config['PORT'] or 5432}/{config['NAME']}"
-    )
 
 
 TOKEN_IN_ANOTHER_PROCESS = """
