@@ -342,6 +342,11 @@ class ZywaveClient:
                 items, total, has_more = parse_envelope(body, path)
                 if not all(isinstance(item, dict) for item in items):
                     raise MalformedResponse(f"{path}: a list item is not a JSON object", path=path)
+                if len(items) > top:
+                    # Memory stays flat only if a page is what we asked for.
+                    raise MalformedResponse(
+                        f"{path}: {len(items)} records on a page of {top}", path=path
+                    )
                 page = Page(items, total, has_more, skip)
                 skip += len(items)
                 last = (

@@ -304,7 +304,7 @@ def test_odd_values_in_a_page_are_read_or_end_the_sync_with_a_named_error(
 
 
 @pytest.mark.django_db
-def test_a_page_far_bigger_than_asked_for_ends_the_sync_without_a_crash(
+def test_a_page_far_bigger_than_asked_for_is_refused_as_malformed(
     synced_once: Any, zywave: Sandbox
 ) -> None:
     items = [{"id": f"big-{n}", "name": f"n{n}"} for n in range(10_000)]
@@ -312,5 +312,7 @@ def test_a_page_far_bigger_than_asked_for_ends_the_sync_without_a_crash(
     run = sync_now(synced_once, full=True)
     assert run is not None
     assert "unexpected error" not in run.error
-    assert run.state in {SyncRun.State.SUCCEEDED, SyncRun.State.FAILED, SyncRun.State.PARTIAL}
-    assert Account.objects.filter(connection=synced_once).count() <= 10_000 + 300
+    # Refused as malformed: a page is at most what was asked for, so memory stays flat.
+    assert run.state in {SyncRun.State.FAILED, SyncRun.State.PARTIAL}
+    assert "records on a page of 100" in run.error
+    assert not Account.objects.filter(connection=synced_once, zywave_id__startswith="big-").exists()
