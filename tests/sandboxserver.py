@@ -78,6 +78,9 @@ class Sandbox:
         self.var_dir = var_dir
         self.log_path = log_path
         self.http = requests.Session()
+        # No keep-alive for the harness: gunicorn closes idle connections after 2 s, and a
+        # request sent on one at that instant fails with "connection reset" (seen in CI).
+        self.http.headers["Connection"] = "close"
 
     # Control API -------------------------------------------------------------------------
 
