@@ -264,7 +264,16 @@ def claim(connection_id: int, full: bool = False) -> SyncRun | None:
     count of 1.
     """
     connection = Connection.objects.filter(pk=connection_id).first()
-    if connection is None or not can_sync(connection):
+    if connection is None:
+        return None
+    if not can_sync(connection):
+        # A run queued before the grant ended (or the profile went) would otherwise wait, and
+        # be re-sent by the reconciler, for ever.
+        connection.sync_runs.cancel(
+            "re-authorization needed"
+            if connection.status == Connection.Status.REAUTH_REQUIRED
+            else "no profile chosen"
+        )
         return None
     run = SyncRun.objects.active().filter(connection=connection).first()
     if run is None:

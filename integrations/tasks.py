@@ -8,17 +8,24 @@ from datetime import timedelta
 from functools import partial
 
 from celery import shared_task
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from .models import Connection
 from .notify import send_deadline_warning
-from .tokens import ReauthRequired, RefreshFailed, access_token_for
+from .tokens import MARGIN, ReauthRequired, RefreshFailed, access_token_for
 
 log = logging.getLogger(__name__)
 
-# Refresh idle connections this long before their access token ends.
-UPKEEP_HORIZON = timedelta(hours=1)
+
+def upkeep_horizon() -> timedelta:
+    """Refresh an idle connection when its token would fall under the margin before the next
+    upkeep run: once per token lifetime, not on every run (an hour-long token is always
+    "expiring within the next hour")."""
+    return timedelta(minutes=settings.ZYWAVE_TOKEN_UPKEEP_MINUTES) + MARGIN
+
+
 # Warn the owner this long before the 30-day refresh deadline.
 DEADLINE_NOTICE = timedelta(days=7)
 
@@ -39,7 +46,7 @@ def refresh_connection(connection_id: int) -> str:
     if connection is None:
         return "gone"
     try:
-        access_token_for(connection, margin=UPKEEP_HORIZON)
+        access_token_for(connection, margin=upkeep_horizon())
     except ReauthRequired:
         return "reauth_required"
     except RefreshFailed:
@@ -50,7 +57,9 @@ def refresh_connection(connection_id: int) -> str:
 @shared_task
 def keep_tokens_alive() -> dict[str, int]:
     """Beat: refresh idle connections that expire soon, warn owners of the 30-day deadline."""
-    expiring = list(Connection.objects.expiring_within(UPKEEP_HORIZON).values_list("pk", flat=True))
+    expiring = list(
+        Connection.objects.expiring_within(upkeep_horizon()).values_list("pk", flat=True)
+    )
     for pk in expiring:
         refresh_connection.delay(pk)
     warned = 0

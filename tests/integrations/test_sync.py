@@ -217,8 +217,12 @@ def test_syncs_skip_connections_needing_reauth_or_a_profile(
     staff: User, other_staff: User, zywave: Sandbox
 ) -> None:
     conn = linked(staff, zywave)
+    waiting = queue_run(conn, trigger="test")  # queued just before the grant ended
+    assert waiting is not None
     Connection.objects.filter(pk=conn.pk).update(status=Connection.Status.REAUTH_REQUIRED)
     assert claim(conn.pk) is None
+    waiting.refresh_from_db()  # ended, not left queued for the reconciler to re-send for ever
+    assert (waiting.state, waiting.error) == ("failed", "re-authorization needed")
     Connection.objects.filter(pk=conn.pk).update(
         status=Connection.Status.ACTIVE, chosen_profile=None
     )

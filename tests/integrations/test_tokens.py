@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from integrations.client import Unauthorized
 from integrations.models import Connection
-from integrations.tasks import keep_tokens_alive, refresh_connection
+from integrations.tasks import keep_tokens_alive, refresh_connection, upkeep_horizon
 from integrations.tokens import ReauthRequired, RefreshFailed, access_token_for, client_for
 from tests.integrations.flows import connect, inject_fault
 from tests.integrations.workers import database_url
@@ -243,14 +243,17 @@ def test_the_deadline_warning_is_sent_once_and_reconnecting_resets_it(
     assert conn.refresh_deadline and conn.refresh_deadline > timezone.now() + timedelta(days=29)
 
 
-def test_upkeep_refreshes_idle_connections_that_expire_soon(
+def test_upkeep_refreshes_idle_connections_only_before_they_would_lapse(
     staff: User, other_staff: User, zywave: Sandbox
 ) -> None:
+    # Upkeep runs every 10 minutes with a 5-minute margin: a token ending within 15 minutes is
+    # refreshed now; one ending in 50 minutes (an hour-long token, 10 minutes old) is not, or
+    # every connection would be refreshed on every run.
     soon = linked(staff, zywave)
-    soon.access_token_expires_at = timezone.now() + timedelta(minutes=30)
+    soon.access_token_expires_at = timezone.now() + timedelta(minutes=12)
     soon.save()
     later = linked(other_staff, zywave, "solo@example.com")
-    later.access_token_expires_at = timezone.now() + timedelta(hours=5)
+    later.access_token_expires_at = timezone.now() + timedelta(minutes=50)
     later.save()
     zywave.control("POST", "counters/reset")
     assert refresh_connection(soon.pk) == "ok"
@@ -258,6 +261,7 @@ def test_upkeep_refreshes_idle_connections_that_expire_soon(
     assert token_counts(zywave) == {"refresh_token:success": 1}
     expires = Connection.objects.get(pk=soon.pk).access_token_expires_at
     assert expires is not None and expires > timezone.now() + timedelta(minutes=55)
+    assert list(Connection.objects.expiring_within(upkeep_horizon())) == []
 
 
 def test_reconnect_from_the_banner_returns_active_with_the_same_profile(
