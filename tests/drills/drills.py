@@ -1098,7 +1098,12 @@ def drill_redis_restart(stack: Stack, scale: Scale, indexes: list[int]) -> Resul
 
 
 def page_user(
-    stack: Stack, i: int, until: float, samples: list[tuple[float, int]], wrong: list[str]
+    stack: Stack,
+    i: int,
+    until: float,
+    samples: list[tuple[float, int]],
+    wrong: list[str],
+    wrong_errors: list[str],
 ) -> None:
     browser = logged_in(stack, i)
     own = f"{i:03d}"
@@ -1111,14 +1116,21 @@ def page_user(
         start = time.monotonic()
         try:
             response = browser.get(f"{stack.portal}{path}", timeout=30)
-        except requests.RequestException:
-            samples.append((time.monotonic() - start, 599))
+        except requests.RequestException as exc:
+            samples.append((time.monotonic() - start, 0))
+            wrong_errors.append(type(exc).__name__)
             continue
         samples.append((time.monotonic() - start, response.status_code))
         others = {m for m in pattern.findall(response.text) if m != own}
         if others:
             wrong.append(f"staff{own} saw {sorted(others)[:3]} on {path}")
         time.sleep(0.2)
+
+
+def web_restarts(stack: Stack) -> int:
+    """gunicorn's max_requests recycling, counted in its log."""
+    path = stack.logs / "web.log"
+    return path.read_text(errors="replace").count("Autorestarting worker") if path.exists() else 0
 
 
 def drill_soak(stack: Stack, scale: Scale, indexes: list[int]) -> tuple[Result, Result]:
@@ -1153,9 +1165,13 @@ def drill_soak(stack: Stack, scale: Scale, indexes: list[int]) -> tuple[Result, 
     beat = stack.start_beat()
     samples: list[tuple[float, int]] = []
     wrong: list[str] = []
+    connection_errors: list[str] = []
+    restarts_before = web_restarts(stack)
     until = time.monotonic() + scale.soak_seconds
     threads = [
-        threading.Thread(target=page_user, args=(stack, i, until, samples, wrong), daemon=True)
+        threading.Thread(
+            target=page_user, args=(stack, i, until, samples, wrong, connection_errors), daemon=True
+        )
         for i in indexes[: scale.page_users]
     ]
     for thread in threads:
@@ -1246,13 +1262,17 @@ def drill_soak(stack: Stack, scale: Scale, indexes: list[int]) -> tuple[Result, 
         f"used_memory {memory_start['redis_used_kib'] // 1024} → "
         f"{memory_end['redis_used_kib'] // 1024} MiB (the shared server)"
     )
-    times = [t for t, _ in samples]
+    times = [t for t, s in samples if s]
     errors = sum(1 for _, s in samples if s >= 500)
+    restarts = web_restarts(stack) - restarts_before
     pf = pages.figures
     pf.update(
         users=scale.page_users,
         pages=len(samples),
         server_errors=errors,
+        connection_errors=len(connection_errors),
+        connection_error_kinds=sorted(set(connection_errors)),
+        gunicorn_worker_restarts=restarts,
         other_users_data=len(wrong),
         first_wrong=wrong[:3],
         p50=round(statistics.median(times), 3) if times else None,
@@ -1262,10 +1282,14 @@ def drill_soak(stack: Stack, scale: Scale, indexes: list[int]) -> tuple[Result, 
     pages.checks = {
         "5xx 0": errors == 0 and len(samples) > 0,
         "no other user's data": not wrong,
-        "all answered 200": all(s == 200 for _, s in samples),
+        "every page answered": not connection_errors,
+        "all answered 200": all(s == 200 for _, s in samples if s),
     }
     pages.measured = (
         f"{len(samples)} pages by {scale.page_users} users: {errors} 5xx, {len(wrong)} showing "
-        f"another user's data; p50 {pf['p50']} s, p95 {pf['p95']} s, max {pf['max']} s"
+        f"another user's data; {len(connection_errors)} requests cut off without an answer "
+        f"({', '.join(sorted(set(connection_errors))) or 'none'}; gunicorn recycled a worker "
+        f"{restarts} times meanwhile, max_requests); p50 {pf['p50']} s, p95 {pf['p95']} s, "
+        f"max {pf['max']} s"
     )
     return soak, pages

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -32,7 +33,8 @@ if str(REPO_ROOT) not in sys.path:
 
 from tests.drills import drills  # noqa: E402
 from tests.drills.drills import FULL, SHORT, Result, Scale  # noqa: E402
-from tests.drills.stack import Stack  # noqa: E402
+from tests.drills.stack import Stack, redis_server, stop_process  # noqa: E402
+from tests.sandboxserver import free_port  # noqa: E402
 
 RESULTS = REPO_ROOT / "var" / "drills" / "results.json"
 REPORT = REPO_ROOT / "docs" / "reliability.md"
@@ -103,8 +105,10 @@ NOT_RUN = [
 ]
 
 
-def run_all(scale: Scale, tmp: Path, database: str) -> tuple[list[dict[str, Any]], float]:
-    stack = Stack(tmp, database, users=scale.users, big=scale.big, log=say)
+def run_all(
+    scale: Scale, tmp: Path, database: str, redis_url: str | None = None
+) -> tuple[list[dict[str, Any]], float]:
+    stack = Stack(tmp, database, users=scale.users, big=scale.big, log=say, redis_url=redis_url)
     rows: list[dict[str, Any]] = []
     p = plan(scale)
     try:
@@ -196,6 +200,35 @@ def render(data: dict[str, Any]) -> str:
         lines.append(f"| {cell(row['suite'])} | {cell(row['where'])} | {cell(row['verdict'])} |")
     lines += [
         "",
+        "## Findings while building the drills",
+        "",
+        "Observed in earlier runs of these drills and traced in the logs; the table above is "
+        "the latest run, whatever it shows.",
+        "",
+        "- **A refresh whose worker dies after Zywave rotated the token ends the grant.** When "
+        "the drill stopped the workers with SIGTERM to every process of the group (what "
+        "systemd's `KillMode=control-group` does; `docker stop` signals only the main process), "
+        "pool children died inside `refresh_connection` after the sandbox had rotated the "
+        "refresh token and before the portal committed it. `reject_on_worker_lost` redelivered "
+        "the task, which presented the consumed token: `invalid_grant`, and 2 healthy "
+        "connections ended in re-authorization. One-time refresh tokens make a lost answer "
+        "unrecoverable (the hanging-token row measures the same with a timeout); workers should "
+        "be stopped warm (SIGTERM to the main process only), as the drills now do.",
+        "- **Beat's token upkeep refreshes every connection on every run** when Zywave's access "
+        "tokens live one hour (the sandbox's default): `keep_tokens_alive` refreshes tokens "
+        "expiring within `UPKEEP_HORIZON` (1 hour), which a fresh one-hour token always is. "
+        "With the default 10-minute upkeep that is about six refreshes per connection per "
+        "hour instead of one.",
+        "- **A run queued for a connection that can no longer sync stays queued.** "
+        "`sync_connection` absorbs it (`claim` returns None) without ending the run; the "
+        "reconciler re-sends it every 5 minutes, for ever. Seen when a drill queued a run for a "
+        "connection already in re-authorization (the dashboard refuses that); the same state "
+        "follows if the grant ends between queueing and a worker taking the run (not "
+        "reproduced). The drills count such runs apart.",
+        "- **gunicorn's `max_requests` recycling cuts keep-alive requests.** Under the page "
+        "load some requests got no answer (connection reset) while a gunicorn worker was "
+        "recycled; a proxy in front would turn them into 502s. See the pages row.",
+        "",
         "## How to read the figures",
         "",
         "- *Syncs lost*: sync runs queued during the drill that did not end `succeeded` once "
@@ -217,23 +250,46 @@ def render(data: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--short", action="store_true", help="the small versions (make test)")
     parser.add_argument("--out", type=Path, default=None, help="where to write the figures")
     parser.add_argument("--no-report", action="store_true", help="leave docs/reliability.md")
+    parser.add_argument(
+        "--render", action="store_true", help="only re-render the report from the results"
+    )
     args = parser.parse_args()
+    if args.render:
+        REPORT.write_text(render(json.loads((args.out or RESULTS).read_text())))
+        return 0
     scale = SHORT if args.short else FULL
     out = args.out or (RESULTS.with_name("results-short.json") if args.short else RESULTS)
     database = "portal_drills_short" if args.short else "portal_drills"
     tmp = Path(tempfile.mkdtemp(prefix=f"portal-drills-{scale.name}-"))
     say(f"{scale.name} drills; logs under {tmp / 'logs'}")
+    # SIGTERM (a CI timeout) unwinds like Ctrl-C, so that every process started is stopped.
+    signal.signal(signal.SIGTERM, interrupted)
+    # The short run (make test) brings its own Redis, so that it never takes the tasks of a
+    # full run (Redis DB 13) or of anything else going on at the same time.
+    own_redis = None
+    redis_url = None
+    if args.short:
+        port = free_port()
+        own_redis = redis_server(port, tmp / "redis-main")
+        redis_url = f"redis://127.0.0.1:{port}/0"
     try:
-        rows, setup = run_all(scale, tmp, database)
+        rows, setup = run_all(scale, tmp, database, redis_url)
     except Exception as exc:  # noqa: BLE001
         traceback.print_exc()
         print(f"DRILLS FAILED to run: {exc}; logs: {tmp / 'logs'}", file=sys.stderr)
         return 2
+    finally:
+        if own_redis is not None:
+            stop_process(own_redis)
     from tests.drills.stack import DRILL_SETTINGS
 
     data = {

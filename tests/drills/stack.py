@@ -111,8 +111,9 @@ class Group(Process):
 
     def stop(self, timeout: float = 30) -> int | None:
         if self.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.popen.pid, signal.SIGTERM)
+            # SIGTERM to the main process only, as `docker stop` does: a Celery worker then
+            # shuts down warm, letting its pool finish the tasks in hand.
+            self.popen.send_signal(signal.SIGTERM)
         try:
             code: int | None = self.popen.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -215,6 +216,7 @@ class Stack:
         big_size: int = 250,
         small_size: int = 10,
         log: Callable[[str], None] = print,
+        redis_url: str | None = None,
     ) -> None:
         self.tmp = tmp
         self.logs = tmp / "logs"
@@ -231,8 +233,9 @@ class Stack:
         self.sandbox_process: subprocess.Popen[bytes] | None = None
         self.env: dict[str, str] = {}
         self.portal = ""
-        self.redis_url = f"redis://127.0.0.1:6379/{REDIS_DB}"
+        self.redis_url = redis_url or f"redis://127.0.0.1:6379/{REDIS_DB}"
         self.worker_count = 0
+        self.lock_key = f"portal-drills-lock-{database}"
 
     # Start and stop ----------------------------------------------------------------------
 
@@ -240,7 +243,16 @@ class Stack:
         with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
             conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
             conn.execute(f"CREATE DATABASE {self.database}")
-        redis.Redis.from_url(self.redis_url, socket_timeout=5).flushdb()
+        broker = redis.Redis.from_url(self.redis_url, socket_timeout=5)
+        # Two drill runs on one Redis database would take each other's tasks.
+        holder = broker.get(self.lock_key)
+        owner = holder.decode() if isinstance(holder, bytes) else holder
+        if owner is not None and owner != str(os.getpid()):
+            raise DrillError(
+                f"another drill run (pid {owner}) is using {self.redis_url}; wait for it to end"
+            )
+        broker.flushdb()
+        broker.set(self.lock_key, str(os.getpid()), ex=1800)
 
         self.say("seeding and starting the sandbox")
         self.sandbox, self.sandbox_process = start_sandbox(self.tmp / "sandbox", accounts=300)
@@ -387,6 +399,8 @@ class Stack:
                 self.say(f"stopping {process.name}: {exc}")
         if self.sandbox_process is not None:
             stop_sandbox(self.sandbox_process)
+        with contextlib.suppress(redis.RedisError):
+            redis.Redis.from_url(self.redis_url, socket_timeout=5).delete(self.lock_key)
 
     # Helpers for drills ------------------------------------------------------------------
 

@@ -1,8 +1,8 @@
 """The short versions of the reliability drills (`make drills` runs the full ones).
 
 One run of `tests/drills/run_drills.py --short` (its own processes: the sandbox, gunicorn, two
-Celery workers, beat; database `portal_drills_short`, Redis DB 13) feeds every test here; each
-test asserts one drill's correctness figures.
+Celery workers, beat; database `portal_drills_short`, a Redis server of its own on a free port)
+feeds every test here; each test asserts one drill's correctness figures.
 """
 
 from __future__ import annotations
