@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import redis
 import requests
 
 from tests.drills.stack import PASSWORD, DrillError, Stack, redis_server, stop_process, wait_until
 from tests.sandboxserver import free_port
-from tests.smoke.run_smoke import Browser, csrf_from
+from tests.smoke.run_smoke import Browser, choose_first_profile, csrf_from
 
 TOKEN_PATH = r"^/connect/token$"
 API_PAGES = r"^/accounts/v2\.0/(account|contact)$"
@@ -337,19 +337,9 @@ def connect_flow(stack: Stack, i: int) -> dict[str, Any]:
         statuses.extend([r.status_code for r in landed.history] + [landed.status_code])
         if urlsplit(landed.url).path != "/zywave/profiles/":
             raise DrillError(f"landed on {landed.url}")
-        profile = re.search(r'name="profile" value="([^"]+)"', landed.text)
-        if profile is None:
+        chosen, profile_id = choose_first_profile(browser, landed, timeout=60)
+        if profile_id is None:
             raise DrillError("no profile offered")
-        chosen = browser.post(
-            urljoin(landed.url, ""),
-            data={
-                "action": "choose",
-                "profile": profile.group(1),
-                "next": "",
-                "csrfmiddlewaretoken": csrf_from(landed.text),
-            },
-            timeout=60,
-        )
         statuses.extend([r.status_code for r in chosen.history] + [chosen.status_code])
         result["ok"] = chosen.status_code == 200 and "profile" in chosen.text.lower()
         if not result["ok"]:

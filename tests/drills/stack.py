@@ -37,7 +37,12 @@ from tests.sandboxserver import (  # noqa: E402
     start_sandbox,
     stop_sandbox,
 )
-from tests.smoke.run_smoke import Process, manage, production_env  # noqa: E402
+from tests.smoke.run_smoke import (  # noqa: E402
+    Process,
+    manage,
+    production_env,
+    worker_command,
+)
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 13  # the drills' own database on the shared Redis (tests use 15, smoke 14)
@@ -333,23 +338,7 @@ class Stack:
         name = f"worker{self.worker_count}"
         worker = Group(
             name,
-            [
-                str(BIN / "celery"),
-                "-A",
-                "portal",
-                "--quiet",
-                "worker",
-                "--queues",
-                "celery,sync,tokens",
-                "--concurrency",
-                "2",
-                "--hostname",
-                f"drills-{name}-{os.getpid()}@%h",
-                "--without-gossip",
-                "--without-mingle",
-                "--loglevel",
-                "INFO",
-            ],
+            worker_command(f"drills-{name}-{os.getpid()}@%h"),
             env or self.env,
             self.logs,
         )

@@ -51,6 +51,47 @@ class SmokeFailed(Exception):
     pass
 
 
+def choose_first_profile(
+    http: requests.Session, picker: requests.Response, timeout: float
+) -> tuple[requests.Response, str | None]:
+    """Choose the first profile the picker page lists; (answer, id), or (picker, None)."""
+    profile = re.search(r'name="profile" value="([^"]+)"', picker.text)
+    if profile is None:
+        return picker, None
+    chosen = http.post(
+        urljoin(picker.url, ""),
+        data={
+            "action": "choose",
+            "profile": profile.group(1),
+            "next": "",
+            "csrfmiddlewaretoken": csrf_from(picker.text),
+        },
+        timeout=timeout,
+    )
+    return chosen, profile.group(1)
+
+
+def worker_command(hostname: str) -> list[str]:
+    """A production-like Celery worker: every queue, two pool processes, JSON logs."""
+    return [
+        str(BIN / "celery"),
+        "-A",
+        "portal",
+        "--quiet",
+        "worker",
+        "--queues",
+        "celery,sync,tokens",
+        "--concurrency",
+        "2",
+        "--hostname",
+        hostname,
+        "--without-gossip",
+        "--without-mingle",
+        "--loglevel",
+        "INFO",
+    ]
+
+
 def say(message: str) -> None:
     print(f"[smoke {time.monotonic() - START:6.1f}s] {message}", flush=True)
 
@@ -224,21 +265,11 @@ def connect_and_sync(portal: str, sandbox: Sandbox, password: str) -> dict[str, 
 
     if urlsplit(landed.url).path != "/zywave/profiles/":
         landed = expect(http.get(f"{portal}/zywave/profiles/", timeout=30), 200, "profiles")
-    profile = re.search(r'name="profile" value="([^"]+)"', landed.text)
-    if profile is None:
+    chosen, profile_id = choose_first_profile(http, landed, timeout=30)
+    if profile_id is None:
         raise SmokeFailed("the profile picker lists no profile")
-    chosen = http.post(
-        urljoin(landed.url, ""),
-        data={
-            "action": "choose",
-            "profile": profile.group(1),
-            "next": "",
-            "csrfmiddlewaretoken": csrf_from(landed.text),
-        },
-        timeout=30,
-    )
     expect(chosen, 200, "choosing a profile")
-    say(f"profile {profile.group(1)} chosen; syncing")
+    say(f"profile {profile_id} chosen; syncing")
 
     page = expect(http.get(f"{portal}/", timeout=10), 200, "GET /")
     expect(
@@ -312,23 +343,7 @@ def run(tmp: Path) -> None:
             ),
             Process(
                 "worker",
-                [
-                    str(BIN / "celery"),
-                    "-A",
-                    "portal",
-                    "--quiet",
-                    "worker",
-                    "--queues",
-                    "celery,sync,tokens",
-                    "--concurrency",
-                    "2",
-                    "--hostname",
-                    f"smoke-{web_port}@%h",
-                    "--without-gossip",
-                    "--without-mingle",
-                    "--loglevel",
-                    "INFO",
-                ],
+                worker_command(f"smoke-{web_port}@%h"),
                 env,
                 logs,
             ),
