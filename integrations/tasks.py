@@ -104,13 +104,12 @@ def sync_due_connections() -> dict[str, int]:
         .filter(chosen_profile__isnull=False)
         .annotate(last_queued=Max("sync_runs__queued_at"))
         .filter(Q(last_queued__isnull=True) | Q(last_queued__lt=due_before))
-        .values_list("pk", flat=True)
+        .only("pk")  # queue_run needs the row, not its (encrypted) tokens
     )
     queued = 0
-    for pk in candidates:
-        connection = Connection.objects.get(pk=pk)
+    for connection in candidates:
         if queue_run(connection, trigger="schedule") is not None:
-            sync_connection.delay_on_commit(pk)
+            sync_connection.delay_on_commit(connection.pk)
             queued += 1
     stale = SyncRun.objects.active().filter(
         Q(lease_until__lt=now)
