@@ -12,6 +12,7 @@ import math
 import os
 import re
 import threading
+from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ CONTACTS = "/accounts/v2.0/contact"
 
 # Zywave: `$top` defaults to 100; treat 100 as the maximum page (zywave-api.md §4).
 PAGE_SIZE = 100
+# Pages in flight while one is written (`ZywaveClient.pages`).
+PREFETCH_PAGES = 2
 
 
 class ZywaveError(Exception):
@@ -321,24 +324,31 @@ class ZywaveClient:
         """Yield pages of at most `top` records with a stable `$orderby` until the last one.
 
         Stops on `hasMoreResults: false`, on `skip >= totalCount`, or on a short or empty page,
-        whichever envelope Zywave sends. The next page is requested (in a helper thread that
-        only does HTTP) before this one is handed over, so the caller's database work overlaps
-        the network; tokens, refreshes and retries stay in the calling thread.
+        whichever envelope Zywave sends. Pages are requested ahead, in helper threads that only
+        do HTTP, while the caller writes the current one: the next page always, and up to
+        PREFETCH_PAGES when Zywave's `totalCount` shows they exist (so nothing is asked that
+        a one-page answer would not need). Tokens, refreshes and retries stay in the calling
+        thread.
         """
         top = min(top, PAGE_SIZE)
         headers = self._headers(path, v2=True)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="zywave-prefetch") as pool:
+        pending: deque[tuple[dict[str, Any], str, Future[requests.Response]]] = deque()
+        asked = skip  # the `$skip` of the next request: every page before the last is full
 
-            def request(at: int) -> tuple[dict[str, Any], str, Future[requests.Response]]:
-                params: dict[str, Any] = {"$top": top, "$skip": at, "$orderby": orderby}
-                if odata_filter:
-                    params["$filter"] = odata_filter
-                token = self.token(self.connection)
-                return params, token, pool.submit(self._send, path, params, headers, token)
+        def ask() -> None:
+            nonlocal asked
+            params: dict[str, Any] = {"$top": top, "$skip": asked, "$orderby": orderby}
+            if odata_filter:
+                params["$filter"] = odata_filter
+            token = self.token(self.connection)
+            pending.append((params, token, pool.submit(self._send, path, params, headers, token)))
+            asked += top
 
-            params, token, pending = request(skip)
+        with ThreadPoolExecutor(PREFETCH_PAGES, thread_name_prefix="zywave-prefetch") as pool:
+            ask()
             while True:
-                body = self._finish(pending.result(), path, params, headers, token)
+                params, token, sent = pending.popleft()
+                body = self._finish(sent.result(), path, params, headers, token)
                 items, total, has_more = parse_envelope(body, path)
                 if not all(isinstance(item, dict) for item in items):
                     raise MalformedResponse(f"{path}: a list item is not a JSON object", path=path)
@@ -355,8 +365,14 @@ class ZywaveClient:
                     or len(items) < top
                     or (total is not None and skip >= total)
                 )
-                if not last:
-                    params, token, pending = request(skip)
+                if last:
+                    for _, _, extra in pending:  # asked on a total that has since shrunk
+                        extra.cancel()
+                else:
+                    if not pending:
+                        ask()
+                    while len(pending) < PREFETCH_PAGES and total is not None and asked < total:
+                        ask()
                 yield page
                 if last:
                     return

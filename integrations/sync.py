@@ -15,6 +15,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import orjson
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db import connection as db
@@ -215,7 +216,17 @@ def _upsert_postgresql(model: type[Model], rows: list[dict[str, Any]]) -> None:
         f"ON CONFLICT (connection_id, zywave_id) DO UPDATE SET {updates}"
     )
     with db.cursor() as cursor:
-        cursor.execute(sql, [json.dumps(rows, default=_isoformat)])
+        cursor.execute(sql, [page_json(rows)])
+
+
+def page_json(rows: list[dict[str, Any]]) -> str:
+    """The page as JSON text. orjson encodes a page about ten times faster than the standard
+    encoder (the sync benchmark's largest Python cost); it refuses what the standard encoder
+    takes (integers beyond 64 bits in a raw record), and then the standard encoder writes it."""
+    try:
+        return orjson.dumps(rows).decode()
+    except orjson.JSONEncodeError:
+        return json.dumps(rows, default=_isoformat)
 
 
 def _isoformat(value: Any) -> str:

@@ -3,6 +3,7 @@ the behaviour depends on one (queueing, absorbing, surviving a killed worker).""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from integrations.client import PAGE_SIZE, PREFETCH_PAGES, ZywaveClient
 from integrations.models import Account, Connection, Contact, SyncRun
 from integrations.profiles import choose_profile, refresh_profiles
 from integrations.sync import claim, queue_run, run_sync, sync_now
@@ -151,6 +153,68 @@ def test_an_unchanged_incremental_sync_asks_once_per_resource(staff: User, zywav
     assert result.state == SyncRun.State.SUCCEEDED and not result.full
     assert api_requests(zywave, "account") == 1
     assert api_requests(zywave, "contact") == 1
+
+
+@pytest.mark.parametrize(
+    ("shape", "in_flight"),
+    [("items", PREFETCH_PAGES), ("value", PREFETCH_PAGES), ("array", 1)],
+)
+def test_pages_are_asked_ahead_only_when_zywave_says_they_exist(
+    staff: User, zywave: Sandbox, monkeypatch: pytest.MonkeyPatch, shape: str, in_flight: int
+) -> None:
+    """With a total in the envelope, PREFETCH_PAGES requests run at once and none goes past the
+    last page; a bare array has no total, so only the next page is asked, one at a time."""
+    conn = linked(staff, zywave)
+    zywave.control("POST", "settings", envelope=shape)
+    zywave.control("POST", "counters/reset")
+    busy, most = 0, 0
+    lock = threading.Lock()
+    send = ZywaveClient._send
+
+    def counting_send(self: ZywaveClient, *args: Any) -> requests.Response:
+        # A spy on our own client (not a mock): it counts requests in flight, then sends.
+        nonlocal busy, most
+        with lock:
+            busy += 1
+            most = max(most, busy)
+        try:
+            time.sleep(0.01)  # long enough for a second request to start, if one is asked
+            return send(self, *args)
+        finally:
+            with lock:
+                busy -= 1
+
+    monkeypatch.setattr(ZywaveClient, "_send", counting_send)
+    result = run(conn, full=True)
+    assert result.state == SyncRun.State.SUCCEEDED
+    expected = sandbox_counts(zywave, conn)
+    assert result.records_done == expected["accounts"] + expected["contacts"]
+    assert most == in_flight
+    for resource, count in (("account", expected["accounts"]), ("contact", expected["contacts"])):
+        pages = -(-count // PAGE_SIZE)
+        # Without a total, a last page that happens to be full needs one empty page after it.
+        extra = 1 if shape == "array" and count % PAGE_SIZE == 0 else 0
+        assert api_requests(zywave, resource) == pages + extra
+
+
+def test_a_record_with_an_integer_beyond_64_bits_is_mirrored_whole(
+    staff: User, zywave: Sandbox
+) -> None:
+    """orjson refuses such integers; the page is then encoded by the standard encoder."""
+    conn = linked(staff, zywave)
+    big = 123456789012345678901234567890
+    inject_fault(
+        zywave,
+        r"^/accounts/v2\.0/account$",
+        status=200,
+        body=f'{{"items": [{{"id": "A-BIG", "name": "Big", "policyCount": {big}}}], '
+        '"totalCount": 1, "hasMoreResults": false}',
+        content_type="application/json",
+    )
+    result = run(conn, full=True)
+    assert result.state == SyncRun.State.SUCCEEDED
+    account = Account.objects.get(connection=conn, zywave_id="A-BIG")
+    assert account.name == "Big" and account.raw["policyCount"] == big
 
 
 def test_rate_limits_and_a_503_burst_are_waited_out(staff: User, zywave: Sandbox) -> None:
