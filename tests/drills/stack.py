@@ -1,5 +1,8 @@
 """The drills' stack: the sandbox, PostgreSQL, Redis, gunicorn, two Celery workers and beat.
 
+PostgreSQL is a private cluster (initdb on a free port, under a temporary directory), so that
+the restart drill can restart it: the shared server on 5432 belongs to CI and other sessions.
+
 Process handling comes from the smoke run (`tests/smoke/run_smoke.py`): its production
 environment, its `Process` (log file, SIGTERM then kill) and its `Browser`. Workers run in their
 own process group, so that a SIGKILL reaches the prefork pool children as an OOM kill would.
@@ -14,9 +17,11 @@ import contextlib
 import os
 import re
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -44,7 +49,6 @@ from tests.smoke.run_smoke import (  # noqa: E402
     worker_command,
 )
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 REDIS_DB = 13  # the drills' own database on the shared Redis (tests use 15, smoke 14)
 BIN = Path(sys.executable).parent
 CLIENT_ID = "portal-drills"
@@ -241,12 +245,15 @@ class Stack:
         self.redis_url = redis_url or f"redis://127.0.0.1:6379/{REDIS_DB}"
         self.worker_count = 0
         self.lock_key = f"portal-drills-lock-{database}"
+        self.postgres: Postgres | None = None
 
     # Start and stop ----------------------------------------------------------------------
 
     def start(self) -> None:
-        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {self.database} WITH (FORCE)")
+        self.say("initdb and start a private PostgreSQL")
+        self.postgres = Postgres(free_port(), self.logs)
+        self.postgres.start()
+        with psycopg.connect(self.postgres.url("postgres"), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {self.database}")
         broker = redis.Redis.from_url(self.redis_url, socket_timeout=5)
         # Two drill runs on one Redis database would take each other's tasks.
@@ -284,7 +291,10 @@ class Stack:
         )
         env = production_env(self.tmp, web_port, self.sandbox, client_secret)
         env.update(
-            DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{self.database}",
+            DATABASE_URL=self.postgres.url(self.database),
+            # Mail goes to files, so that the secrets sweep can read every message sent.
+            EMAIL_BACKEND="django.core.mail.backends.filebased.EmailBackend",
+            EMAIL_FILE_PATH=str(self.tmp / "mail"),
             REDIS_URL=self.redis_url,
             ZYWAVE_CLIENT_ID=CLIENT_ID,
             WEB_CONCURRENCY="2",
@@ -382,12 +392,18 @@ class Stack:
 
     def stop(self) -> None:
         for process in reversed(self.processes):
+            began = time.monotonic()
             try:
                 process.stop(timeout=20)
             except Exception as exc:  # noqa: BLE001 (clean up the rest whatever happens)
                 self.say(f"stopping {process.name}: {exc}")
+            if time.monotonic() - began > 5:
+                self.say(f"{process.name} took {time.monotonic() - began:.0f}s to stop")
         if self.sandbox_process is not None:
             stop_sandbox(self.sandbox_process)
+        if self.postgres is not None:
+            self.postgres.stop()
+            self.postgres.remove()
         with contextlib.suppress(redis.RedisError):
             redis.Redis.from_url(self.redis_url, socket_timeout=5).delete(self.lock_key)
 
@@ -443,3 +459,102 @@ def stop_process(process: subprocess.Popen[Any]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+class Postgres:
+    """A private PostgreSQL cluster on 127.0.0.1:port (trust auth, user postgres).
+
+    initdb and the server refuse to run as root: as root they run as the `postgres` system user,
+    in a directory of their own (the drills' temporary directory is private to root).
+    """
+
+    def __init__(self, port: int, logs: Path) -> None:
+        self.port = port
+        self.root = Path(tempfile.mkdtemp(prefix="portal-drills-pg-"))
+        self.data = self.root / "data"
+        self.log_path = logs / "postgres.log"
+        self.process: subprocess.Popen[bytes] | None = None
+        self.bindir = postgres_bindir()
+        if os.geteuid() == 0:
+            shutil.chown(self.root, "postgres", "postgres")
+        self.run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+            "--no-locale", "--no-sync",
+        )  # fmt: skip
+
+    def owner(self) -> dict[str, Any]:
+        """Popen arguments that run the child as `postgres` when we are root (no wrapper
+        process in between, so that signals reach the server itself)."""
+        return {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+
+    def run(self, tool: str, *args: str) -> None:
+        done = subprocess.run(
+            [str(self.bindir / tool), *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=self.root,
+            **self.owner(),
+        )
+        if done.returncode != 0:
+            raise DrillError(f"{tool} failed: {done.stdout}\n{done.stderr}")
+
+    def url(self, database: str) -> str:
+        return f"postgres://postgres@127.0.0.1:{self.port}/{database}"
+
+    def answers(self) -> bool:
+        try:
+            with psycopg.connect(self.url("postgres"), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def start(self) -> float:
+        """Start the server; seconds until it accepts connections."""
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(self.data),
+                    "-p",
+                    str(self.port),
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    f"unix_socket_directories={self.root}",
+                    "-c",
+                    "max_connections=300",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.root,
+                **self.owner(),
+            )
+        return wait_until("our PostgreSQL", self.answers, timeout=60)
+
+    def stop(self) -> None:
+        """Fast shutdown (SIGINT): sessions are ended, transactions rolled back, as a restart
+        by an operator or a failover would do."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGINT)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def postgres_bindir() -> Path:
+    """The newest PostgreSQL server installed (Debian: /usr/lib/postgresql/N/bin)."""
+    found = sorted(
+        Path("/usr/lib/postgresql").glob("*/bin/postgres"), key=lambda p: int(p.parts[-3])
+    )
+    if not found:
+        raise DrillError("no PostgreSQL server binaries under /usr/lib/postgresql")
+    return found[-1].parent
