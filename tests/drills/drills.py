@@ -1087,6 +1087,114 @@ def drill_redis_restart(stack: Stack, scale: Scale, indexes: list[int]) -> Resul
     return result
 
 
+def drill_postgres_restart(stack: Stack, scale: Scale, indexes: list[int]) -> Result:
+    """Fast shutdown of the portal's PostgreSQL while syncs run and people browse, a few
+    seconds down, then up again: what an operator's restart or a failover does."""
+    from django.db import connections
+
+    from integrations.tasks import sync_due_connections
+
+    assert stack.postgres is not None
+    m = models()
+    down_for = 3.0 if scale.name == "short" else 8.0
+    result = Result(
+        "PostgreSQL restarted",
+        f"the portal's PostgreSQL (a private cluster) stopped (fast shutdown) for "
+        f"{down_for:.0f} s and started again while {len(indexes)} syncs run (pages slowed) "
+        f"and {len(indexes)} people load the dashboard every 0.2 s",
+        "web and workers reconnect (CONN_HEALTH_CHECKS): no 5xx once it is back, no run lost",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    ids = conn_ids(indexes)
+    browsers = [logged_in(stack, i) for i in indexes]
+    samples: list[tuple[float, int]] = []  # (monotonic time, status; 0 = no answer)
+    stop = threading.Event()
+
+    def browse(browser: Browser) -> None:
+        while not stop.is_set() and len(samples) < 20000:
+            try:
+                status = browser.get(f"{stack.portal}/", timeout=10).status_code
+            except requests.RequestException:
+                status = 0
+            samples.append((time.monotonic(), status))
+            time.sleep(0.2)
+
+    threads = [threading.Thread(target=browse, args=(b,), daemon=True) for b in browsers]
+    for thread in threads:
+        thread.start()
+    stack.zywave.add_fault(API_PAGES, count=100000, delay_ms=600)
+    started = datetime.now(UTC)
+    queue_syncs(ids, full=True)
+    wait_until(
+        "runs to start",
+        lambda: m.SyncRun.objects.filter(
+            connection_id__in=ids, state="running", pages_done__gt=0
+        ).exists(),
+        timeout=30,
+    )
+    running_at_stop = m.SyncRun.objects.filter(connection_id__in=ids, state="running").count()
+    stopped_at = time.monotonic()
+    stack.postgres.stop()
+    time.sleep(down_for)
+    back_after = stack.postgres.start()
+    back_at = time.monotonic()
+    connections.close_all()  # this process's connection died with the server, as the others did
+    stack.zywave.reset()  # pages at full speed
+    # The runs whose page transaction died hold a lease until it ends; beat's reconciler (run
+    # here, as beat would every minute) resumes them then.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and active_runs(ids):
+        sync_due_connections()
+        time.sleep(1.0)
+    time.sleep(1.0)
+    stop.set()
+    for thread in threads:
+        thread.join(timeout=15)
+    runs = m.SyncRun.objects.filter(connection_id__in=ids, queued_at__gte=started)
+    succeeded = runs.filter(state="succeeded").values("connection_id").distinct().count()
+    lost = len(ids) - succeeded
+    during = [code for t, code in samples if stopped_at <= t <= back_at]
+    after = [code for t, code in samples if t > back_at + 0.5]  # answers sent after it was back
+    first_ok = next((t - back_at for t, code in samples if t > back_at and code == 200), None)
+    worker_errors = sum(
+        (stack.logs / f"{w.name}.log").read_text(errors="replace").count("OperationalError")
+        for w in stack.workers
+    )
+    mismatched = mirror_mismatches(stack, indexes)
+    f = result.figures
+    f.update(
+        runs_running_at_stop=running_at_stop,
+        seconds_down=round(back_at - stopped_at, 1),
+        seconds_to_accept_after_start=round(back_after, 2),
+        requests_while_down=len(during),
+        non_200_while_down=sum(1 for c in during if c != 200),
+        statuses_while_down={str(c): during.count(c) for c in sorted(set(during))},
+        requests_after=len(after),
+        server_errors_after=sum(1 for c in after if c == 0 or c >= 500),
+        first_200_after_seconds=round(first_ok, 2) if first_ok is not None else None,
+        worker_operational_errors_logged=worker_errors,
+        syncs=len(ids),
+        syncs_succeeded=succeeded,
+        runs_lost=lost,
+        duplicates=duplicates(),
+        mirror_mismatches=mismatched,
+    )
+    result.checks = {
+        "the outage was real": running_at_stop >= 1 and f["non_200_while_down"] >= 1,
+        "web recovers": len(after) >= 5 and f["server_errors_after"] == 0,
+        "no run lost": lost == 0 and not mismatched and f["duplicates"] == 0,
+    }
+    result.measured = (
+        f"{running_at_stop} runs running at the stop; down {f['seconds_down']} s; while down "
+        f"{f['non_200_while_down']}/{len(during)} dashboard loads failed; after: first 200 "
+        f"{f['first_200_after_seconds']} s after PostgreSQL was back, 5xx "
+        f"{f['server_errors_after']} of {len(after)}; syncs {succeeded}/{len(ids)} succeeded, "
+        f"runs lost {lost}, duplicates {f['duplicates']}, mirrors exact: {not mismatched}"
+    )
+    return result
+
+
 def page_user(
     stack: Stack,
     i: int,

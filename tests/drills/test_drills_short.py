@@ -89,6 +89,13 @@ def test_redis_restart(drills: dict[str, dict[str, Any]]) -> None:
     assert f["runs_lost"] == 0
 
 
+def test_postgres_restart(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "PostgreSQL restarted")
+    assert f["runs_running_at_stop"] >= 1 and f["non_200_while_down"] >= 1
+    assert f["server_errors_after"] == 0 and f["requests_after"] >= 5
+    assert f["runs_lost"] == 0 and f["duplicates"] == 0 and not f["mirror_mismatches"]
+
+
 def test_sync_soak(drills: dict[str, dict[str, Any]]) -> None:
     f = figures(drills, "Load: sync soak")
     assert f["syncs_lost"] == 0 and f["duplicates"] == 0
