@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 import requests
 
+from tests.drills.netfaults import CuttingProxy
 from tests.drills.stack import PASSWORD, DrillError, Stack, redis_server, stop_process, wait_until
 from tests.sandboxserver import free_port
 from tests.smoke.run_smoke import Browser, choose_first_profile, csrf_from
@@ -867,6 +868,101 @@ def drill_kill_in_refresh(stack: Stack, scale: Scale, i: int) -> Result:
     return result
 
 
+def after_a_lost_refresh(stack: Stack, lost: Any) -> dict[str, int]:
+    """Every chance to loop after a refresh whose answer never arrived: the refresh retried on
+    a worker, then a sync, the upkeep task and another refresh. Returns the token endpoint's
+    counters since the last reset, and clears the faults."""
+    from integrations.tasks import keep_tokens_alive, refresh_connection
+
+    m = models()
+    refresh_connection.delay(lost.pk)
+    wait_until(
+        "the retried refresh",
+        lambda: m.Connection.objects.get(pk=lost.pk).status != "active"
+        or m.Connection.objects.filter(
+            pk=lost.pk, access_token_expires_at__gt=datetime.now(UTC)
+        ).exists(),
+        timeout=30,
+    )
+    queue_syncs([lost.pk])
+    keep_tokens_alive.delay()
+    refresh_connection.delay(lost.pk)
+    time.sleep(4)
+    wait_idle([lost.pk], timeout=30)
+    counters = clear_faults(stack)["token"]
+    lost.refresh_from_db()
+    return dict(counters)
+
+
+def drill_lost_answer(stack: Stack, scale: Scale, i: int) -> Result:
+    """A refresh whose answer is lost on the way back, by a proxy that resets the portal's
+    connection after Zywave answered (and so rotated the refresh token)."""
+    from django.conf import settings
+
+    from integrations.tokens import RefreshFailed, refresh
+
+    result = Result(
+        "Lost refresh response through a proxy",
+        "a reverse proxy between the portal and /connect/token forwards one refresh, reads "
+        "Zywave's answer (the refresh token rotated) and resets the portal's connection "
+        "instead of passing it on; then a retry on a worker, a sync, the upkeep task and "
+        "another refresh",
+        "no loop, the consumed token presented at most once more, the connection classified "
+        "as needing re-authorization",
+    )
+    wait_idle(None, timeout=60)
+    stack.zywave.reset()
+    upstream = urlsplit(stack.zywave.url)
+    proxy = CuttingProxy((upstream.hostname or "127.0.0.1", upstream.port or 80), cuts=1)
+    lost = conn_of(i)
+    expire_tokens([lost.pk])
+    lost.refresh_from_db()
+    direct = settings.ZYWAVE_AUTH_URL
+    settings.ZYWAVE_AUTH_URL = proxy.url  # this process only: its refresh goes through it
+    began = time.monotonic()
+    try:
+        refresh(lost)
+        outcome = "refreshed"
+    except RefreshFailed as exc:
+        outcome = f"RefreshFailed ({exc})"
+    finally:
+        settings.ZYWAVE_AUTH_URL = direct
+        proxy.close()
+    call = time.monotonic() - began
+    lost.refresh_from_db()
+    status_after_loss = lost.status
+    counters = after_a_lost_refresh(stack, lost)
+    f = result.figures
+    f.update(
+        answers_cut=len(proxy.cut_statuses),
+        zywave_answered=proxy.cut_statuses,
+        call_seconds=round(call, 2),
+        outcome=outcome,
+        status_after_the_loss=status_after_loss,
+        rotated_at_zywave_unseen=counters.get("refresh_token:success", 0),
+        consumed_token_presented_again=counters.get("refresh_token:invalid_grant", 0),
+        token_requests_total=sum(counters.values()),
+        connection_status=lost.status,
+    )
+    result.checks = {
+        "the answer was lost after the rotation": proxy.cut_statuses == [200]
+        and f["rotated_at_zywave_unseen"] == 1
+        and outcome.startswith("RefreshFailed"),
+        "a lost answer is not yet a lost grant": status_after_loss == "active",
+        "no loop, classified": f["consumed_token_presented_again"] == 1
+        and f["token_requests_total"] == 2
+        and lost.status == "reauth_required",
+    }
+    result.measured = (
+        f"Zywave answered {proxy.cut_statuses} and rotated; the portal saw a reset after "
+        f"{call:.2f} s ({outcome.split(' (')[0]}) and kept the connection {status_after_loss}; "
+        f"the consumed token was presented {f['consumed_token_presented_again']} more time, "
+        f"{f['token_requests_total']} token requests in all (then a sync, the upkeep task and "
+        f"a refresh: no further use); connection {lost.status}"
+    )
+    return result
+
+
 def drill_hang(stack: Stack, scale: Scale, indexes: list[int], lost_one: int) -> Result:
     """The API and the token endpoint hang past the read timeout."""
     from integrations.tokens import RefreshFailed, client_for, refresh
@@ -922,25 +1018,7 @@ def drill_hang(stack: Stack, scale: Scale, indexes: list[int], lost_one: int) ->
     token_call = time.monotonic() - token_start
     time.sleep(hang_ms / 1000 - token_call + 1)  # Zywave finishes the rotation meanwhile
     middle = stack.zywave.counters()["token"]
-    from integrations.tasks import keep_tokens_alive, refresh_connection
-
-    refresh_connection.delay(lost.pk)
-    wait_until(
-        "the retried refresh",
-        lambda: m.Connection.objects.get(pk=lost.pk).status != "active"
-        or m.Connection.objects.filter(
-            pk=lost.pk, access_token_expires_at__gt=datetime.now(UTC)
-        ).exists(),
-        timeout=30,
-    )
-    # More chances to loop: a sync, the upkeep, another refresh.
-    queue_syncs([lost.pk])
-    keep_tokens_alive.delay()
-    refresh_connection.delay(lost.pk)
-    time.sleep(4)
-    wait_idle([lost.pk], timeout=30)
-    counters = clear_faults(stack)["token"]
-    lost.refresh_from_db()
+    counters = after_a_lost_refresh(stack, lost)
     f = result.figures
     f.update(
         api_call_seconds=round(api_call, 2),

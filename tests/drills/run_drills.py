@@ -46,8 +46,8 @@ def say(message: str) -> None:
 
 
 def plan(scale: Scale) -> dict[str, Any]:
-    """Which drill users each drill uses. Two end in re-authorization (the invalid_grant
-    victim and the lost refresh), so no later drill uses them."""
+    """Which drill users each drill uses. Three end in re-authorization (the invalid_grant
+    victim and the two lost refreshes), so no later drill uses them."""
     if scale.name == "full":
         return {
             "outage": 21,
@@ -59,6 +59,7 @@ def plan(scale: Scale) -> dict[str, Any]:
             "lost": 43,
             "redis": [44, 45, 46, 47],
             "postgres": [17, 18, 19],
+            "proxy": 52,
             "soak": list(range(101, 101 + scale.soak_connections)),
         }
     return {
@@ -71,6 +72,7 @@ def plan(scale: Scale) -> dict[str, Any]:
         "lost": 11,
         "redis": [1, 2, 3, 5],
         "postgres": [1, 2, 3],
+        "proxy": 12,
         "soak": [i for i in range(1, scale.soak_connections + 3) if i not in (10, 11)][
             : scale.soak_connections
         ],
@@ -85,14 +87,6 @@ NOT_RUN = [
         "measured": "not run: needs network namespaces and a veth pair (root, iproute2) "
         "around processes that all share 127.0.0.1 here; the hanging-endpoint drill covers "
         "the timeout side",
-        "verdict": "not run",
-    },
-    {
-        "drill": "Lost refresh response through a proxy",
-        "injected": "—",
-        "expected": "no loop, consumed token presented at most once more, correctly classified",
-        "measured": "not run as a proxy drill; the same situation (Zywave rotated, the answer "
-        "never reached the portal) is produced by the hanging token endpoint, see that row",
         "verdict": "not run",
     },
 ]
@@ -119,6 +113,7 @@ def run_all(
             ("worker kills", lambda: drills.drill_worker_kills(stack, scale)),
             ("kill in refresh", lambda: drills.drill_kill_in_refresh(stack, scale, p["refresh"])),
             ("hang", lambda: drills.drill_hang(stack, scale, p["hang"], p["lost"])),
+            ("lost answer", lambda: drills.drill_lost_answer(stack, scale, p["proxy"])),
             ("redis restart", lambda: drills.drill_redis_restart(stack, scale, p["redis"])),
             (
                 "postgres restart",

@@ -84,6 +84,13 @@ def test_hanging_endpoints(drills: dict[str, dict[str, Any]]) -> None:
     assert f["consumed_token_presented_again"] == 1
 
 
+def test_lost_refresh_answer_through_a_proxy(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Lost refresh response through a proxy")
+    assert f["zywave_answered"] == [200] and f["status_after_the_loss"] == "active"
+    assert f["consumed_token_presented_again"] == 1 and f["token_requests_total"] == 2
+    assert f["connection_status"] == "reauth_required"
+
+
 def test_redis_restart(drills: dict[str, dict[str, Any]]) -> None:
     f = figures(drills, "Redis restarted mid-run")
     assert f["runs_lost"] == 0
