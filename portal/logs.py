@@ -124,9 +124,13 @@ class RedactFilter(logging.Filter):
 
 def _ids_from_request(record: logging.LogRecord) -> None:
     """django.request logs 4xx/5xx after the middleware has unbound the request's ids, but
-    attaches the request itself: take the user's id from it."""
+    attaches the request itself: take the user's id from it.
+
+    Only a user the request already loaded (`_cached_user`, set by Django's authentication
+    middleware): reading `request.user` would query the session and the user table, and a log
+    record must not touch the database, which may be what failed."""
     request = getattr(record, "request", None)
-    user = getattr(request, "user", None)
+    user = getattr(request, "_cached_user", None)
     if user is not None and getattr(user, "is_authenticated", False):
         record.user_id = user.pk
 

@@ -15,3 +15,5 @@ urlpatterns = [
     path("health/", health, name="health"),
     path("", include("integrations.urls")),
 ]
+
+handler500 = "portal.errors.server_error"

@@ -1,0 +1,25 @@
+"""Error pages for production (DEBUG off). They are rendered without a request context: the
+context processors read the session and the user, which need the database that may be the
+thing that failed."""
+
+from __future__ import annotations
+
+import sys
+
+from django.db import InterfaceError, OperationalError
+from django.http import HttpRequest, HttpResponse
+from django.template.loader import render_to_string
+
+# How long a database restart or failover takes, as told to people and to clients.
+RETRY_AFTER_SECONDS = 30
+
+
+def server_error(request: HttpRequest) -> HttpResponse:
+    """500; or 503 with Retry-After when the database cannot be reached (a restart, a
+    failover): the person is told to try again in a moment, and a proxy or client that it may
+    retry. Django calls this inside its `except` block, so `sys.exc_info()` is the error."""
+    if isinstance(sys.exc_info()[1], OperationalError | InterfaceError):
+        response = HttpResponse(render_to_string("503.html"), status=503)
+        response["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        return response
+    return HttpResponse(render_to_string("500.html"), status=500)
