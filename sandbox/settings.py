@@ -39,6 +39,9 @@ DEBUG = env_bool("SANDBOX_DEBUG", False)
 ALLOWED_HOSTS = ["*"]  # a local emulator reached as 127.0.0.1, localhost or a container name
 
 SANDBOX_CONTROL_KEY = os.environ.get("SANDBOX_CONTROL_KEY", "sandbox-control-key")
+# When set, every token issued is appended to this file, one per line: test harnesses search
+# the portal's storage for them (the drills' secrets sweep). Not something Zywave has.
+SANDBOX_ISSUED_TOKENS_FILE = os.environ.get("SANDBOX_ISSUED_TOKENS_FILE", "")
 
 # Defaults of the runtime settings (zywave.models.RuntimeSetting): each may be overridden
 # through POST /_sandbox/settings and is restored by POST /_sandbox/reset.

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -263,6 +263,7 @@ def sandbox_env(var_dir: Path) -> dict[str, str]:
         {
             "SANDBOX_VAR_DIR": str(var_dir),
             "SANDBOX_CONTROL_KEY": CONTROL_KEY,
+            "SANDBOX_ISSUED_TOKENS_FILE": str(var_dir / "issued-tokens.txt"),
             "DJANGO_SETTINGS_MODULE": "sandbox.settings",
             "PYTHONPATH": str(REPO_ROOT),
         }
@@ -270,8 +271,16 @@ def sandbox_env(var_dir: Path) -> dict[str, str]:
     return env
 
 
-def start_sandbox(var_dir: Path, accounts: int = SEED_ACCOUNTS) -> tuple[Sandbox, subprocess.Popen]:
-    """Seed `var_dir` and start gunicorn on a free port; returns once it answers."""
+def start_sandbox(
+    var_dir: Path,
+    accounts: int = SEED_ACCOUNTS,
+    host: str = "127.0.0.1",
+    wrap: Callable[[list[str]], list[str]] = list,
+) -> tuple[Sandbox, subprocess.Popen]:
+    """Seed `var_dir` and start gunicorn on a free port; returns once it answers.
+
+    `host` and `wrap` are for the partition drill, which serves the sandbox from a network
+    namespace: the address inside it, and the command that runs gunicorn there."""
     env = sandbox_env(var_dir)
     log_path = var_dir / "sandbox.log"
     seeded = subprocess.run(
@@ -286,21 +295,23 @@ def start_sandbox(var_dir: Path, accounts: int = SEED_ACCOUNTS) -> tuple[Sandbox
         raise SandboxError(f"Seeding the sandbox failed:\n{seeded.stdout}\n{seeded.stderr}")
     for _attempt in range(3):
         port = free_port()
-        url = f"http://127.0.0.1:{port}"
+        url = f"http://{host}:{port}"
         log = open(log_path, "ab")  # noqa: SIM115 (closed with the process)
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "sandbox",
-                "serve",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--workers",
-                "2",
-                "--threads",
-                "4",
-            ],
+            wrap(
+                [
+                    sys.executable,
+                    "-m",
+                    "sandbox",
+                    "serve",
+                    "--bind",
+                    f"{host}:{port}",
+                    "--workers",
+                    "2",
+                    "--threads",
+                    "4",
+                ]
+            ),
             cwd=REPO_ROOT,
             env=env,
             stdout=log,

@@ -70,6 +70,15 @@ def issuer_for(origin: str) -> str:
     return configured.rstrip("/") or origin
 
 
+def journal_issued(token: dict[str, Any]) -> None:
+    """Append the tokens of one token response to SANDBOX_ISSUED_TOKENS_FILE, when set."""
+    path = settings.SANDBOX_ISSUED_TOKENS_FILE
+    issued = [str(token[k]) for k in ("access_token", "refresh_token", "id_token") if token.get(k)]
+    if path and issued:
+        with open(path, "a", encoding="utf-8") as journal:  # O_APPEND: whole lines per write
+            journal.write("".join(f"{value}\n" for value in issued))
+
+
 class SandboxValidator(OAuth2Validator):
     # The userinfo / id_token claims and the scope that releases each.
     oidc_claim_scope = {
@@ -174,6 +183,7 @@ class SandboxValidator(OAuth2Validator):
             AccessToken.objects.filter(token_checksum=checksum(token["access_token"])).update(
                 expires=sandbox_now() + timedelta(seconds=lifetime)
             )
+        journal_issued(token)
 
     def _create_refresh_token(
         self, request, refresh_token_code, access_token, previous_refresh_token

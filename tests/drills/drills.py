@@ -7,11 +7,18 @@ the sandbox's counters, request times recorded in this process, and /proc.
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
+import os
 import random
 import re
+import sqlite3
 import statistics
+import subprocess
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -24,9 +31,18 @@ from urllib.parse import parse_qs, urlsplit
 import redis
 import requests
 
-from tests.drills.netfaults import CuttingProxy
-from tests.drills.stack import PASSWORD, DrillError, Stack, redis_server, stop_process, wait_until
-from tests.sandboxserver import free_port
+from tests.drills.netfaults import CuttingProxy, can_partition, partition
+from tests.drills.stack import (
+    CLIENT_ID,
+    PASSWORD,
+    DrillError,
+    Stack,
+    redis_server,
+    seed_drill_users,
+    stop_process,
+    wait_until,
+)
+from tests.sandboxserver import Sandbox, free_port, start_sandbox, stop_sandbox
 from tests.smoke.run_smoke import Browser, choose_first_profile, csrf_from
 
 TOKEN_PATH = r"^/connect/token$"
@@ -193,6 +209,23 @@ def wait_idle(ids: list[int] | None, timeout: float, reconcile_every: float = 2.
             last = time.monotonic()
         time.sleep(0.3)
     raise DrillError(f"runs still active after {timeout:.0f}s: {active_runs(ids)}")
+
+
+def start_slowed_syncs(zywave: Sandbox, ids: list[int], delay_ms: int) -> datetime:
+    """Full syncs of `ids` over pages each `delay_ms` slower, once one has written a page (so
+    a fault injected next lands mid-run). Returns when they were queued."""
+    m = models()
+    zywave.add_fault(API_PAGES, count=100000, delay_ms=delay_ms)
+    started = datetime.now(UTC)
+    queue_syncs(ids, full=True)
+    wait_until(
+        "runs to start",
+        lambda: m.SyncRun.objects.filter(
+            connection_id__in=ids, state="running", pages_done__gt=0
+        ).exists(),
+        timeout=60,
+    )
+    return started
 
 
 def fault_remaining(stack: Stack) -> int:
@@ -1081,27 +1114,12 @@ def drill_redis_restart(stack: Stack, scale: Scale, indexes: list[int]) -> Resul
     port = free_port()
     url = f"redis://127.0.0.1:{port}/0"
     own = redis_server(port, stack.tmp / "redis")
-    main_workers = list(stack.workers)
-    for worker in main_workers:
-        worker.stop()
-        stack.workers.remove(worker)
-    env = {**stack.env, "REDIS_URL": url}
-    workers = [stack.start_worker(env), stack.start_worker(env)]
-    stack.workers.extend(workers)
+    stack.swap_workers({**stack.env, "REDIS_URL": url})
     try:
         use_broker(url)
         stack.wait_workers(timeout=60)
         ids = conn_ids(indexes)
-        stack.zywave.add_fault(API_PAGES, count=100000, delay_ms=400)
-        started = datetime.now(UTC)
-        queue_syncs(ids, full=True)
-        wait_until(
-            "runs to start",
-            lambda: m.SyncRun.objects.filter(
-                connection_id__in=ids, state="running", pages_done__gt=0
-            ).exists(),
-            timeout=30,
-        )
+        started = start_slowed_syncs(stack.zywave, ids, delay_ms=400)
         states_at_restart = dict.fromkeys(("queued", "running"), 0)
         for state in (
             m.SyncRun.objects.active().filter(connection_id__in=ids).values_list("state", flat=True)
@@ -1127,12 +1145,8 @@ def drill_redis_restart(stack: Stack, scale: Scale, indexes: list[int]) -> Resul
         keys_after = redis.Redis.from_url(url).dbsize()
     finally:
         stop_process(own)
-        for worker in workers:
-            worker.stop()
-            if worker in stack.workers:
-                stack.workers.remove(worker)
         use_broker(stack.redis_url)
-        stack.workers.extend([stack.start_worker(), stack.start_worker()])
+        stack.restore_workers()
     stack.wait_workers(timeout=60)
     mismatched = mirror_mismatches(stack, indexes)
     f = result.figures
@@ -1180,7 +1194,8 @@ def drill_postgres_restart(stack: Stack, scale: Scale, indexes: list[int]) -> Re
         f"the portal's PostgreSQL (a private cluster) stopped (fast shutdown) for "
         f"{down_for:.0f} s and started again while {len(indexes)} syncs run (pages slowed) "
         f"and {len(indexes)} people load the dashboard every 0.2 s",
-        "web and workers reconnect (CONN_HEALTH_CHECKS): no 5xx once it is back, no run lost",
+        "while down, pages answer 503 (try again shortly), not 500; web and workers reconnect "
+        "(CONN_HEALTH_CHECKS): no 5xx once it is back, no run lost",
     )
     wait_idle(None, timeout=60)
     stack.zywave.reset()
@@ -1201,16 +1216,7 @@ def drill_postgres_restart(stack: Stack, scale: Scale, indexes: list[int]) -> Re
     threads = [threading.Thread(target=browse, args=(b,), daemon=True) for b in browsers]
     for thread in threads:
         thread.start()
-    stack.zywave.add_fault(API_PAGES, count=100000, delay_ms=600)
-    started = datetime.now(UTC)
-    queue_syncs(ids, full=True)
-    wait_until(
-        "runs to start",
-        lambda: m.SyncRun.objects.filter(
-            connection_id__in=ids, state="running", pages_done__gt=0
-        ).exists(),
-        timeout=30,
-    )
+    started = start_slowed_syncs(stack.zywave, ids, delay_ms=600)
     running_at_stop = m.SyncRun.objects.filter(connection_id__in=ids, state="running").count()
     stopped_at = time.monotonic()
     stack.postgres.stop()
@@ -1260,15 +1266,212 @@ def drill_postgres_restart(stack: Stack, scale: Scale, indexes: list[int]) -> Re
     )
     result.checks = {
         "the outage was real": running_at_stop >= 1 and f["non_200_while_down"] >= 1,
+        "503 with Retry-After while down, never a 500": all(c in (200, 503) for c in during),
         "web recovers": len(after) >= 5 and f["server_errors_after"] == 0,
         "no run lost": lost == 0 and not mismatched and f["duplicates"] == 0,
     }
     result.measured = (
         f"{running_at_stop} runs running at the stop; down {f['seconds_down']} s; while down "
-        f"{f['non_200_while_down']}/{len(during)} dashboard loads failed; after: first 200 "
+        f"{f['non_200_while_down']}/{len(during)} dashboard loads failed "
+        f"({f['statuses_while_down']}); after: first 200 "
         f"{f['first_200_after_seconds']} s after PostgreSQL was back, 5xx "
         f"{f['server_errors_after']} of {len(after)}; syncs {succeeded}/{len(ids)} succeeded, "
         f"runs lost {lost}, duplicates {f['duplicates']}, mirrors exact: {not mismatched}"
+    )
+    return result
+
+
+def linked_here(stack: Stack, zywave: Sandbox, username: str, email: str) -> Any:
+    """A portal user connected to `zywave` (tokens from a real code flow, a chosen profile),
+    set up from this process, whose settings must point at that sandbox meanwhile."""
+    from django.contrib.auth.models import User
+    from django.utils import timezone
+
+    from integrations.profiles import choose_profile, refresh_profiles
+    from integrations.tokens import client_for
+
+    m = models()
+    user = User.objects.create(username=username)
+    tokens = zywave.obtain_tokens(
+        username=email,
+        password=PASSWORD,
+        client_id=CLIENT_ID,
+        client_secret=stack.env["ZYWAVE_CLIENT_SECRET"],
+        redirect_uri=f"{stack.portal}/oauth/complete/zywave/",
+    )
+    conn = m.Connection(user=user, zywave_subject=email, zywave_email=email)
+    conn.set_tokens(tokens)
+    conn.authorized_at = timezone.now()
+    conn.save()
+    refresh_profiles(conn, client_for(conn))
+    choose_profile(conn, client_for(conn), zywave.profiles(email)[0]["id"], actor=None)
+    return conn
+
+
+def drill_partition(stack: Stack, scale: Scale) -> Result:
+    """The network between the portal and Zywave goes away and comes back: the sandbox serves
+    from a network namespace joined by a veth pair, whose far end is taken down and up."""
+    from django.conf import settings
+    from django.contrib.auth.models import User
+
+    from integrations.tokens import RefreshFailed, access_token_for, refresh
+
+    m = models()
+    cut_refreshes: list[tuple[float, str]] = []
+    people = 2 if scale.name == "short" else 6
+    cut_for = 10.0 if scale.name == "short" else 20.0
+    connect = float(stack.env["ZYWAVE_CONNECT_TIMEOUT"])
+    result = Result(
+        "Network partition",
+        f"a sandbox of its own in a network namespace, reached over a veth pair; {people} "
+        f"connections syncing (pages slowed); the namespace's end of the pair taken down for "
+        f"{cut_for:.0f} s (packets dropped), then up; the tokens of half of them expire as "
+        "the link goes down",
+        "calls end in timeouts, then recovery: every sync completes, tokens lost 0, "
+        "connections wrongly marked for re-authorization 0, duplicates 0",
+    )
+    reason = can_partition()
+    if reason:
+        raise DrillError(reason)
+    wait_idle(None, timeout=60)
+    name = f"zpd{os.getpid() % 100000}"
+    net = 10 + os.getpid() % 200  # a /30 of its own, should two runs overlap
+    var_dir = stack.tmp / "sandbox-partitioned"
+    workers: list[Any] = []
+    ns_process = None
+    own_redis = None
+    direct = (settings.ZYWAVE_AUTH_URL, settings.ZYWAVE_API_URL)
+    with partition(name, inside=f"10.213.{net}.2", outside=f"10.213.{net}.1") as part:
+        try:
+            zywave, ns_process = start_sandbox(
+                var_dir, accounts=50, host=part.inside, wrap=part.command
+            )
+            seed_drill_users(var_dir, people, people, 250, 10)
+            zywave.register_client(
+                CLIENT_ID,
+                stack.env["ZYWAVE_CLIENT_SECRET"],
+                [f"{stack.portal}/oauth/complete/zywave/"],
+            )
+            settings.ZYWAVE_AUTH_URL = settings.ZYWAVE_API_URL = zywave.url
+            conns = [
+                linked_here(stack, zywave, f"part{i:03d}", stack.email(i))
+                for i in range(1, people + 1)
+            ]
+            ids = [c.pk for c in conns]
+            # Workers of its own on a Redis of its own: only this drill's tasks reach them.
+            port = free_port()
+            own_redis = redis_server(port, stack.tmp / "redis-partition")
+            broker = f"redis://127.0.0.1:{port}/0"
+            use_broker(broker)
+            workers = stack.swap_workers(
+                {
+                    **stack.env,
+                    "REDIS_URL": broker,
+                    "ZYWAVE_AUTH_URL": zywave.url,
+                    "ZYWAVE_API_URL": zywave.url,
+                }
+            )
+            stack.wait_workers(timeout=60)
+            started = start_slowed_syncs(zywave, ids, delay_ms=300)
+            part.cut()
+            cut_at = time.monotonic()
+            # Refreshes while cut, from here (the workers hold their tokens in memory).
+            expired = ids[: people // 2]
+            expire_tokens(expired)
+            for pk in expired:
+                began = time.monotonic()
+                try:
+                    refresh(m.Connection.objects.get(pk=pk))
+                    outcome = "refreshed"
+                except RefreshFailed as exc:
+                    outcome = str(exc)
+                cut_refreshes.append((round(time.monotonic() - began, 2), outcome))
+            time.sleep(max(0.0, cut_for - (time.monotonic() - cut_at)))
+            part.heal()
+            healed_at = time.monotonic()
+            # Recovery: until every connection has a successful sync, begun before or after
+            # the cut.
+            deadline = time.monotonic() + 150
+            done: set[int] = set()
+            while time.monotonic() < deadline:
+                done = set(
+                    m.SyncRun.objects.filter(
+                        connection_id__in=ids, state="succeeded", queued_at__gte=started
+                    ).values_list("connection_id", flat=True)
+                )
+                if len(done) == len(ids) and not active_runs(ids):
+                    break
+                # What beat does when their next sync is due: only these connections (the
+                # reconciler would send the stack's others to this Zywave).
+                idle = [pk for pk in ids if pk not in done and not active_runs([pk])]
+                if idle:
+                    queue_syncs(idle, full=True)
+                time.sleep(1.0)
+            recovered = time.monotonic() - healed_at
+            for pk in expired:  # the first use after the partition refreshes
+                access_token_for(m.Connection.objects.get(pk=pk))
+            refreshed_after = m.Connection.objects.filter(
+                pk__in=expired, access_token_expires_at__gt=datetime.now(UTC)
+            ).count()
+            runs = m.SyncRun.objects.filter(connection_id__in=ids, queued_at__gte=started)
+            ended = {s: runs.filter(state=s).count() for s in ("succeeded", "partial", "failed")}
+            wrongly = m.Connection.objects.filter(pk__in=ids).exclude(status="active").count()
+            tokens_lost = m.Connection.objects.filter(pk__in=ids, refresh_token="").count()
+            expected = 250
+            mismatched = [
+                f"part{k:03d}"
+                for k, pk in enumerate(ids, start=1)
+                if m.Account.objects.filter(connection_id=pk).count() != expected
+                or m.Contact.objects.filter(connection_id=pk).count() != expected
+            ]
+            logs = "".join(
+                (stack.logs / f"{w.name}.log").read_text(errors="replace") for w in workers
+            )
+        finally:
+            settings.ZYWAVE_AUTH_URL, settings.ZYWAVE_API_URL = direct
+            # Their Zywave goes away with the namespace: left connected, beat would keep
+            # syncing them into timeouts and hold up the workers of the drills after this one.
+            User.objects.filter(username__startswith="part").delete()
+            use_broker(stack.redis_url)
+            stack.restore_workers()
+            if own_redis is not None:
+                stop_process(own_redis)
+            if ns_process is not None:
+                stop_sandbox(ns_process)
+    stack.wait_workers(timeout=60)
+    f = result.figures
+    f.update(
+        connections=len(ids),
+        seconds_cut=round(healed_at - cut_at, 1),
+        sync_retries=dict(Counter(re.findall(r"waits [0-9.]+s after (\w+)", logs))),
+        refreshes_while_cut=cut_refreshes,
+        refreshed_after_heal=refreshed_after,
+        runs=ended,
+        recovered_seconds_after_heal=round(recovered, 1),
+        connections_synced=len(done),
+        wrongly_reauth=wrongly,
+        tokens_lost=tokens_lost,
+        duplicates=duplicates(),
+        mirror_mismatches=mismatched,
+    )
+    result.checks = {
+        "timeouts while cut": f["sync_retries"].get("ZywaveTimeout", 0) >= 1
+        and bool(cut_refreshes)
+        and all("timeout" in outcome and t < connect + 1.5 for t, outcome in cut_refreshes),
+        "recovery": len(done) == len(ids) and not mismatched,
+        "nothing lost": wrongly == 0
+        and tokens_lost == 0
+        and f["refreshed_after_heal"] == len(expired)
+        and f["duplicates"] == 0,
+    }
+    result.measured = (
+        f"cut {f['seconds_cut']} s: sync retries after {f['sync_retries']}; refreshes while "
+        f"cut {[t for t, _ in cut_refreshes]} s, all failed as timeouts: "
+        f"{result.checks['timeouts while cut']}; {f['refreshed_after_heal']}/{len(expired)} "
+        f"refreshed after; runs {ended}; every connection "
+        f"synced ({len(done)}/{len(ids)}, mirrors exact: {not mismatched}) "
+        f"{recovered:.1f} s after the link came back; wrongly re-authorization {wrongly}, "
+        f"tokens lost {tokens_lost}, duplicates {f['duplicates']}"
     )
     return result
 
@@ -1469,3 +1672,122 @@ def drill_soak(stack: Stack, scale: Scale, indexes: list[int]) -> tuple[Result, 
         f"max {pf['max']} s"
     )
     return soak, pages
+
+
+# --- Secrets after everything ------------------------------------------------------------------
+
+SECRET_RUN = re.compile(r"[A-Za-z0-9_\-.~+/=]+")
+
+
+def secret_hits(text: str, secrets: set[str]) -> int:
+    """How many times any of `secrets` occurs in `text`. Tokens are made of URL-safe, base64
+    and JWT characters: only runs of those are searched, window by window."""
+    lengths = sorted({len(secret) for secret in secrets})
+    found = 0
+    for run in SECRET_RUN.findall(text):
+        for length in lengths:
+            if length > len(run):
+                break
+            found += sum(run[i : i + length] in secrets for i in range(len(run) - length + 1))
+    return found
+
+
+def redis_dump(url: str) -> str:
+    """Every key and value of a Redis database as text, Celery's base64 message bodies
+    decoded (a token in a task's arguments would be there)."""
+    client = redis.Redis.from_url(url, socket_timeout=10)
+    values: list[Any] = []
+    for key in client.scan_iter(count=1000):
+        values.append(key)
+        kind = client.type(key)
+        if kind == b"string":
+            values.append(client.get(key) or b"")
+        elif kind == b"list":
+            values += client.lrange(key, 0, -1)
+        elif kind == b"hash":
+            values += [v for pair in client.hgetall(key).items() for v in pair]
+        elif kind in (b"set", b"zset"):
+            values += list(client.smembers(key) if kind == b"set" else client.zrange(key, 0, -1))
+    client.close()
+    chunks = []
+    for value in values:
+        text = value.decode(errors="replace") if isinstance(value, bytes) else str(value)
+        chunks.append(text)
+        with contextlib.suppress(ValueError, TypeError, AttributeError):
+            message = json.loads(text)
+            if message.get("properties", {}).get("body_encoding") == "base64":
+                chunks.append(base64.b64decode(message["body"]).decode(errors="replace"))
+    return "\n".join(chunks)
+
+
+def drill_secrets(stack: Stack, scale: Scale) -> Result:
+    """After every other drill: the portal's database dump, its Redis, every log and every
+    email searched for every token the sandboxes issued, every profile token and the client
+    secret."""
+    assert stack.postgres is not None
+    result = Result(
+        "Secrets after all drills",
+        "every token the sandboxes issued during the run (their journal), every profile token "
+        "and the client secret, searched for in a pg_dump of the portal's database, every key "
+        "and message in its Redis (Celery bodies decoded), every process log and every email",
+        "hits 0",
+    )
+    issued: set[str] = set()
+    journals = ""
+    for journal in stack.tmp.glob("sandbox*/issued-tokens.txt"):
+        journals += journal.read_text()
+        issued.update(line for line in journals.splitlines() if line)
+    profile_tokens: set[str] = set()
+    for database in stack.tmp.glob("sandbox*/sandbox.sqlite3"):
+        with contextlib.closing(sqlite3.connect(database)) as sandbox_db:
+            rows = sandbox_db.execute("SELECT token FROM zywave_profile").fetchall()
+        profile_tokens.update(token for (token,) in rows)
+    secrets = issued | profile_tokens | {stack.env["ZYWAVE_CLIENT_SECRET"]}
+    dump = subprocess.run(
+        [
+            str(stack.postgres.bindir / "pg_dump"),
+            "--data-only",
+            stack.postgres.url(stack.database),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    logs = {
+        path.name: path.read_text(errors="replace")
+        for path in stack.logs.glob("*.log")
+        if not path.name.startswith("sandbox")  # Zywave's own log, not the portal's
+    }
+    mails = [path.read_text(errors="replace") for path in (stack.tmp / "mail").glob("*")]
+    places = {
+        "database": secret_hits(dump, secrets),
+        "redis": secret_hits(redis_dump(stack.redis_url), secrets),
+        "logs": sum(secret_hits(text, secrets) for text in logs.values()),
+        "mail": sum(secret_hits(text, secrets) for text in mails),
+    }
+    f = result.figures
+    f.update(
+        # The search itself, on the journals: it must find every token there.
+        found_in_the_journals=secret_hits(journals, secrets),
+        tokens_issued=len(issued),
+        profile_tokens=len(profile_tokens),
+        database_dump_mb=round(len(dump) / 1e6, 1),
+        log_files=len(logs),
+        log_mb=round(sum(len(t) for t in logs.values()) / 1e6, 1),
+        emails=len(mails),
+        hits=places,
+    )
+    result.checks = {
+        "searched for real": len(issued) >= 2 * scale.flows
+        and f["found_in_the_journals"] >= len(issued)
+        and len(dump) > 0,
+        "hits 0": not any(places.values()),
+    }
+    result.measured = (
+        f"{len(issued)} issued tokens, {len(profile_tokens)} profile tokens and the client "
+        f"secret, in a {f['database_dump_mb']} MB database dump, Redis, {len(logs)} logs "
+        f"({f['log_mb']} MB) and {len(mails)} emails: hits {sum(places.values())} "
+        f"({', '.join(f'{k} {v}' for k, v in places.items())})"
+    )
+    return result

@@ -165,8 +165,8 @@ class Partition:
 
 
 @contextlib.contextmanager
-def partition(name: str) -> Iterator[Partition]:
-    part = Partition(name)
+def partition(name: str, inside: str, outside: str) -> Iterator[Partition]:
+    part = Partition(name, inside, outside)
     part.create()
     try:
         yield part

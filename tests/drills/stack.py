@@ -202,6 +202,25 @@ Contact.objects.bulk_create(contacts, batch_size=2000)
 print(len(users), len(accounts), len(contacts))
 """
 
+
+def seed_drill_users(var_dir: Path, users: int, big: int, big_size: int, small_size: int) -> str:
+    """SANDBOX_SETUP in the sandbox whose data is in `var_dir`; returns its counts."""
+    setup = subprocess.run(
+        [sys.executable, "-m", "sandbox", "shell", "-c", SANDBOX_SETUP],
+        cwd=REPO_ROOT,
+        env={
+            **sandbox_env(var_dir),
+            "DRILL_USERS": f"[{users}, {big}, {big_size}, {small_size}]",
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    if setup.returncode != 0:
+        raise DrillError(f"sandbox users: {setup.stdout}\n{setup.stderr}")
+    return setup.stdout.strip().splitlines()[-1]
+
+
 PORTAL_SETUP = """
 import json, os
 from django.contrib.auth.hashers import make_password
@@ -268,20 +287,8 @@ class Stack:
 
         self.say("seeding and starting the sandbox")
         self.sandbox, self.sandbox_process = start_sandbox(self.tmp / "sandbox", accounts=300)
-        setup = subprocess.run(
-            [sys.executable, "-m", "sandbox", "shell", "-c", SANDBOX_SETUP],
-            cwd=REPO_ROOT,
-            env={
-                **sandbox_env(self.tmp / "sandbox"),
-                "DRILL_USERS": f"[{self.users}, {self.big}, {self.sizes[0]}, {self.sizes[1]}]",
-            },
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        if setup.returncode != 0:
-            raise DrillError(f"sandbox users: {setup.stdout}\n{setup.stderr}")
-        self.say(f"sandbox users, accounts, contacts: {setup.stdout.strip()}")
+        seeded = seed_drill_users(self.tmp / "sandbox", self.users, self.big, *self.sizes)
+        self.say(f"sandbox users, accounts, contacts: {seeded}")
 
         web_port = free_port()
         self.portal = f"http://127.0.0.1:{web_port}"
@@ -369,6 +376,21 @@ class Stack:
         fresh = self.start_worker()
         self.workers.append(fresh)
         return fresh
+
+    def swap_workers(self, env: dict[str, str]) -> list[Group]:
+        """Stop the stack's workers (warm) and start two configured by `env` instead."""
+        for worker in list(self.workers):
+            worker.stop()
+            self.workers.remove(worker)
+        self.workers = [self.start_worker(env), self.start_worker(env)]
+        return list(self.workers)
+
+    def restore_workers(self) -> None:
+        """Stop whatever workers run now and start two with the stack's own settings."""
+        for worker in list(self.workers):
+            worker.stop()
+            self.workers.remove(worker)
+        self.workers = [self.start_worker(), self.start_worker()]
 
     def start_beat(self) -> Group:
         self.beat = Group(
