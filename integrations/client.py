@@ -8,6 +8,7 @@ exceptions that carry what the caller needs and never a secret.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -33,6 +34,8 @@ PROFILE = "/profiles/V2.0/Profile/{type_code}/{id}"
 CURRENT_PROFILE = "/profiles/V2.1/Profile/{type_code}/current"
 ACCOUNTS = "/accounts/v2.0/account"
 CONTACTS = "/accounts/v2.0/contact"
+
+log = logging.getLogger(__name__)
 
 # Zywave: `$top` defaults to 100; treat 100 as the maximum page (zywave-api.md §4).
 PAGE_SIZE = 100
@@ -242,13 +245,27 @@ class ZywaveClient:
         self, path: str, params: dict[str, Any] | None, headers: dict[str, str], token: str
     ) -> requests.Response:
         url = f"{settings.ZYWAVE_API_URL}{path}"
-        try:
+
+        def send() -> requests.Response:
             return session().get(
                 url,
                 params=params,
                 headers={**headers, "Authorization": f"Bearer {token}"},
                 timeout=self.timeout,
             )
+
+        try:
+            try:
+                return send()
+            except requests.ConnectionError as exc:
+                if isinstance(exc, requests.Timeout):
+                    raise
+                # Most often a keep-alive connection Zywave closed just as it was reused (the
+                # connect-burst drill met it under load). A GET may be sent again: once, at
+                # once, on a fresh connection. A timeout is not retried: it already cost its
+                # whole wait.
+                log.info("%s: connection lost (%s), asking once more", path, type(exc).__name__)
+                return send()
         except requests.Timeout:
             raise ZywaveTimeout(f"{path}: Zywave did not answer in time", path=path) from None
         except requests.RequestException as exc:

@@ -5,10 +5,19 @@ from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
 from integrations.urls import oauth_patterns
+from portal.forms import AdminLoginForm, LoginForm
 from portal.health import health
 
+admin.site.login_form = AdminLoginForm
+
 urlpatterns = [
-    path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
+    path(
+        "login/",
+        auth_views.LoginView.as_view(
+            authentication_form=LoginForm, redirect_authenticated_user=True
+        ),
+        name="login",
+    ),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("oauth/", include(oauth_patterns)),
     path("admin/", admin.site.urls),

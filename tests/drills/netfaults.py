@@ -46,11 +46,13 @@ def read_message(sock: socket.socket, buffered: bytes = b"") -> tuple[bytes, byt
 @dataclass
 class CuttingProxy:
     """A reverse proxy on 127.0.0.1 in front of the sandbox, passing everything through,
-    except the next `cuts` token requests: those it forwards, reads Zywave's whole answer, and
-    then resets the portal's connection without passing the answer on."""
+    except the next `cuts` requests starting with `cut_prefix` (token requests by default):
+    those it forwards, reads Zywave's whole answer, and then resets the portal's connection
+    without passing the answer on."""
 
     upstream: tuple[str, int]
     cuts: int = 0
+    cut_prefix: bytes = b"POST /connect/token "  # the start of the requests that are cut
     cut_statuses: list[int] = field(default_factory=list)  # what Zywave answered, unseen
     passed: int = 0
 
@@ -86,7 +88,7 @@ class CuttingProxy:
                 if answer is None:
                     return
                 with self.lock:
-                    cut = message.startswith(b"POST /connect/token ") and self.cuts > 0
+                    cut = message.startswith(self.cut_prefix) and self.cuts > 0
                     if cut:
                         self.cuts -= 1
                         self.cut_statuses.append(int(answer[0].split(b" ", 2)[1]))

@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -18,12 +19,13 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from integrations.client import PAGE_SIZE, PREFETCH_PAGES, ZywaveClient
+from integrations.client import PAGE_SIZE, PREFETCH_PAGES, ZywaveClient, ZywaveTimeout
 from integrations.models import Account, Connection, Contact, SyncRun
 from integrations.profiles import choose_profile, refresh_profiles
 from integrations.sync import claim, queue_run, run_sync, sync_now
 from integrations.tasks import sync_due_connections
 from integrations.tokens import client_for
+from tests.drills.netfaults import CuttingProxy
 from tests.integrations.flows import inject_fault
 from tests.integrations.workers import Worker, use_test_broker, wait_for
 from tests.sandboxserver import Sandbox
@@ -215,6 +217,34 @@ def test_a_record_with_an_integer_beyond_64_bits_is_mirrored_whole(
     assert result.state == SyncRun.State.SUCCEEDED
     account = Account.objects.get(connection=conn, zywave_id="A-BIG")
     assert account.name == "Big" and account.raw["policyCount"] == big
+
+
+@pytest.mark.parametrize("cuts", [1, 2])
+def test_a_get_whose_connection_drops_is_asked_once_more_and_only_once(
+    staff: User, zywave: Sandbox, settings: Any, cuts: int
+) -> None:
+    """A proxy resets the connection after Zywave answered (what a keep-alive connection
+    closed as it is reused looks like): the GET is sent again once, on a new connection."""
+    conn = linked(staff, zywave)
+    upstream = urlsplit(zywave.url)
+    proxy = CuttingProxy(
+        (upstream.hostname or "127.0.0.1", upstream.port or 80),
+        cuts=cuts,
+        cut_prefix=b"GET /profiles/",
+    )
+    settings.ZYWAVE_API_URL = proxy.url
+    try:
+        profiles = client_for(conn).profiles("B")
+        outcome = f"{len(profiles)} profiles"
+    except ZywaveTimeout as exc:
+        outcome = str(exc)
+    finally:
+        proxy.close()
+    assert proxy.cut_statuses == [200] * cuts  # Zywave answered; the answers were lost
+    if cuts == 1:
+        assert outcome == f"{len(zywave.profiles())} profiles" and proxy.passed == 1
+    else:
+        assert "could not be reached (ConnectionError)" in outcome and proxy.passed == 0
 
 
 def test_rate_limits_and_a_503_burst_are_waited_out(staff: User, zywave: Sandbox) -> None:

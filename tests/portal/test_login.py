@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
@@ -48,3 +49,20 @@ def test_the_login_page_is_styled_and_has_labels(client: Client, db: None) -> No
     page = client.get("/login/").content.decode()
     assert '<label for="id_username">' in page
     assert "/static/portal.css" in page
+
+
+@pytest.mark.parametrize("path", ["/login/", "/admin/login/"])
+def test_an_overlong_username_is_refused_by_the_form_before_authentication(
+    client: Client, staff: User, path: str
+) -> None:
+    """No account has a username over 150 characters; django-axes would record it in a
+    varchar(255), which PostgreSQL refuses (a 500 the scanner drill found)."""
+    from axes.models import AccessAttempt
+
+    response = client.post(path, {"username": "a" * 300, "password": "x"})
+    assert response.status_code == 200
+    assert b"at most 150 characters" in response.content
+    assert not AccessAttempt.objects.exists()  # authentication was never tried
+    wrong = client.post(path, {"username": "dana", "password": "wrong"})
+    assert wrong.status_code == 200
+    assert AccessAttempt.objects.filter(username="dana").exists()  # normal failures still count
