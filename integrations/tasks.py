@@ -113,7 +113,10 @@ def sync_due_connections() -> dict[str, int]:
             queued += 1
     stale = SyncRun.objects.active().filter(
         Q(lease_until__lt=now)
-        | Q(lease_until__isnull=True, queued_at__lt=now - timedelta(minutes=5))
+        | Q(
+            lease_until__isnull=True,
+            queued_at__lt=now - timedelta(seconds=settings.ZYWAVE_SYNC_REQUEUE_SECONDS),
+        )
     )
     resumed = 0
     for pk in stale.values_list("connection_id", flat=True):

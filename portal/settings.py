@@ -320,6 +320,9 @@ ZYWAVE_PROFILE_HEADER = env.get_choice("ZYWAVE_PROFILE_HEADER", "token", ("token
 ZYWAVE_SYNC_INTERVAL_MINUTES = env.get_int("ZYWAVE_SYNC_INTERVAL_MINUTES", 15, minimum=1)
 ZYWAVE_FULL_SYNC_HOURS = env.get_int("ZYWAVE_FULL_SYNC_HOURS", 24, minimum=1)
 ZYWAVE_SYNC_LEASE_SECONDS = env.get_int("ZYWAVE_SYNC_LEASE_SECONDS", 120, minimum=5)
+# A queued run no worker has started after this long is sent again: its message may have died
+# with a worker killed outright (Redis gives unacknowledged messages back only after hours).
+ZYWAVE_SYNC_REQUEUE_SECONDS = env.get_int("ZYWAVE_SYNC_REQUEUE_SECONDS", 300, minimum=5)
 ZYWAVE_SYNC_OVERLAP_SECONDS = env.get_int("ZYWAVE_SYNC_OVERLAP_SECONDS", 300)
 ZYWAVE_SYNC_MAX_RETRIES = env.get_int("ZYWAVE_SYNC_MAX_RETRIES", 6)
 ZYWAVE_SYNC_MAX_WAIT_SECONDS = env.get_int("ZYWAVE_SYNC_MAX_WAIT_SECONDS", 120, minimum=1)

@@ -57,6 +57,7 @@ PASSWORD = "sandbox"  # the sandbox users' password (the sandbox's own demo pass
 # Settings for the drills: short leases and timeouts so that faults resolve in seconds.
 DRILL_SETTINGS = {
     "ZYWAVE_SYNC_LEASE_SECONDS": "5",
+    "ZYWAVE_SYNC_REQUEUE_SECONDS": "20",
     "ZYWAVE_SYNC_BACKOFF_SECONDS": "1",
     "ZYWAVE_SYNC_MAX_RETRIES": "6",
     "ZYWAVE_SYNC_MAX_WAIT_SECONDS": "30",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -426,6 +427,23 @@ def test_sync_now_twice_and_beat_at_once_give_one_run(
     assert list(SyncRun.objects.values_list("state", flat=True)) == ["succeeded"]
     expected = sandbox_counts(zywave, conn)
     assert Account.objects.filter(connection=conn).count() == expected["accounts"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_queued_run_whose_message_was_lost_is_sent_again(
+    staff: User, zywave: Sandbox, worker: Worker, settings: Any
+) -> None:
+    """A worker killed outright takes the messages it had reserved with it (Redis gives them
+    back only after its visibility timeout, hours): the reconciler sends such a run again."""
+    conn = linked(staff, zywave)
+    SyncRun.objects.all().delete()
+    run = queue_run(conn, trigger="test")  # queued, its message never sent: as if lost
+    assert run is not None
+    settings.ZYWAVE_SYNC_REQUEUE_SECONDS = 60
+    assert sync_due_connections() == {"queued": 0, "resumed": 0}  # young: it may be on its way
+    SyncRun.objects.filter(pk=run.pk).update(queued_at=timezone.now() - timedelta(seconds=61))
+    assert sync_due_connections() == {"queued": 0, "resumed": 1}
+    wait_for(lambda: SyncRun.objects.get(pk=run.pk).state == "succeeded", what="the run")
 
 
 @pytest.mark.django_db(transaction=True)
