@@ -29,8 +29,7 @@ def _text(record: dict[str, Any], *keys: str) -> str:
     for key in keys:
         value = record.get(key)
         if value not in (None, ""):
-            # PostgreSQL text cannot hold NUL: a NUL from Zywave would fail the whole listing.
-            return str(value).replace("\x00", "")[:255]
+            return str(value)[:255]  # NUL never gets here: the client replaces it on reading
     return ""
 
 
