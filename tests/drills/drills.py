@@ -1740,7 +1740,7 @@ def drill_secrets(stack: Stack, scale: Scale) -> Result:
     journals = ""
     for journal in stack.tmp.glob("sandbox*/issued-tokens.txt"):
         journals += journal.read_text()
-        issued.update(line for line in journals.splitlines() if line)
+    issued.update(line for line in journals.splitlines() if line)
     profile_tokens: set[str] = set()
     for database in stack.tmp.glob("sandbox*/sandbox.sqlite3"):
         with contextlib.closing(sqlite3.connect(database)) as sandbox_db:

@@ -474,14 +474,8 @@ def redis_server(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     return process
 
 
-def stop_process(process: subprocess.Popen[Any]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+# Terminate, wait, kill: the same for any child process as for the sandbox.
+stop_process = stop_sandbox
 
 
 class Postgres:
