@@ -6,7 +6,7 @@ PORTAL_URL ?= http://127.0.0.1:8000
 SANDBOX_BIND ?= 127.0.0.1:8001
 SANDBOX_ACCOUNTS ?= 10000
 
-.PHONY: run test smoke lint types bench sandbox migrate demo clean browser drills
+.PHONY: run test check deps services smoke lint types bench sandbox migrate demo clean browser drills
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,10 +48,32 @@ types: $(VENV)/.dev
 	$(BIN)/mypy .
 	$(BIN)/mypy --config-file sandbox/mypy.ini sandbox tests/sandboxserver.py
 
-test: lint types smoke browser
-	$(BIN)/pytest
+# The full suite, what CI runs: everything below, on whatever PostgreSQL and Redis it finds.
+# tests/services.py gives the run PostgreSQL and a Redis database of its own wherever it runs
+# (the servers on 127.0.0.1 when they answer, else private ones), so no code path is skipped.
+test: deps lint types
+	$(BIN)/python -m tests.services -- $(BIN)/python tests/smoke/run_smoke.py
+	$(BIN)/python -m tests.services -- $(BIN)/pytest
 
-# Browser tests need Debian's Chromium (no browser download is possible here) and axe-core.
+# The fast edit-test loop: lint, types and the tests not marked slow, on SQLite (no browser,
+# no smoke run, no drills, never apt or npm). Use `make test` before you push.
+check: lint types
+	env -u DATABASE_URL $(BIN)/pytest -m "not slow" -q
+
+# What `make test` needs beyond the venv, installed when missing: Debian's Chromium (no browser
+# download is possible here) and axe-core for the browser tests.
+deps: $(VENV)/.dev browser services
+
+# PostgreSQL and Redis servers for tests/services.py to start privately when none answers on
+# 127.0.0.1 (a policy-rc.d keeps Debian from starting the packaged daemons).
+services:
+	@if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v redis-server >/dev/null; then \
+		if [ "$$(id -u)" = 0 ]; then \
+			printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql redis-server; \
+			rm -f /usr/sbin/policy-rc.d; \
+		else echo "Install PostgreSQL and Redis first: sudo apt-get install postgresql redis-server"; exit 1; fi; fi
+
 browser: tests/e2e/node_modules/axe-core/axe.min.js
 	@command -v chromium >/dev/null || { \
 		if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
@@ -64,7 +86,7 @@ tests/e2e/node_modules/axe-core/axe.min.js: tests/e2e/package.json tests/e2e/pac
 # Production-like run without Docker: gunicorn, worker and beat with DEBUG off against
 # PostgreSQL and Redis (DB 14) on 127.0.0.1, plus the sandbox; connects and syncs one user.
 smoke: $(VENV)/.dev
-	$(BIN)/python tests/smoke/run_smoke.py
+	$(BIN)/python -m tests.services -- $(BIN)/python tests/smoke/run_smoke.py
 
 # Reliability drills against real processes (gunicorn, two workers, beat, PostgreSQL database
 # portal_drills, Redis DB 13, the sandbox with faults): writes docs/reliability.md.

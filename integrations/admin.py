@@ -11,32 +11,39 @@ change permission.
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from datetime import datetime, timedelta
+from collections.abc import Callable, Iterable
 from typing import Any, cast
 
 from django.contrib import admin, messages
-from django.contrib.admin import helpers
-from django.contrib.admin.options import IncorrectLookupParameters
 from django.contrib.admin.utils import flatten_fieldsets
-from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import Http404, HttpRequest, StreamingHttpResponse
+from django.http import HttpRequest
 from django.http.response import HttpResponseBase
-from django.shortcuts import redirect
 from django.template.response import TemplateResponse
-from django.urls import URLPattern, path, reverse
+from django.urls import URLPattern, path
 from django.utils import timezone
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 from social_django.models import Association, Nonce, UserSocialAuth
 
+from . import admin_views
+from .admin_views import (
+    EMPTY,
+    change_url,
+    changelist_url,
+    duration,
+    event_summary,
+    health_label,
+    last_refresh_text,
+    last_sync_text,
+    profile_text,
+    when,
+)
 from .models import (
+    DEADLINE_NOTICE,
     Account,
     Connection,
     ConnectionEvent,
@@ -44,11 +51,10 @@ from .models import (
     Contact,
     SyncRun,
 )
-from .notify import send
-from .sync import can_sync, queue_run
+from .notify import send_reconnect_reminder
+from .sync import queue_run
 from .tasks import refresh_connection, sync_connection
-from .tokens import ReauthRequired, RefreshFailed, refresh
-from .tokens import disconnect as disconnect_and_revoke
+from .tokens import ReauthRequired, RefreshFailed, refresh, revoke_and_disconnect
 
 log = logging.getLogger(__name__)
 
@@ -61,82 +67,6 @@ INLINE_REFRESH_LIMIT = 20
 # Events and runs shown on a connection's page; the full history is one link away.
 HISTORY_ROWS = 50
 RUN_ROWS = 20
-DEADLINE_NOTICE = timedelta(days=7)
-EMPTY = "–"
-
-
-def when(value: datetime | None) -> str:
-    """Dates as 2026-11-28 14:05 (local time): short enough for a list with many of them."""
-    return timezone.localtime(value).strftime("%Y-%m-%d %H:%M") if value else EMPTY
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return EMPTY
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    minutes, seconds = divmod(seconds, 60)
-    if minutes < 60:
-        return f"{minutes}m {seconds:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m"
-
-
-def change_url(obj_or_model: Any, pk: Any) -> str:
-    meta = obj_or_model._meta
-    return reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[pk])
-
-
-def changelist_url(model: Any, **params: Any) -> str:
-    meta = model._meta
-    url = reverse(f"admin:{meta.app_label}_{meta.model_name}_changelist")
-    return url + ("?" + "&".join(f"{k}={v}" for k, v in params.items()) if params else "")
-
-
-# --- What each column says, shared by the list, the page and the CSV ----------------------
-
-
-def health_label(connection: Connection) -> str:
-    return str(Connection.Health(connection.health).label)  # type: ignore[attr-defined]
-
-
-def last_sync_duration(connection: Any) -> float | None:
-    started, finished = connection.last_sync_started_at, connection.last_sync_finished_at
-    return (finished - started).total_seconds() if started and finished else None
-
-
-def last_refresh_text(connection: Connection) -> str:
-    if connection.last_error:
-        kind = "grant ended" if connection.last_error_permanent else "failing"
-        return f"{kind} {when(connection.last_error_at)}: {connection.last_error}"
-    if connection.last_refreshed_at:
-        return f"ok {when(connection.last_refreshed_at)}"
-    return "never refreshed"
-
-
-def last_sync_text(connection: Any) -> str:
-    if connection.last_sync_id is None:
-        return "never synced"
-    at = (
-        connection.last_sync_finished_at
-        or connection.last_sync_started_at
-        or connection.last_sync_queued_at
-    )
-    text = f"{SyncRun.State(connection.last_sync_state).label} {when(at)}"
-    text += f", {connection.last_sync_records} records"
-    if (seconds := last_sync_duration(connection)) is not None:
-        text += f" in {duration(seconds)}"
-    if connection.last_sync_error:
-        text += f": {connection.last_sync_error}"
-    return text
-
-
-def profile_text(connection: Connection) -> str:
-    profile = connection.chosen_profile
-    if profile is None:
-        return EMPTY
-    return f"{profile.name or profile.zywave_id} ({profile.type_code} {profile.zywave_id})"
 
 
 # --- Filters ---------------------------------------------------------------------------------
@@ -456,17 +386,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
         ]
 
     def act_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
-        """An action on one connection, from its page; back to the page afterwards."""
-        if not self.has_act_permission(request):
-            raise PermissionDenied
-        action = self.get_actions(request).get(request.POST.get("action", ""))
-        if action is None:
-            raise PermissionDenied
-        queryset = self.get_queryset(request).filter(pk=object_id)
-        if not queryset.exists():
-            raise Http404
-        response = cast(HttpResponseBase | None, action[0](self, request, queryset))
-        return response or redirect(change_url(Connection, object_id))
+        return admin_views.act_on_connection(self, request, object_id)
 
     # --- Actions -------------------------------------------------------------------------
 
@@ -474,11 +394,6 @@ class ConnectionAdmin(ReadOnlyAdmin):
         """Whole rows (tokens included) for an action to work on, in a stable order."""
         ids = queryset.values("pk")
         return list(Connection.objects.filter(pk__in=ids).select_related("user").order_by("pk"))
-
-    def _report(self, request: HttpRequest, what: str, outcomes: Counter[str]) -> None:
-        level = messages.SUCCESS if set(outcomes) <= GOOD_OUTCOMES else messages.WARNING
-        parts = "; ".join(f"{n} {OUTCOMES[outcome]}" for outcome, n in sorted(outcomes.items()))
-        self.message_user(request, f"{what}: {parts}." if parts else f"{what}: nothing.", level)
 
     def _guarded(self, connection: Connection, work: Callable[..., str], *args: Any) -> str:
         """Run one connection's part of an action. An unexpected failure of one connection
@@ -514,7 +429,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
                 ConnectionEvent.Kind.REFRESH_REQUESTED, actor=request.user, result=result
             )
             outcomes[result] += 1
-        self._report(request, "Token refresh", outcomes)
+        admin_views.report(self, request, "Token refresh", outcomes)
 
     def _refresh(self, connection: Connection) -> str:
         if connection.status != Connection.Status.ACTIVE:
@@ -540,7 +455,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
     def _queue_syncs(self, request: HttpRequest, queryset: QuerySet[Any], full: bool) -> None:
         outcomes: Counter[str] = Counter()
         for connection in self._each(queryset):
-            if not can_sync(connection):
+            if not connection.can_sync:
                 result = "cannot_sync"
             elif queue_run(connection, full=full, trigger="admin") is None:
                 result = "already_queued"  # queue_run made a waiting run full if asked
@@ -551,22 +466,22 @@ class ConnectionAdmin(ReadOnlyAdmin):
                 ConnectionEvent.Kind.SYNC_REQUESTED, actor=request.user, full=full, result=result
             )
             outcomes[result] += 1
-        self._report(request, "Full resync" if full else "Sync", outcomes)
+        admin_views.report(self, request, "Full resync" if full else "Sync", outcomes)
 
     @admin.action(description="Send a reconnect reminder email", permissions=["act"])
     def send_reconnect_reminder(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
         outcomes: Counter[str] = Counter()
         for connection in self._each(queryset):
-            address = connection.user.email or connection.zywave_email
+            address = connection.owner_email
             if not address:
                 result = "no_address"
-            elif send(address, "reconnect_reminder", {"connection": connection}):
+            elif send_reconnect_reminder(address, connection):
                 result = "sent"
             else:
                 result = "send_failed"
             connection.record(ConnectionEvent.Kind.REMINDER_SENT, actor=request.user, result=result)
             outcomes[result] += 1
-        self._report(request, "Reconnect reminder", outcomes)
+        admin_views.report(self, request, "Reconnect reminder", outcomes)
 
     @admin.action(description="Disconnect (revoke at Zywave, delete tokens)…", permissions=["act"])
     def disconnect_selected(
@@ -574,7 +489,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
     ) -> TemplateResponse | None:
         connections = self._each(queryset)
         if request.POST.get("post") != "yes":
-            return self._confirm_disconnect(request, connections)
+            return admin_views.confirm_disconnect(self, request, connections)
         outcomes: Counter[str] = Counter()
         for connection in connections:
             if not connection.is_connected:
@@ -583,108 +498,15 @@ class ConnectionAdmin(ReadOnlyAdmin):
             outcomes[
                 self._guarded(connection, lambda c=connection: self._disconnect(c, request))
             ] += 1  # type: ignore[misc]
-        self._report(request, "Disconnect", outcomes)
+        admin_views.report(self, request, "Disconnect", outcomes)
         return None
 
     def _disconnect(self, connection: Connection, request: HttpRequest) -> str:
-        revoked, _reason = disconnect_and_revoke(connection, actor=request.user)
+        revoked, _reason = revoke_and_disconnect(connection, actor=request.user)
         return "revoked" if revoked else "not_revoked"
 
-    def _confirm_disconnect(
-        self, request: HttpRequest, connections: list[Connection]
-    ) -> TemplateResponse:
-        request.current_app = self.admin_site.name
-        context = {
-            **self.admin_site.each_context(request),
-            "title": "Disconnect Zywave?",
-            "subtitle": None,
-            "opts": self.model._meta,
-            "media": self.media,
-            "connections": connections,
-            "connected": [c for c in connections if c.is_connected],
-            "action_checkbox_name": helpers.ACTION_CHECKBOX_NAME,
-        }
-        return TemplateResponse(
-            request, "admin/integrations/connection/disconnect_confirmation.html", context
-        )
-
-    # --- CSV export ------------------------------------------------------------------------
-
     def export_view(self, request: HttpRequest) -> HttpResponseBase:
-        """The list as CSV, with the list's current filters, search and order."""
-        if not self.has_view_permission(request):
-            raise PermissionDenied
-        try:
-            changelist = self.get_changelist_instance(request)
-        except IncorrectLookupParameters:
-            return redirect(changelist_url(Connection))
-        rows = changelist.queryset.iterator(chunk_size=500)
-        stamp = timezone.localtime().strftime("%Y%m%d-%H%M")
-        response = StreamingHttpResponse(csv_lines(rows), content_type="text/csv; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="zywave-connections-{stamp}.csv"'
-        return response
-
-
-CSV_COLUMNS: list[tuple[str, Callable[[Any], Any]]] = [
-    ("portal user", lambda c: c.user.get_username()),
-    ("portal email", lambda c: c.user.email),
-    ("Zywave email", lambda c: c.zywave_email),
-    ("Zywave subject", lambda c: c.zywave_subject),
-    ("status", health_label),
-    ("chosen profile", profile_text),
-    ("granted scopes", lambda c: c.granted_scopes),
-    ("access token expires", lambda c: c.access_token_expires_at),
-    ("30-day deadline", lambda c: c.refresh_deadline),
-    ("last refreshed", lambda c: c.last_refreshed_at),
-    ("last refresh error", lambda c: c.last_error),
-    ("last sync state", lambda c: c.last_sync_state),
-    ("last sync queued", lambda c: c.last_sync_queued_at),
-    ("last sync finished", lambda c: c.last_sync_finished_at),
-    ("last sync records", lambda c: c.last_sync_records),
-    ("last sync seconds", last_sync_duration),
-    ("last sync error", lambda c: c.last_sync_error),
-]
-
-
-class _Echo:
-    def write(self, value: str) -> str:
-        return value
-
-
-def csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, datetime):
-        return value.isoformat()
-    text = str(value)
-    # Names come from Zywave: a leading =, +, - or @ would run as a formula in a spreadsheet.
-    return "'" + text if text[:1] in ("=", "+", "-", "@", "\t", "\r") else text
-
-
-def csv_lines(rows: Iterable[Any]) -> Iterator[str]:
-    writer = csv.writer(_Echo())
-    yield writer.writerow([name for name, _ in CSV_COLUMNS])
-    for row in rows:
-        yield writer.writerow([csv_cell(column(row)) for _, column in CSV_COLUMNS])
-
-
-OUTCOMES = {
-    "refreshed": "refreshed",
-    "reauth_required": "need re-authorization (Zywave ended the grant)",
-    "refresh_failed": "failed for now (tokens kept; try again later)",
-    "not_active": "skipped (not active)",
-    "queued": "queued",
-    "already_queued": "already had a sync queued or running",
-    "cannot_sync": "skipped (not active, or no profile chosen)",
-    "sent": "sent",
-    "no_address": "skipped (no email address)",
-    "send_failed": "could not be sent",
-    "revoked": "disconnected and revoked at Zywave",
-    "not_revoked": "disconnected here, but Zywave did not confirm the revocation",
-    "already_disconnected": "already disconnected",
-    "error": "failed unexpectedly (see the log)",
-}
-GOOD_OUTCOMES = {"refreshed", "queued", "already_queued", "sent", "revoked"}
+        return admin_views.export_connections(self, request)
 
 
 class SyncRunAdmin(OwnedByConnection):
@@ -729,12 +551,6 @@ class ConnectionEventAdmin(ReadOnlyAdmin):
     @admin.display(description="detail")
     def summary(self, obj: ConnectionEvent) -> str:
         return event_summary(obj.detail)
-
-
-def event_summary(detail: Any) -> str:
-    if not isinstance(detail, dict):
-        return json.dumps(detail)
-    return ", ".join(f"{key}: {value}" for key, value in detail.items())
 
 
 class AccountAdmin(OwnedByConnection):

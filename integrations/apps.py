@@ -8,10 +8,10 @@ class IntegrationsConfig(AppConfig):
     verbose_name = "Zywave"
 
     def ready(self) -> None:
+        from django.core.checks import Tags, register
         from django.db.models.signals import post_migrate
 
-        from portal import checks  # noqa: F401  (registers the system checks)
+        from . import checks
 
-        from . import fields
-
-        post_migrate.connect(fields.ensure_canary, sender=self)
+        register(checks.encryption_key_decrypts_canary, Tags.security)
+        post_migrate.connect(checks.ensure_canary, sender=self)

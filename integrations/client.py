@@ -28,7 +28,7 @@ from requests.adapters import HTTPAdapter
 if TYPE_CHECKING:
     from .models import Connection
 
-# Route templates in one place: the list and search routes are not public (zywave-api.md §4).
+# Route templates in one place: the list and search routes are not public (docs/zywave.md §4).
 PROFILES = "/profiles/V2.0/Profile/{type_code}"
 PROFILE = "/profiles/V2.0/Profile/{type_code}/{id}"
 CURRENT_PROFILE = "/profiles/V2.1/Profile/{type_code}/current"
@@ -37,7 +37,7 @@ CONTACTS = "/accounts/v2.0/contact"
 
 log = logging.getLogger(__name__)
 
-# Zywave: `$top` defaults to 100; treat 100 as the maximum page (zywave-api.md §4).
+# Zywave: `$top` defaults to 100; treat 100 as the maximum page (docs/zywave.md §4).
 PAGE_SIZE = 100
 # Pages in flight while one is written (`ZywaveClient.pages`).
 PREFETCH_PAGES = 2
@@ -158,7 +158,7 @@ def _storable(value: Any) -> Any:
 
 
 def lower_keys(record: Any) -> dict[str, Any]:
-    """Zywave's keys may be PascalCase or camelCase (zywave-api.md §3): read them in any case."""
+    """Zywave's keys may be PascalCase or camelCase (docs/zywave.md §3): read them in any case."""
     if not isinstance(record, dict):
         raise MalformedResponse(f"expected a JSON object, got {type(record).__name__}")
     return {str(key).lower(): value for key, value in record.items()}
@@ -173,7 +173,7 @@ class Page:
 
 
 def parse_envelope(body: Any, path: str = "") -> tuple[list[Any], int | None, bool | None]:
-    """The list envelope in any of its shapes (zywave-api.md §4, not public):
+    """The list envelope in any of its shapes (docs/zywave.md §4, not public):
     `{"items", "totalCount", "hasMoreResults"}`, OData's `{"value": [...]}`, or a bare array.
     """
     if isinstance(body, list):
@@ -212,7 +212,9 @@ class ZywaveClient:
         """GET a JSON document. On a 401 it refreshes the token once and retries once."""
         headers = self._headers(path, v2)
         token = self.token(self.connection)
-        return self._finish(self._send(path, params, headers, token), path, params, headers, token)
+        return self._answer_after_retries(
+            self._send(path, params, headers, token), path, params, headers, token
+        )
 
     def _headers(self, path: str, v2: bool) -> dict[str, str]:
         if not v2:
@@ -221,7 +223,7 @@ class ZywaveClient:
             raise NoProfileChosen("choose a Zywave profile first", path=path)
         return {"Profile": self.profile_header}
 
-    def _finish(
+    def _answer_after_retries(
         self,
         response: requests.Response,
         path: str,
@@ -311,7 +313,7 @@ class ZywaveClient:
             ) from None
         return _storable(body) if UNSTORABLE.search(response.content) else body
 
-    # --- Profiles (zywave-api.md §3) ------------------------------------------------------
+    # --- Profiles (docs/zywave.md §3) ------------------------------------------------------
 
     def profiles(self, type_code: str) -> list[dict[str, Any]]:
         """The connection's profiles of a type. Asked without a Profile header: it is the
@@ -327,7 +329,7 @@ class ZywaveClient:
     def current_profile(self, type_code: str) -> dict[str, Any]:
         return lower_keys(self.get(CURRENT_PROFILE.format(type_code=type_code), v2=False))
 
-    # --- Lists with OData paging (zywave-api.md §4) -----------------------------------------
+    # --- Lists with OData paging (docs/zywave.md §4) -----------------------------------------
 
     def pages(
         self,
@@ -365,7 +367,7 @@ class ZywaveClient:
             ask()
             while True:
                 params, token, sent = pending.popleft()
-                body = self._finish(sent.result(), path, params, headers, token)
+                body = self._answer_after_retries(sent.result(), path, params, headers, token)
                 items, total, has_more = parse_envelope(body, path)
                 if not all(isinstance(item, dict) for item in items):
                     raise MalformedResponse(f"{path}: a list item is not a JSON object", path=path)

@@ -1,4 +1,4 @@
-"""Encrypted model fields that fail closed, and the key canary.
+"""Encrypted model fields that fail closed (the key canary is in `checks.py`).
 
 django-encrypted-model-fields 0.6.5 has two silent failures that we close here:
 
@@ -21,12 +21,9 @@ import hashlib
 from typing import Any
 
 import encrypted_model_fields.fields as emf
-from cryptography.fernet import Fernet, InvalidToken
-from django.conf import settings
+from cryptography.fernet import InvalidToken
 from django.db.models import Case, TextField, Value
 from django.db.models.functions import Cast
-
-CANARY_PLAINTEXT = "zywave-portal-canary"
 
 
 class DecryptionError(Exception):
@@ -90,44 +87,3 @@ class EncryptedTextField(emf.EncryptedTextField, TextField):  # type: ignore[mis
         if value is None:
             return None
         return encrypt(str(value))
-
-
-def ensure_canary(**kwargs: Any) -> None:
-    """Write the canary once, so a later start with a wrong key is caught by a system check."""
-    from .models import EncryptionCanary
-
-    if not EncryptionCanary.objects.exists():
-        EncryptionCanary.objects.create(
-            value=CANARY_PLAINTEXT,
-            key_fingerprint=key_fingerprint(settings.FIELD_ENCRYPTION_KEY[0]),
-        )
-
-
-def check_canary() -> str | None:
-    """None when the configured keys decrypt the canary, otherwise what is wrong."""
-    from django.db import connection
-
-    from .models import EncryptionCanary
-
-    table = EncryptionCanary._meta.db_table
-    if table not in connection.introspection.table_names():
-        return None  # not migrated yet: nothing encrypted to protect
-    row = EncryptionCanary.objects.values_list("key_fingerprint", flat=True).first()
-    if row is None:
-        return None
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT value FROM {table} ORDER BY id LIMIT 1")  # noqa: S608
-        (ciphertext,) = cursor.fetchone()
-    configured = [key_fingerprint(key) for key in settings.FIELD_ENCRYPTION_KEY]
-    for key in settings.FIELD_ENCRYPTION_KEY:
-        try:
-            if Fernet(key).decrypt(ciphertext.encode()).decode() == CANARY_PLAINTEXT:
-                return None
-        except InvalidToken:
-            continue
-    return (
-        "FIELD_ENCRYPTION_KEY cannot decrypt the data stored in this database: it was "
-        f"encrypted with the key whose fingerprint is {row}, and the configured keys have "
-        f"fingerprints {', '.join(configured)}. Restore the right key (or add it after the new "
-        "one and run `manage.py rotate_encryption_key`)."
-    )

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from functools import partial
 from typing import Any
 
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Case, OuterRef, Q, Subquery, Value, When
+from django.db.models import Case, Max, OuterRef, Q, Subquery, Value, When
 from django.utils import timezone
 
+from . import notify
 from .fields import EncryptedTextField, token_fingerprint
 
 # Zywave: "refresh tokens are valid for 30 days", most likely counted from the user's login
-# and not extended by refreshing (zywave-api.md §1).
+# and not extended by refreshing (docs/zywave.md §1).
 REFRESH_LIFETIME = timedelta(days=30)
+# Owners are warned this long before that deadline (email, dashboard, admin filter and overview).
+DEADLINE_NOTICE = timedelta(days=7)
 
 
 class ConnectionQuerySet(models.QuerySet):
@@ -28,11 +30,25 @@ class ConnectionQuerySet(models.QuerySet):
             refresh_token__isnull=False, access_token_expires_at__lt=timezone.now() + delta
         )
 
-    def deadline_within(self, delta: timedelta) -> ConnectionQuerySet:
-        """Active connections whose 30-day refresh deadline falls within `delta`."""
+    def due_for_deadline_warning(self) -> ConnectionQuerySet:
+        """Active connections within DEADLINE_NOTICE of their 30-day deadline, not yet warned."""
         return self.active().filter(
-            authorized_at__lt=timezone.now() + delta - REFRESH_LIFETIME,
+            authorized_at__lt=timezone.now() + DEADLINE_NOTICE - REFRESH_LIFETIME,
             deadline_warned_at__isnull=True,
+        )
+
+    def due_for_sync(self, now: datetime | None = None) -> ConnectionQuerySet:
+        """Connections able to sync (active, profile chosen) whose last run was queued more
+        than ZYWAVE_SYNC_INTERVAL_MINUTES ago, or that never ran. Only the key is loaded: the
+        caller needs the row, not its encrypted tokens."""
+        now = now or timezone.now()
+        due_before = now - timedelta(minutes=settings.ZYWAVE_SYNC_INTERVAL_MINUTES)
+        return (
+            self.active()
+            .filter(chosen_profile__isnull=False)
+            .annotate(last_queued=Max("sync_runs__queued_at"))
+            .filter(Q(last_queued__isnull=True) | Q(last_queued__lt=due_before))
+            .only("pk")
         )
 
     def refresh_deadline_between(self, start: datetime | None, end: datetime) -> ConnectionQuerySet:
@@ -165,9 +181,19 @@ class Connection(models.Model):
         return [scope for scope in self.requested_scopes.split() if scope not in self.scopes]
 
     @property
-    def can_sync_in_background(self) -> bool:
-        """Without offline_access Zywave gives no refresh token: nothing runs without the person."""
+    def can_refresh(self) -> bool:
+        """Without offline_access Zywave gives no refresh token: once the access token ends,
+        nothing runs in the background until the person signs in again."""
         return "offline_access" in self.scopes and bool(self.refresh_token)
+
+    @property
+    def can_sync(self) -> bool:
+        """A sync may be queued: the grant is live and a profile is chosen."""
+        return self.status == self.Status.ACTIVE and self.chosen_profile_id is not None
+
+    @property
+    def owner_email(self) -> str:
+        return str(self.user.email or self.zywave_email or "")
 
     @property
     def is_connected(self) -> bool:
@@ -204,8 +230,6 @@ class Connection(models.Model):
     def mark_reauth_required(self, reason: str) -> None:
         """The grant has ended: stop using it until the person connects again, and tell them
         once for this incident (after the transaction commits)."""
-        from .notify import send_reauth_required
-
         first = self.status == self.Status.ACTIVE
         self.status = self.Status.REAUTH_REQUIRED
         self.last_error = reason[:500]
@@ -213,9 +237,15 @@ class Connection(models.Model):
         self.last_error_permanent = True
         if first and self.reauth_notified_at is None:
             self.reauth_notified_at = timezone.now()
-            transaction.on_commit(partial(send_reauth_required, self.pk))
+            transaction.on_commit(self.notify_reauth_required)
         self.save()
         self.record(ConnectionEvent.Kind.REAUTH_REQUIRED, reason=reason)
+
+    def notify_reauth_required(self) -> bool:
+        return notify.send_reauth_required(self.owner_email, self, self.last_error)
+
+    def notify_deadline_approaching(self) -> bool:
+        return notify.send_deadline_warning(self.owner_email, self)
 
     def record_refresh_failure(self, reason: str, **detail: Any) -> None:
         """A transient failure: keep the tokens, stay active, remember what happened."""
@@ -230,7 +260,7 @@ class Connection(models.Model):
         return self.status == self.Status.ACTIVE and self.chosen_profile_id is None
 
     def profile_header(self) -> str | None:
-        """The explicit `Profile` header for v2 calls (zywave-api.md §3), None if none chosen.
+        """The explicit `Profile` header for v2 calls (docs/zywave.md §3), None if none chosen.
 
         `Profile: Token {ProfileToken}` by default, `Profile: {TypeCode} {ID}` when
         ZYWAVE_PROFILE_HEADER=id. Never rely on Zywave's implicit active profile.
@@ -352,6 +382,16 @@ class EncryptionCanary(models.Model):
 class SyncRunQuerySet(models.QuerySet):
     def active(self) -> SyncRunQuerySet:
         return self.filter(state__in=SyncRun.ACTIVE_STATES)
+
+    def stale(self, now: datetime | None = None) -> SyncRunQuerySet:
+        """Active runs nobody is working on: running with an expired lease (the worker died),
+        or queued for longer than ZYWAVE_SYNC_REQUEUE_SECONDS (the task message may have died
+        with a killed worker: Redis gives it back only after its visibility timeout)."""
+        now = now or timezone.now()
+        requeue_after = timedelta(seconds=settings.ZYWAVE_SYNC_REQUEUE_SECONDS)
+        return self.active().filter(
+            Q(lease_until__lt=now) | Q(lease_until__isnull=True, queued_at__lt=now - requeue_after)
+        )
 
     def cancel(self, reason: str) -> int:
         """End queued or running runs; a worker running one stops before its next page."""

@@ -1,4 +1,8 @@
-"""Emails to the people who own connections: one helper, subject/text/html templates."""
+"""Emails to the people who own connections: one helper, subject/text/html templates.
+
+A leaf module: it sends what it is given and imports nothing of the app's, so models and tasks
+can call it without an import cycle.
+"""
 
 from __future__ import annotations
 
@@ -30,23 +34,13 @@ def send(to: str, template: str, context: dict[str, Any]) -> bool:
     return True
 
 
-def _owner_email(connection: Any) -> str:
-    return str(connection.user.email or connection.zywave_email or "")
+def send_reauth_required(to: str, connection: Any, reason: str) -> bool:
+    return send(to, "reauth_required", {"connection": connection, "reason": reason})
 
 
-def send_reauth_required(connection_id: int) -> None:
-    from .models import Connection
-
-    connection = Connection.objects.select_related("user").get(pk=connection_id)
-    send(
-        _owner_email(connection),
-        "reauth_required",
-        {"connection": connection, "reason": connection.last_error},
-    )
+def send_deadline_warning(to: str, connection: Any) -> bool:
+    return send(to, "deadline_warning", {"connection": connection})
 
 
-def send_deadline_warning(connection_id: int) -> None:
-    from .models import Connection
-
-    connection = Connection.objects.select_related("user").get(pk=connection_id)
-    send(_owner_email(connection), "deadline_warning", {"connection": connection})
+def send_reconnect_reminder(to: str, connection: Any) -> bool:
+    return send(to, "reconnect_reminder", {"connection": connection})

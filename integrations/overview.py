@@ -14,10 +14,9 @@ from django.db.models import Count, Sum
 from django.db.models.functions import TruncDate
 from django.utils import timezone
 
-from .models import Connection, SyncRun
+from .models import DEADLINE_NOTICE, Connection, SyncRun
 
 CHART_DAYS = 14
-DEADLINE_NOTICE = timedelta(days=7)
 # The outcomes the chart stacks, bottom to top (colours by state in static/admin.css).
 OUTCOMES = (
     (SyncRun.State.SUCCEEDED, "Succeeded"),

@@ -1,4 +1,4 @@
-"""Profiles: which Zywave agency context the portal acts under (zywave-api.md §3)."""
+"""Profiles: which Zywave agency context the portal acts under (docs/zywave.md §3)."""
 
 from __future__ import annotations
 

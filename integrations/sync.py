@@ -1,30 +1,26 @@
-"""Mirroring a connection's Zywave accounts and contacts, page by page.
+"""A sync run: claim it, hold its lease, page through Zywave, finish it.
 
 Callable without a broker (`run_sync`); the Celery tasks are thin wrappers. Memory stays flat:
-one page (at most 100 records) is in memory at a time, written as one bulk upsert, and the run's
-progress is committed with it so an interrupted run resumes from its last committed page.
+one page (at most 100 records) is in memory at a time, written by `mirror.upsert` as one
+statement, and the run's progress is committed with it so an interrupted run resumes from its
+last committed page.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
 
-import orjson
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db import connection as db
-from django.db.models import Model
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from portal.logs import bind
-
+from . import mirror
 from .client import (
     ACCOUNTS,
     CONTACTS,
@@ -38,15 +34,19 @@ from .client import (
     ZywaveClient,
     ZywaveError,
     ZywaveTimeout,
-    lower_keys,
 )
-from .models import Account, Connection, Contact, SyncRun
+from .models import Connection, SyncRun
 from .tokens import ReauthRequired, RefreshFailed, client_for
 
 log = logging.getLogger(__name__)
 
 RESOURCES = ("accounts", "contacts")
 PATHS = {"accounts": ACCOUNTS, "contacts": CONTACTS}
+
+
+def log_ids(run: SyncRun) -> dict[str, int]:
+    """The ids a sync's log lines carry (JSON logs show them as fields)."""
+    return {"sync_run_id": run.pk, "connection_id": run.connection_id}
 
 
 class SyncStopped(Exception):
@@ -57,195 +57,8 @@ class Cancelled(Exception):
     """Someone else ended the run (profile changed, disconnected): stop without writing."""
 
 
-# --- Converting Zywave records (camelCase, zywave-api.md §4) to mirror rows ----------------
-
-
-def _text(record: dict[str, Any], key: str, limit: int) -> str:
-    value = record.get(key)
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        value = ", ".join(str(item) for item in value)
-    return str(value)[:limit]
-
-
-def _bool(record: dict[str, Any], key: str, default: bool) -> bool:
-    value = record.get(key)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {"true", "false"}:
-        return value.lower() == "true"
-    return default
-
-
-def _int(record: dict[str, Any], key: str) -> int | None:
-    value = record.get(key)
-    if isinstance(value, bool):
-        return None
-    try:
-        number = int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-    return number if number is not None and -(2**31) < number < 2**31 else None
-
-
-def _when(record: dict[str, Any], key: str) -> datetime | None:
-    value = record.get(key)
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = parse_datetime(value)
-    except ValueError:
-        return None
-    if parsed is not None and timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, UTC)
-    return parsed
-
-
-def _zywave_id(record: dict[str, Any], resource: str) -> str:
-    value = record.get("id")
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
-        raise MalformedResponse(f"a {resource} record without an id")
-    return str(value)[:64]
-
-
-def account_row(
-    connection_id: int, run_id: int, record: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    """The mirror columns of one Zywave account record (field name -> value)."""
-    r = lower_keys(record)
-    return {
-        "connection_id": connection_id,
-        "zywave_id": _zywave_id(r, "account"),
-        "name": _text(r, "name", 255),
-        "classification": _text(r, "classification", 100),
-        "lines_of_business": _text(r, "linesofbusiness", 500),
-        "client_size": _text(r, "clientsize", 50),
-        "number_of_employees": _int(r, "numberofemployees"),
-        "is_active": _bool(r, "isactive", True),
-        "is_archived": _bool(r, "isarchived", False),
-        "city": _text(r, "city", 100),
-        "state": _text(r, "state", 50),
-        "updated_at_zywave": _when(r, "updateddatetime"),
-        "raw": record,
-        "seen_in_run": run_id,
-        "synced_at": now,
-    }
-
-
-def contact_row(
-    connection_id: int, run_id: int, record: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    """The mirror columns of one Zywave contact record (field name -> value)."""
-    r = lower_keys(record)
-    return {
-        "connection_id": connection_id,
-        "zywave_id": _zywave_id(r, "contact"),
-        "account_zywave_id": _text(r, "accountid", 64),
-        "first_name": _text(r, "firstname", 100),
-        "last_name": _text(r, "lastname", 100),
-        "email": _text(r, "emailaddress", 254),
-        "title": _text(r, "title", 150),
-        "work_phone": _text(r, "workphonenumber", 50),
-        "mobile_phone": _text(r, "mobilephonenumber", 50),
-        "is_primary": _bool(r, "isprimarycontact", False),
-        "is_active": _bool(r, "isactive", True),
-        "is_archived": _bool(r, "isarchived", False),
-        "updated_at_zywave": _when(r, "updateddatetime"),
-        "raw": record,
-        "seen_in_run": run_id,
-        "synced_at": now,
-    }
-
-
-ROWS: dict[str, tuple[type[Model], Callable[..., dict[str, Any]]]] = {
-    "accounts": (Account, account_row),
-    "contacts": (Contact, contact_row),
-}
-
-
-def upsert(
-    resource: str, connection_id: int, run_id: int, records: list[dict[str, Any]]
-) -> tuple[int, datetime | None]:
-    """Write one page as a single INSERT ... ON CONFLICT DO UPDATE on (connection, zywave_id).
-
-    Returns the rows written and the newest `updatedDateTime` among them.
-    """
-    model, build = ROWS[resource]
-    now = timezone.now()
-    rows: dict[str, dict[str, Any]] = {}
-    for record in records:
-        row = build(connection_id, run_id, record, now)
-        rows[row["zywave_id"]] = row  # a page repeating an id keeps the last copy
-    if not rows:
-        return 0, None
-    newest = max(
-        (r["updated_at_zywave"] for r in rows.values() if r["updated_at_zywave"]), default=None
-    )
-    if db.vendor == "postgresql":
-        _upsert_postgresql(model, list(rows.values()))
-    else:
-        model._default_manager.bulk_create(
-            [model(**row) for row in rows.values()],
-            update_conflicts=True,
-            unique_fields=["connection", "zywave_id"],
-            update_fields=[name for name in rows[next(iter(rows))] if name not in KEY_FIELDS],
-        )
-    return len(rows), newest
-
-
-KEY_FIELDS = {"connection_id", "zywave_id"}
-
-
-def _upsert_postgresql(model: type[Model], rows: list[dict[str, Any]]) -> None:
-    """The page travels as one JSON parameter that PostgreSQL expands with jsonb_to_recordset.
-
-    Django's bulk_create would send one array parameter per column, quoted value by value in
-    Python; that quoting cost more than the INSERT itself (see the sync benchmark).
-    """
-    fields = [model._meta.get_field("connection" if n == "connection_id" else n) for n in rows[0]]
-    quote = db.ops.quote_name
-    columns = [str(field.column) for field in fields]  # type: ignore[union-attr]
-    types = [str(field.db_type(db)).split("(")[0] for field in fields]  # type: ignore[union-attr]
-    names = ", ".join(quote(c) for c in columns)
-    record_type = ", ".join(f"{quote(c)} {t}" for c, t in zip(columns, types, strict=True))
-    updates = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in columns if c not in KEY_FIELDS)
-    sql = (
-        f"INSERT INTO {quote(model._meta.db_table)} ({names}) "  # noqa: S608
-        f"SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS r({record_type}) "
-        f"ON CONFLICT (connection_id, zywave_id) DO UPDATE SET {updates}"
-    )
-    with db.cursor() as cursor:
-        cursor.execute(sql, [page_json(rows)])
-
-
-def page_json(rows: list[dict[str, Any]]) -> str:
-    """The page as JSON text. orjson encodes a page about ten times faster than the standard
-    encoder (the sync benchmark's largest Python cost); it refuses what the standard encoder
-    takes (integers beyond 64 bits in a raw record), and then the standard encoder writes it."""
-    try:
-        return orjson.dumps(rows).decode()
-    except orjson.JSONEncodeError:
-        return json.dumps(rows, default=_isoformat)
-
-
-def _isoformat(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat()
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-# --- Runs ------------------------------------------------------------------------------------
-
-
 def lease() -> timedelta:
     return timedelta(seconds=settings.ZYWAVE_SYNC_LEASE_SECONDS)
-
-
-def can_sync(connection: Connection) -> bool:
-    return (
-        connection.status == Connection.Status.ACTIVE and connection.chosen_profile_id is not None
-    )
 
 
 def queue_run(
@@ -277,7 +90,7 @@ def claim(connection_id: int, full: bool = False) -> SyncRun | None:
     connection = Connection.objects.filter(pk=connection_id).first()
     if connection is None:
         return None
-    if not can_sync(connection):
+    if not connection.can_sync:
         # A run queued before the grant ended (or the profile went) would otherwise wait, and
         # be re-sent by the reconciler, for ever.
         connection.sync_runs.cancel(
@@ -295,7 +108,7 @@ def claim(connection_id: int, full: bool = False) -> SyncRun | None:
     now = timezone.now()
     won = (
         SyncRun.objects.filter(pk=run.pk, state__in=SyncRun.ACTIVE_STATES)
-        .filter(models_lease_free(now))
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))  # free or lapsed
         .update(state=SyncRun.State.RUNNING, lease_until=now + lease())
     )
     if not won:
@@ -305,12 +118,6 @@ def claim(connection_id: int, full: bool = False) -> SyncRun | None:
         run.started_at = now
         run.save(update_fields=["started_at"])
     return run
-
-
-def models_lease_free(now: datetime) -> Any:
-    from django.db.models import Q
-
-    return Q(lease_until__isnull=True) | Q(lease_until__lt=now)
 
 
 def previous_marks(connection: Connection) -> dict[str, str]:
@@ -359,8 +166,7 @@ def run_sync(
         run.save(update_fields=["full"])
     since_marks = {} if run.full else previous_marks(connection)
     client = client or client_for(connection)
-    with bind(sync_run_id=run.pk, connection_id=run.connection_id):
-        return _run(run, client, since_marks, sleep, on_page)
+    return _run(run, client, since_marks, sleep, on_page)
 
 
 def _run(
@@ -377,21 +183,21 @@ def _run(
                 run.save(update_fields=["resource", "skip"])
             _sync_resource(run, client, resource, since_marks.get(resource), sleep, on_page)
         if run.full:
-            _remove_unseen(run)
+            mirror.remove_unseen(run.connection_id, run.pk)
     except Cancelled as exc:
-        log.info("Sync run %s stopped: %s", run.pk, exc)
+        log.info("Sync run %s stopped: %s", run.pk, exc, extra=log_ids(run))
         run.refresh_from_db()
         return run
     except SyncStopped as exc:
-        return _finish(
+        return _end_run(
             run, SyncRun.State.PARTIAL if run.pages_done else SyncRun.State.FAILED, str(exc)
         )
     except Exception as exc:
         # Record it, so the run does not sit "running" until its lease ends and is retried
         # forever by the reconciler; re-raise for the worker's log.
-        _finish(run, SyncRun.State.FAILED, f"unexpected error ({type(exc).__name__})")
+        _end_run(run, SyncRun.State.FAILED, f"unexpected error ({type(exc).__name__})")
         raise
-    return _finish(run, SyncRun.State.SUCCEEDED, "")
+    return _end_run(run, SyncRun.State.SUCCEEDED, "")
 
 
 def _odata_since(mark: str | None) -> str | None:
@@ -417,7 +223,7 @@ def _sync_resource(
         try:
             for page in client.pages(PATHS[resource], odata_filter=odata_filter, skip=run.skip):
                 with transaction.atomic():
-                    written, newest = upsert(resource, run.connection_id, run.pk, page.items)
+                    written, newest = mirror.upsert(resource, run.connection_id, run.pk, page.items)
                     _advance(run, resource, len(page.items), page.total, written, newest)
                 failures = 0
                 if on_page is not None:
@@ -428,7 +234,13 @@ def _sync_resource(
             if failures > settings.ZYWAVE_SYNC_MAX_RETRIES:
                 raise SyncStopped(f"Zywave kept failing: {exc}") from None
             delay = _delay(getattr(exc, "retry_after", None), failures)
-            log.info("Sync run %s waits %.1fs after %s", run.pk, delay, type(exc).__name__)
+            log.info(
+                "Sync run %s waits %.1fs after %s",
+                run.pk,
+                delay,
+                type(exc).__name__,
+                extra=log_ids(run),
+            )
             _renew_lease(run, delay)
             sleep(delay)
         except ReauthRequired:
@@ -486,15 +298,7 @@ def _advance(
         raise Cancelled(f"run {run.pk} was cancelled")
 
 
-def _remove_unseen(run: SyncRun) -> None:
-    """A full run saw every record Zywave has: what it did not see was deleted at Zywave."""
-    for model in (Account, Contact):
-        model._default_manager.filter(connection_id=run.connection_id).exclude(
-            seen_in_run=run.pk
-        ).delete()
-
-
-def _finish(run: SyncRun, state: str, error: str) -> SyncRun:
+def _end_run(run: SyncRun, state: str, error: str) -> SyncRun:
     if state == SyncRun.State.SUCCEEDED:
         # Carry forward the marks of resources where nothing changed this time.
         connection = Connection.objects.get(pk=run.connection_id)
@@ -511,6 +315,7 @@ def _finish(run: SyncRun, state: str, error: str) -> SyncRun:
         state,
         run.pages_done,
         run.records_done,
+        extra=log_ids(run),
     )
     return run
 

@@ -5,15 +5,13 @@ from __future__ import annotations
 import logging
 import socket
 from datetime import timedelta
-from functools import partial
 
 from celery import shared_task
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .models import Connection
-from .notify import send_deadline_warning
+from .models import Connection, SyncRun
 from .tokens import MARGIN, ReauthRequired, RefreshFailed, access_token_for
 
 log = logging.getLogger(__name__)
@@ -24,10 +22,6 @@ def upkeep_horizon() -> timedelta:
     upkeep run: once per token lifetime, not on every run (an hour-long token is always
     "expiring within the next hour")."""
     return timedelta(minutes=settings.ZYWAVE_TOKEN_UPKEEP_MINUTES) + MARGIN
-
-
-# Warn the owner this long before the 30-day refresh deadline.
-DEADLINE_NOTICE = timedelta(days=7)
 
 
 @shared_task(ignore_result=False, acks_late=False)
@@ -63,14 +57,15 @@ def keep_tokens_alive() -> dict[str, int]:
     for pk in expiring:
         refresh_connection.delay(pk)
     warned = 0
-    for pk in Connection.objects.deadline_within(DEADLINE_NOTICE).values_list("pk", flat=True):
+    for pk in Connection.objects.due_for_deadline_warning().values_list("pk", flat=True):
         # Conditional UPDATE: of two beats racing here, only one sees a row count of 1.
         with transaction.atomic():
             won = Connection.objects.filter(pk=pk, deadline_warned_at__isnull=True).update(
                 deadline_warned_at=timezone.now()
             )
             if won:
-                transaction.on_commit(partial(send_deadline_warning, pk))
+                connection = Connection.objects.select_related("user").get(pk=pk)
+                transaction.on_commit(connection.notify_deadline_approaching)
                 warned += 1
     return {"refreshes_queued": len(expiring), "deadline_warnings": warned}
 
@@ -89,37 +84,18 @@ def sync_connection(connection_id: int, full: bool = False) -> str:
 
 @shared_task
 def sync_due_connections() -> dict[str, int]:
-    """Beat: queue a sync for every active connection with a chosen profile that is due, and
-    re-enqueue runs whose worker vanished (lease expired)."""
-    from django.conf import settings
-    from django.db.models import Max, Q
-
-    from .models import SyncRun
+    """Beat: queue a sync for every connection that is due, and re-send runs nobody is working
+    on (lease expired, or queued too long: see `SyncRun.objects.stale()`)."""
     from .sync import queue_run
 
     now = timezone.now()
-    due_before = now - timedelta(minutes=settings.ZYWAVE_SYNC_INTERVAL_MINUTES)
-    candidates = (
-        Connection.objects.active()
-        .filter(chosen_profile__isnull=False)
-        .annotate(last_queued=Max("sync_runs__queued_at"))
-        .filter(Q(last_queued__isnull=True) | Q(last_queued__lt=due_before))
-        .only("pk")  # queue_run needs the row, not its (encrypted) tokens
-    )
     queued = 0
-    for connection in candidates:
+    for connection in Connection.objects.due_for_sync(now):
         if queue_run(connection, trigger="schedule") is not None:
             sync_connection.delay_on_commit(connection.pk)
             queued += 1
-    stale = SyncRun.objects.active().filter(
-        Q(lease_until__lt=now)
-        | Q(
-            lease_until__isnull=True,
-            queued_at__lt=now - timedelta(seconds=settings.ZYWAVE_SYNC_REQUEUE_SECONDS),
-        )
-    )
     resumed = 0
-    for pk in stale.values_list("connection_id", flat=True):
+    for pk in SyncRun.objects.stale(now).values_list("connection_id", flat=True):
         sync_connection.delay_on_commit(pk)
         resumed += 1
     return {"queued": queued, "resumed": resumed}

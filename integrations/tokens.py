@@ -1,6 +1,6 @@
 """Token lifetime: a valid access token on demand, one refresh at a time, revocation.
 
-Zywave's refresh tokens are probably one-time use (zywave-api.md §1): refreshing the same
+Zywave's refresh tokens are probably one-time use (docs/zywave.md §1): refreshing the same
 refresh token twice ends the grant. So every refresh happens under a lock on the connection's
 row, after re-reading it, and only when it is still needed; the rotated tokens are saved in the
 same transaction.
@@ -186,7 +186,7 @@ def revoke_tokens(connection: Connection) -> tuple[bool, str]:
     return True, ""
 
 
-def disconnect(connection: Connection, actor: Any) -> tuple[bool, str]:
+def revoke_and_disconnect(connection: Connection, actor: Any) -> tuple[bool, str]:
     """Revoke the tokens at Zywave, then forget them, under the connection's row lock.
 
     The lock closes a race with a refresh running at the same moment: either the refresh

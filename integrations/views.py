@@ -22,28 +22,31 @@ from .client import ZywaveClient, ZywaveError
 from .models import Account, Connection, ConnectionEvent, Contact, SyncRun
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
 from .profiles import SAFE_ID, ProfileRefused, choose_profile, refresh_profiles
-from .sync import can_sync, queue_run
+from .sync import queue_run
 from .tasks import sync_connection
-from .tokens import ReauthRequired, RefreshFailed, client_for
-from .tokens import disconnect as disconnect_and_revoke
+from .tokens import ReauthRequired, RefreshFailed, client_for, revoke_and_disconnect
 
 log = logging.getLogger(__name__)
 
 
 def connection_for(user) -> Connection | None:  # type: ignore[no-untyped-def]
     """The requesting person's own connection: every view starts here, so none forgets scoping."""
-    return Connection.objects.filter(user=user).first()
+    return Connection.objects.select_related("chosen_profile").filter(user=user).first()
 
 
 def safe_next(request: HttpRequest, target: str | None, default: str = "/") -> str:
     """A same-site path for `next`, or the default: never an open redirect.
 
     A path only: Django's check alone also lets through `//`, `//ourhost` and full URLs of
-    this host, which are not paths (and `//` is a broken redirect).
+    this host, which are not paths (and `//` is a broken redirect). No control character,
+    space or backslash anywhere either: browsers drop tabs and newlines from a URL and read a
+    backslash as `/`, so "/", a newline, then "//evil" (which Django's check accepts) would
+    leave the site.
     """
     if (
         target
         and target.startswith("/")
+        and not any(char <= " " or char in "\x7f\\" for char in target)
         and not target.startswith(("//", "/\\"))
         and url_has_allowed_host_and_scheme(
             target, allowed_hosts={request.get_host()}, require_https=request.is_secure()
@@ -56,9 +59,7 @@ def safe_next(request: HttpRequest, target: str | None, default: str = "/") -> s
 @require_GET
 @login_required
 def dashboard(request: HttpRequest) -> HttpResponse:
-    connection = (
-        Connection.objects.select_related("chosen_profile").filter(user=request.user).first()
-    )
+    connection = connection_for(request.user)
     runs = list(connection.sync_runs.all()[:6]) if connection else []
     active = next((run for run in runs if run.is_active), None)
     last = next((run for run in runs if not run.is_active), None)
@@ -70,7 +71,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "runs": runs,
             "active_run": active,
             "last_run": last,
-            "can_sync": connection is not None and can_sync(connection),
+            "can_sync": connection is not None and connection.can_sync,
         },
     )
 
@@ -208,7 +209,7 @@ def disconnect(request: HttpRequest) -> HttpResponse:
         return redirect("dashboard")
     if request.method == "GET":
         return render(request, "integrations/disconnect_confirm.html", {"connection": connection})
-    revoked, reason = disconnect_and_revoke(connection, actor=request.user)
+    revoked, reason = revoke_and_disconnect(connection, actor=request.user)
     if revoked:
         messages.success(request, "Zywave is disconnected and the portal's access was revoked.")
     else:
@@ -345,7 +346,7 @@ def _start_sync(connection: Connection, full: bool, trigger: str) -> SyncRun | N
 def sync(request: HttpRequest) -> HttpResponse:
     """ "Sync now" and "Full resync" (with `full=1`)."""
     connection = connection_for(request.user)
-    if connection is None or not can_sync(connection):
+    if connection is None or not connection.can_sync:
         messages.error(request, "Connect Zywave and choose a profile before syncing.")
         return redirect("dashboard")
     full = request.POST.get("full") == "1"

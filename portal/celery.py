@@ -17,6 +17,6 @@ app.autodiscover_tasks()
 @worker_init.connect
 def check_before_consuming(**kwargs: object) -> None:
     """A worker with a wrong encryption key must not start taking tasks."""
-    from portal.checks import run_startup_checks
+    from integrations.checks import run_startup_checks
 
     run_startup_checks()

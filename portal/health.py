@@ -1,9 +1,10 @@
 """`/health/`: is this deployment able to do its work? For load balancers and operators.
 
 Answers JSON and 200 when every check passes, 503 otherwise. Checks: the database answers, the
-broker (Redis) answers, at least one Celery worker answers a ping, and the configured encryption
-keys decrypt the canary. Anonymous callers see only `ok` / `fail` per check; staff also see
-why a check failed. Never a secret, a URL, a host name or a version.
+broker (Redis) answers (`skipped` on development's file broker), at least one Celery worker
+answers a ping, and the configured encryption keys decrypt the canary. Anonymous callers see
+only `ok` / `fail` / `skipped` per check; staff also see why a check failed. Never a secret, a
+URL, a host name or a version.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ class CheckFailed(Exception):
     """A check's plain-language reason, shown to staff only."""
 
 
+class Skipped(Exception):
+    """The check does not apply to this deployment (reported as `skipped`, not a failure)."""
+
+
 def check_database() -> None:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
@@ -49,7 +54,7 @@ def check_redis() -> None:
 
     url = _redis_url()
     if url is None:
-        return  # development's file broker: nothing to ping
+        raise Skipped("the broker is development's file broker: no Redis to ping")
     client = redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT)
     try:
         if not client.ping():
@@ -71,7 +76,7 @@ def check_worker() -> None:
 
 
 def check_encryption() -> None:
-    from integrations.fields import check_canary
+    from integrations.checks import check_canary
 
     problem = check_canary()
     if problem:
@@ -86,13 +91,17 @@ CHECKS: dict[str, Callable[[], None]] = {
 }
 
 
-def run_checks() -> dict[str, str | None]:
-    """Each check's name and None when it passed, else why it failed."""
+def run_checks() -> tuple[dict[str, str | None], set[str]]:
+    """Each check's name and None when it passed, else why it failed; and the skipped ones."""
     results: dict[str, str | None] = {}
+    skipped: set[str] = set()
     for name, check in CHECKS.items():
         try:
             check()
             results[name] = None
+        except Skipped:
+            results[name] = None
+            skipped.add(name)
         except CheckFailed as exc:
             results[name] = str(exc)
         except Exception as exc:  # noqa: BLE001 (any failure of a dependency is a failed check)
@@ -100,17 +109,20 @@ def run_checks() -> dict[str, str | None]:
             results[name] = type(exc).__name__
         if results[name] is not None:
             log.warning("Health check %s failed: %s", name, results[name])
-    return results
+    return results, skipped
 
 
 @never_cache
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
-    results = run_checks()
+    results, skipped = run_checks()
     healthy = all(reason is None for reason in results.values())
     body: dict[str, object] = {
         "status": "ok" if healthy else "fail",
-        "checks": {name: "ok" if reason is None else "fail" for name, reason in results.items()},
+        "checks": {
+            name: "skipped" if name in skipped else "ok" if reason is None else "fail"
+            for name, reason in results.items()
+        },
     }
     user = getattr(request, "user", None)
     if user is not None and user.is_staff:

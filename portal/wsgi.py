@@ -9,6 +9,6 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "portal.settings")
 application = get_wsgi_application()
 
 # gunicorn does not run Django's system checks: refuse to serve with a wrong encryption key.
-from portal.checks import run_startup_checks  # noqa: E402
+from integrations.checks import run_startup_checks  # noqa: E402
 
 run_startup_checks()

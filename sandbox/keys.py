@@ -41,5 +41,5 @@ def ensure_rsa_key(path: Path) -> str:
 
 
 def hex64_token(request: object = None) -> str:
-    """A refresh token as Zywave issues them: 64 hex characters (zywave-api.md §1, seen)."""
+    """A refresh token as Zywave issues them: 64 hex characters (docs/zywave.md §1, seen)."""
     return secrets.token_hex(32)

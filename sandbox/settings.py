@@ -131,7 +131,7 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
-# The Zywave scopes (zywave-api.md §2). The scopes each client may ask for are a subset,
+# The Zywave scopes (docs/zywave.md §2). The scopes each client may ask for are a subset,
 # stored per client (zywave.models.ClientPolicy).
 ZYWAVE_SCOPES = {
     "openid": "Sign you in",

@@ -37,6 +37,7 @@ def zywave_path(route: str, view: Any) -> URLPattern:
 
 control_patterns = [
     path("reset", control.reset),
+    path("baseline", control.baseline),
     path("clients", control.register_client),
     path("settings", control.runtime_settings),
     path("clock", control.clock),

@@ -3,7 +3,8 @@
 Declare it with `pytest_plugins = ["tests.sandboxserver"]` in the top-level conftest. The
 session-scoped `sandbox` fixture migrates and seeds a small dataset into a temporary
 directory, starts gunicorn (2 workers, a few threads) on a free port of 127.0.0.1 and yields
-a `Sandbox` handle; `sandbox_clean` resets faults, counters, clock and runtime settings first.
+a `Sandbox` handle; `sandbox_clean` resets faults, counters, clock and runtime settings first, and
+puts back seeded data and registered clients that an earlier test changed.
 """
 
 from __future__ import annotations
@@ -100,7 +101,13 @@ class Sandbox:
         return response.json()
 
     def reset(self) -> Any:
+        """Faults, counters, clock and runtime settings cleared; seeded data (if a control call
+        changed it) and registered clients put back as the baseline has them."""
         return self.control("POST", "reset")
+
+    def take_baseline(self) -> Any:
+        """The registered clients as they are now become what every reset restores."""
+        return self.control("POST", "baseline")
 
     def counters(self) -> Any:
         return self.control("GET", "counters")
@@ -348,6 +355,7 @@ def sandbox() -> Iterator[Sandbox]:
         handle, process = start_sandbox(Path(tmp))
         try:
             handle.ensure_test_redirect_uri()
+            handle.take_baseline()
             yield handle
         finally:
             stop_sandbox(process)
@@ -355,6 +363,7 @@ def sandbox() -> Iterator[Sandbox]:
 
 @pytest.fixture
 def sandbox_clean(sandbox: Sandbox) -> Sandbox:
-    """The sandbox with faults, counters, clock and runtime settings reset."""
+    """The sandbox with faults, counters, clock and runtime settings reset, and the seeded
+    data and registered clients as the session started with them."""
     sandbox.reset()
     return sandbox

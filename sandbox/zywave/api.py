@@ -2,7 +2,7 @@
 
 Every request carries a bearer access token (401 `invalid_token` when missing, expired or
 revoked) and needs a scope (403). Every v2 data request resolves exactly one profile, from the
-`Profile` header in either form or, without one, the user's active profile (zywave-api.md §3);
+`Profile` header in either form or, without one, the user's active profile (docs/zywave.md §3);
 the profile's agency decides what is visible.
 """
 
@@ -111,7 +111,7 @@ INDUSTRIES = [
 
 
 def problem(status: int, title: str, detail: str = "") -> JsonResponse:
-    """An ASP.NET-style problem answer (zywave-api.md §5: error bodies may be problem+json)."""
+    """An ASP.NET-style problem answer (docs/zywave.md §5: error bodies may be problem+json)."""
     body = {"title": title, "status": status}
     if detail:
         body["detail"] = detail

@@ -25,6 +25,7 @@ from oauth2_provider.models import get_access_token_model, get_application_model
 from sandbox.zywave.models import (
     Account,
     Authorization,
+    Baseline,
     ClientPolicy,
     Contact,
     Counter,
@@ -35,6 +36,7 @@ from sandbox.zywave.models import (
     sandbox_now,
 )
 from sandbox.zywave.oauth import Grant, RefreshToken, checksum, load_access_token
+from sandbox.zywave.seed import client_snapshot, restore_clients, seed
 
 AccessToken = get_access_token_model()
 Application = get_application_model()
@@ -54,8 +56,12 @@ class ControlError(Exception):
 View = Callable[..., HttpResponse]
 
 
-def control(*methods: str) -> Callable[[View], View]:
-    """Guard a control view: the key, the method, a JSON body; bad input answers 400."""
+def control(*methods: str, changes_data: bool = False) -> Callable[[View], View]:
+    """Guard a control view: the key, the method, a JSON body; bad input answers 400.
+
+    `changes_data`: the view changes seeded data (accounts, profiles), so the next reset
+    re-seeds. Marked before the view runs: a view that fails half-way has changed it too.
+    """
 
     def decorator(view: View) -> View:
         @csrf_exempt
@@ -70,6 +76,8 @@ def control(*methods: str) -> Callable[[View], View]:
                 data = json.loads(request.body) if request.body else {}
                 if not isinstance(data, dict):
                     raise ControlError("The body must be a JSON object")
+                if changes_data:
+                    Baseline.objects.update(dirty=True)
                 return view(request, data, **kwargs)
             except Http404 as error:
                 return JsonResponse({"error": str(error) or "Not found"}, status=404)
@@ -87,12 +95,31 @@ def user_by_email(email: str) -> User:
 
 @control("POST")
 def reset(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
-    """Clear faults, counters, the clock offset and runtime settings (back to env defaults)."""
+    """Clear faults, counters, the clock offset and runtime settings (back to env defaults),
+    and put the seeded data (when a control call changed it) and the registered clients back
+    as the baseline has them. Users' grants and tokens are left alone."""
+    baseline = Baseline.objects.filter(pk=1).first()
+    reseeded = bool(baseline and baseline.dirty)
+    if baseline and baseline.dirty:
+        seed(baseline.accounts, baseline.seed_value)  # rewrites the baseline, clean
     with transaction.atomic():
         Fault.objects.all().delete()
         Counter.objects.all().delete()
         RuntimeSetting.objects.all().delete()
-    return JsonResponse({"ok": True, "settings": RuntimeSetting.current()})
+        if baseline:
+            restore_clients(baseline.clients)
+            Baseline.objects.filter(pk=1).update(clients=baseline.clients)
+    return JsonResponse({"ok": True, "reseeded": reseeded, "settings": RuntimeSetting.current()})
+
+
+@control("POST")
+def baseline(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Take the registered clients as they are now as what every reset restores."""
+    clients = client_snapshot()
+    updated = Baseline.objects.filter(pk=1).update(clients=clients)
+    if not updated:
+        raise ControlError("The sandbox was never seeded: run `python -m sandbox seed` first")
+    return JsonResponse({"clients": [client["client_id"] for client in clients]})
 
 
 @control("POST")
@@ -224,7 +251,7 @@ def user_expire_access_tokens(
     return JsonResponse({"expired": expired})
 
 
-@control("POST")
+@control("POST", changes_data=True)
 def user_active_profile(request: HttpRequest, data: dict[str, Any], email: str) -> JsonResponse:
     user = user_by_email(email)
     profile = get_object_or_404(Profile, pk=int(data["profile_id"]), user=user)
@@ -254,7 +281,7 @@ def user_profiles(request: HttpRequest, data: dict[str, Any], email: str) -> Jso
     return JsonResponse({"profiles": profile_rows(user_by_email(email))})
 
 
-@control("POST")
+@control("POST", changes_data=True)
 def user_profile_remove(
     request: HttpRequest, data: dict[str, Any], email: str, profile_id: str
 ) -> JsonResponse:
@@ -267,7 +294,7 @@ def user_profile_remove(
     return JsonResponse({"profiles": profile_rows(user)})
 
 
-@control("POST")
+@control("POST", changes_data=True)
 def user_profile_add(
     request: HttpRequest, data: dict[str, Any], email: str, profile_id: str
 ) -> JsonResponse:
@@ -292,7 +319,7 @@ def pick_ids(accounts: Any, data: dict[str, Any], *ordering: str) -> list[int]:
     return list(accounts.order_by(*ordering).values_list("id", flat=True)[:count])
 
 
-@control("POST")
+@control("POST", changes_data=True)
 def accounts_change(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     """Change the N least recently updated accounts (bumping updatedDateTime), optionally
     editing a field so that a mirror can tell the new version from the old."""
@@ -313,7 +340,7 @@ def accounts_change(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()})
 
 
-@control("POST")
+@control("POST", changes_data=True)
 def accounts_archive(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     """Archive (soft-delete) N accounts and their contacts, bumping updatedDateTime."""
     now = sandbox_now()
@@ -326,7 +353,7 @@ def accounts_archive(request: HttpRequest, data: dict[str, Any]) -> JsonResponse
     return JsonResponse({"ids": ids})
 
 
-@control("POST")
+@control("POST", changes_data=True)
 def accounts_delete(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     """Hard-delete N accounts (the newest first) with their contacts."""
     with transaction.atomic():

@@ -293,3 +293,17 @@ class Contact(models.Model):
 
     def __str__(self) -> str:
         return f"{self.id} {self.first_name} {self.last_name}"
+
+
+class Baseline(models.Model):
+    """What `reset` restores: the seed's parameters and the registered clients as they were
+    when the data was seeded or `POST /_sandbox/baseline` was last called. `dirty` is set by
+    every control call that changes seeded data, so a reset re-seeds only when needed."""
+
+    accounts = models.PositiveIntegerField()
+    seed_value = models.IntegerField(default=1)
+    clients = models.JSONField(default=list)
+    dirty = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"baseline: {self.accounts} accounts, {len(self.clients)} clients"

@@ -1,4 +1,4 @@
-"""The identity server: django-oauth-toolkit with Zywave's behaviour (zywave-api.md §1).
+"""The identity server: django-oauth-toolkit with Zywave's behaviour (docs/zywave.md §1).
 
 What the toolkit does not do the way Zywave does is adjusted in SandboxValidator: scopes
 registered per client, exact redirect URIs, S256-only PKCE, one-time or reusable refresh
@@ -167,7 +167,7 @@ class SandboxValidator(OAuth2Validator):
         lifetime = int(RuntimeSetting.get("access_token_lifetime"))
         token["expires_in"] = lifetime
         if "offline_access" not in str(token.get("scope", "")).split():
-            # Refresh tokens need the offline_access scope (zywave-api.md §2).
+            # Refresh tokens need the offline_access scope (docs/zywave.md §2).
             token.pop("refresh_token", None)
         with transaction.atomic():
             rt = getattr(request, "refresh_token_instance", None)

@@ -1,4 +1,4 @@
-"""A parser for the OData 4.01 subset Zywave's v2 list routes take (zywave-api.md §4).
+"""A parser for the OData 4.01 subset Zywave's v2 list routes take (docs/zywave.md §4).
 
 `$filter`: `eq ne gt ge lt le`, `and or not`, parentheses, `startswith(f,'x')`,
 `endswith(f,'x')`, `contains(f,'x')`, `tolower(f)` / `toupper(f)` (no-ops: string comparison

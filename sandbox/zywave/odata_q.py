@@ -2,7 +2,7 @@
 
 Each list route describes its properties in a `Fields` map: the API's camelCase name, the
 model field behind it and its type. String comparisons are case-insensitive, as Zywave's are
-(zywave-api.md §4): `iexact` / `istartswith` / ... and, for ordering comparisons, `Lower()`.
+(docs/zywave.md §4): `iexact` / `istartswith` / ... and, for ordering comparisons, `Lower()`.
 """
 
 from __future__ import annotations

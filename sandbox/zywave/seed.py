@@ -17,7 +17,15 @@ from django.contrib.auth.models import User
 from django.db import connection, models, transaction
 from oauth2_provider.models import get_application_model
 
-from sandbox.zywave.models import Account, Agency, ClientPolicy, Contact, Person, Profile
+from sandbox.zywave.models import (
+    Account,
+    Agency,
+    Baseline,
+    ClientPolicy,
+    Contact,
+    Person,
+    Profile,
+)
 
 PASSWORD = "sandbox"
 PORTAL_CLIENT_ID = "portal-dev"
@@ -136,7 +144,57 @@ def seed(accounts: int = 10_000, seed_value: int = 1) -> dict[str, int]:
 
         ensure_portal_client()
         contact_count = seed_accounts(rng, accounts)
+        Baseline.objects.update_or_create(
+            pk=1,
+            defaults={
+                "accounts": accounts,
+                "seed_value": seed_value,
+                "clients": client_snapshot(),
+                "dirty": False,
+            },
+        )
     return {"accounts": accounts, "contacts": contact_count}
+
+
+CLIENT_FIELDS = ("client_id", "client_secret", "name", "redirect_uris")
+
+
+def client_snapshot() -> list[dict[str, Any]]:
+    """The registered clients as they are now (secrets as stored: hashed)."""
+    Application = get_application_model()
+    policies = dict(ClientPolicy.objects.values_list("application_id", "allowed_scopes"))
+    return [
+        {
+            **{name: getattr(client, name) for name in CLIENT_FIELDS},
+            "scopes": policies.get(client.pk),
+        }
+        for client in Application.objects.order_by("id")
+    ]
+
+
+def restore_clients(snapshot: list[dict[str, Any]]) -> None:
+    """Put the registered clients back as `client_snapshot()` saw them: clients registered
+    since are removed (with their tokens), changed ones restored. A stored secret is already
+    hashed, and django-oauth-toolkit does not hash a hashed value again."""
+    Application = get_application_model()
+    wanted = {row["client_id"]: row for row in snapshot}
+    Application.objects.exclude(client_id__in=wanted).delete()
+    for client_id, row in wanted.items():
+        client = Application.objects.filter(client_id=client_id).first() or Application(
+            client_id=client_id,
+            client_type=Application.CLIENT_CONFIDENTIAL,
+            authorization_grant_type=Application.GRANT_AUTHORIZATION_CODE,
+            algorithm=Application.RS256_ALGORITHM,
+        )
+        for name in CLIENT_FIELDS:
+            setattr(client, name, row[name])
+        client.save()
+        if row["scopes"] is None:
+            ClientPolicy.objects.filter(application=client).delete()
+        else:
+            ClientPolicy.objects.update_or_create(
+                application=client, defaults={"allowed_scopes": row["scopes"]}
+            )
 
 
 def ensure_portal_client() -> None:

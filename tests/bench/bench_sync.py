@@ -73,8 +73,8 @@ def upsert_against_update_or_create(conn: Any, sandbox_url: str) -> tuple[float,
     from django.db import transaction
     from django.utils import timezone
 
+    from integrations.mirror import account_row, upsert
     from integrations.models import Account
-    from integrations.sync import account_row, upsert
 
     page = requests.get(
         f"{sandbox_url}/accounts/v2.0/account",

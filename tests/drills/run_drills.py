@@ -2,7 +2,8 @@
 
 Starts the stack (tests/drills/stack.py: the sandbox, gunicorn, two Celery workers, beat when a
 drill needs it, PostgreSQL database `portal_drills`, Redis DB 13, all on 127.0.0.1 and free
-ports), runs each drill (tests/drills/drills.py), writes the figures to
+ports), runs each drill (tests/drills/tokens.py, sync.py, infrastructure.py, load.py,
+secrets_sweep.py, scan.py; helpers.py is what they share), writes the figures to
 `var/drills/results.json` and renders `docs/reliability.md` from them.
 
 `--short` runs the small versions that `make test` runs through pytest
@@ -28,11 +29,16 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+# Run as a script, Python puts this directory first on sys.path, where a module named like a
+# standard one (sync.py, tokens.py) could shadow it: everything here is imported from the
+# repository root instead (`tests.drills.sync`).
+if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().parent:
+    del sys.path[0]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.drills import drills, scan  # noqa: E402
-from tests.drills.drills import FULL, SHORT, Result, Scale  # noqa: E402
+from tests.drills import infrastructure, load, scan, secrets_sweep, sync, tokens  # noqa: E402
+from tests.drills.helpers import FULL, SHORT, Result, Scale  # noqa: E402
 from tests.drills.stack import Stack, redis_server, stop_process  # noqa: E402
 from tests.sandboxserver import free_port  # noqa: E402
 
@@ -58,6 +64,7 @@ def plan(scale: Scale) -> dict[str, Any]:
             "hang": [40, 41, 42],
             "lost": 43,
             "redis": [44, 45, 46, 47],
+            "overdue": 48,
             "postgres": [17, 18, 19],
             "proxy": 52,
             "soak": list(range(101, 101 + scale.soak_connections)),
@@ -71,6 +78,7 @@ def plan(scale: Scale) -> dict[str, Any]:
         "hang": [7, 8],
         "lost": 11,
         "redis": [1, 2, 3, 5],
+        "overdue": 9,
         "postgres": [1, 2, 3],
         "proxy": 12,
         "soak": [i for i in range(1, scale.soak_connections + 3) if i not in (10, 11)][
@@ -90,26 +98,29 @@ def run_all(
         setup = time.monotonic() - START
         say(f"stack up in {setup:.1f}s")
         steps: list[tuple[str, Callable[[], Result | tuple[Result, ...]]]] = [
-            ("connect burst", lambda: drills.drill_connect_burst(stack, scale)),
-            ("token outage", lambda: drills.drill_token_outage(stack, scale, p["outage"])),
+            ("connect burst", lambda: load.drill_connect_burst(stack, scale)),
+            ("token outage", lambda: tokens.drill_token_outage(stack, scale, p["outage"])),
             (
                 "invalid_grant",
-                lambda: drills.drill_invalid_grant(stack, scale, p["victim"], p["others"]),
+                lambda: tokens.drill_invalid_grant(stack, scale, p["victim"], p["others"]),
             ),
-            ("429", lambda: drills.drill_rate_limit(stack, scale, p["rate"])),
-            ("worker kills", lambda: drills.drill_worker_kills(stack, scale)),
-            ("kill in refresh", lambda: drills.drill_kill_in_refresh(stack, scale, p["refresh"])),
-            ("hang", lambda: drills.drill_hang(stack, scale, p["hang"], p["lost"])),
-            ("lost answer", lambda: drills.drill_lost_answer(stack, scale, p["proxy"])),
-            ("partition", lambda: drills.drill_partition(stack, scale)),
-            ("redis restart", lambda: drills.drill_redis_restart(stack, scale, p["redis"])),
+            ("429", lambda: sync.drill_rate_limit(stack, scale, p["rate"])),
+            ("worker kills", lambda: sync.drill_worker_kills(stack, scale)),
+            ("kill in refresh", lambda: tokens.drill_kill_in_refresh(stack, scale, p["refresh"])),
+            ("hang", lambda: tokens.drill_hang(stack, scale, p["hang"], p["lost"])),
+            ("lost answer", lambda: tokens.drill_lost_answer(stack, scale, p["proxy"])),
+            ("partition", lambda: infrastructure.drill_partition(stack, scale)),
+            (
+                "redis restart",
+                lambda: infrastructure.drill_redis_restart(stack, scale, p["redis"], p["overdue"]),
+            ),
             (
                 "postgres restart",
-                lambda: drills.drill_postgres_restart(stack, scale, p["postgres"]),
+                lambda: infrastructure.drill_postgres_restart(stack, scale, p["postgres"]),
             ),
-            ("soak", lambda: drills.drill_soak(stack, scale, p["soak"])),
+            ("soak", lambda: load.drill_soak(stack, scale, p["soak"])),
             ("scanner", lambda: scan.drill_scanner(stack, scale)),
-            ("secrets", lambda: drills.drill_secrets(stack, scale)),
+            ("secrets", lambda: secrets_sweep.drill_secrets(stack, scale)),
         ]
         only = os.environ.get("DRILLS_ONLY", "")
         for name, step in steps:

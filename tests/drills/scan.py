@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tests.drills.drills import Result, Scale, models
+from tests.drills.helpers import Result, Scale, models
 from tests.drills.stack import REPO_ROOT, DrillError, Stack
 from tests.smoke.run_smoke import Browser, csrf_from
 
@@ -122,7 +122,8 @@ BUDGETS = {
 }
 
 # A drill user the connect burst connected and whom no drill leaves disconnected or in
-# re-authorization (see run_drills.plan: short 9 is only in the 429 drill, full 100 in none);
+# re-authorization (see run_drills.plan: short 9 is only in the 429 drill and synced as the
+# Redis drill's overdue one, full 100 in none);
 # the scanner runs last, so its session and its requests are in no other drill's figures.
 SCAN_USER = {"short": 9, "full": 100}
 

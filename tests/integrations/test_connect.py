@@ -233,7 +233,7 @@ def test_fewer_scopes_granted_are_recorded_and_shown(staff: User, settings) -> N
     )
     conn = Connection.objects.get(user=staff)
     assert "offline_access" in conn.missing_scopes()
-    assert not conn.can_sync_in_background
+    assert not conn.can_refresh
     assert ConnectionEvent.objects.filter(kind="scopes_reduced").exists()
     client = Client()
     client.force_login(staff)

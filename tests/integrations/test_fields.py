@@ -13,9 +13,9 @@ from django.core.management.base import CommandError
 from django.db import connection, transaction
 from django.db.models import F, Value
 
-from integrations.fields import DecryptionError, ensure_canary, key_fingerprint
+from integrations.checks import encryption_key_decrypts_canary, ensure_canary
+from integrations.fields import DecryptionError, key_fingerprint
 from integrations.models import Connection, EncryptionCanary
-from portal.checks import encryption_key_decrypts_canary
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()

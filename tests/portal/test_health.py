@@ -6,13 +6,15 @@ A worker answering is the one thing patched here (`app.control.ping`): the smoke
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import pytest
+import redis
 from cryptography.fernet import Fernet
 from django.test import Client
 
-from integrations.fields import ensure_canary
+from integrations.checks import ensure_canary
 from portal import health
 from portal.celery import app
 
@@ -34,7 +36,22 @@ def no_worker(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(app.control, "ping", lambda timeout: [])
 
 
-def test_it_answers_200_when_every_check_passes(client: Client, db: None, worker_answers) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def real_redis(settings) -> str:  # type: ignore[no-untyped-def]
+    """The broker pointed at the Redis this run uses (tests/services.py gives every `make test`
+    one), so the Redis check really pings a server."""
+    url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    try:
+        redis.Redis.from_url(url, socket_timeout=2).ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"the health check's Redis test needs a Redis at {url}: {exc}")
+    settings.CELERY_BROKER_URL = url
+    return url
+
+
+def test_it_answers_200_when_every_check_passes(  # type: ignore[no-untyped-def]
+    client: Client, db: None, worker_answers, real_redis
+) -> None:
     ensure_canary()
     response = client.get("/health/")
     assert response.status_code == 200
@@ -143,3 +160,13 @@ def test_a_successful_ping_is_remembered_briefly(
 
 def test_health_only_answers_get(client: Client, db: None) -> None:
     assert client.post("/health/").status_code == 405
+
+
+def test_it_says_the_redis_check_was_skipped_on_the_file_broker(  # type: ignore[no-untyped-def]
+    client: Client, db: None, worker_answers, settings
+) -> None:
+    ensure_canary()
+    settings.CELERY_BROKER_URL = "filesystem://"
+    response = client.get("/health/")
+    assert response.status_code == 200
+    assert response.json()["checks"]["redis"] == "skipped"

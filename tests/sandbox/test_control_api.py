@@ -201,3 +201,61 @@ def test_registering_a_client_lets_it_run_the_code_flow(sandbox_clean: Sandbox) 
         client_id="live-client", client_secret="live-secret", redirect_uri=redirect_uri
     )
     assert tokens["token_type"] == "Bearer"
+
+
+def test_reset_puts_back_the_seeded_data_and_the_clients_an_earlier_test_changed(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    sandbox = sandbox_clean
+    profile_id = AGENT_PROFILES[2]
+
+    def state() -> dict[str, object]:
+        counts = sandbox.control("GET", f"accounts/count?profile_id={profile_id}")
+        first_page = call(sandbox, agent_token, ACCOUNTS, PROFILE).json()
+        return {
+            "counts": counts,
+            "first_page": first_page,
+            "profiles": sandbox.profiles(),
+            # Sends neither redirect URIs nor scopes, so it changes neither and reports both.
+            "portal_dev": sandbox.control(
+                "POST", "clients", client_id="portal-dev", client_secret="portal-dev-secret"
+            ),
+        }
+
+    before = state()
+    assert before["profiles"] and any(p["active"] for p in before["profiles"])  # type: ignore[union-attr]
+    # What tests do to the sandbox: delete, archive and change accounts, switch the active
+    # profile, take a profile away, narrow the portal's client and register another one.
+    sandbox.control("POST", "accounts/delete", profile_id=profile_id, count=3)
+    sandbox.control("POST", "accounts/archive", profile_id=profile_id, count=2)
+    sandbox.control("POST", "accounts/change", profile_id=profile_id, count=2, field="name")
+    sandbox.control("POST", "users/agent@example.com/active-profile", profile_id=profile_id)
+    sandbox.control("POST", f"users/agent@example.com/profiles/{AGENT_PROFILES[0]}/remove")
+    sandbox.register_client("portal-dev", "portal-dev-secret", [], allowed_scopes="openid")
+    sandbox.register_client("stray-client", "stray-secret", ["http://127.0.0.1:9/cb/"])
+    changed = state()
+    assert changed["counts"] != before["counts"]
+    assert changed["profiles"] != before["profiles"]
+    assert changed["portal_dev"] != before["portal_dev"]  # the oracle can tell them apart
+
+    assert sandbox.reset()["reseeded"] is True
+    after = state()
+    assert after["counts"] == before["counts"]
+    assert after["profiles"] == before["profiles"]
+    assert after["portal_dev"] == before["portal_dev"]
+    # Same records, same ids and content: the seed is deterministic.
+    assert after["first_page"] == before["first_page"]
+    # The stray client is gone: the control API cannot update it without a secret.
+    answer = requests.post(
+        f"{sandbox.url}/_sandbox/clients",
+        json={"client_id": "stray-client"},
+        headers={"X-Sandbox-Key": sandbox.control_key},
+        timeout=30,
+    )
+    assert answer.status_code == 400 and "client_secret is required" in answer.text
+    # And the portal's client still runs the code flow with its real secret.
+    assert sandbox.obtain_tokens()["token_type"] == "Bearer"
+
+
+def test_a_reset_after_no_data_change_does_not_reseed(sandbox_clean: Sandbox) -> None:
+    assert sandbox_clean.reset()["reseeded"] is False

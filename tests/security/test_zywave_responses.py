@@ -24,8 +24,9 @@ from integrations.client import (
     lower_keys,
     parse_envelope,
 )
+from integrations.mirror import account_row, contact_row
 from integrations.models import Account, SyncRun
-from integrations.sync import account_row, contact_row, sync_now
+from integrations.sync import sync_now
 from tests.integrations.flows import inject_fault
 from tests.integrations.test_sync import linked
 from tests.sandboxserver import Sandbox

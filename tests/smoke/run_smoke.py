@@ -39,9 +39,11 @@ from tests.sandboxserver import (  # noqa: E402
     stop_sandbox,
 )
 
-PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
-DATABASE = "portal_smoke"
-REDIS_URL = "redis://127.0.0.1:6379/14"
+# `make smoke` runs this through tests/services.py, which names the PostgreSQL server and a
+# Redis database of this run's own; run by hand, the shared servers on 127.0.0.1.
+PG_ADMIN = os.environ.get("PORTAL_TEST_PG_ADMIN", "postgresql://postgres@127.0.0.1:5432/postgres")
+DATABASE = f"portal_smoke_{os.getpid()}"
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/14")
 BIN = Path(sys.executable).parent
 DEADLINE = time.monotonic() + 300  # the whole run, start to finish
 STEP_TIMEOUT = 90
@@ -114,6 +116,15 @@ def fresh_database() -> None:
         conn.execute(f"CREATE DATABASE {DATABASE}")
 
 
+def drop_database() -> None:
+    """The run's database is named for the run: drop it, or every run would leave one."""
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")
+    except psycopg.Error as exc:
+        print(f"could not drop {DATABASE}: {exc}", file=sys.stderr)
+
+
 def production_env(
     tmp: Path, web_port: int, sandbox: Sandbox, client_secret: str
 ) -> dict[str, str]:
@@ -133,7 +144,7 @@ def production_env(
         SECRET_KEY=secrets.token_urlsafe(50),
         ALLOWED_HOSTS="127.0.0.1",
         FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(),
-        DATABASE_URL=f"postgres://postgres@127.0.0.1:5432/{DATABASE}",
+        DATABASE_URL=PG_ADMIN.rsplit("/", 1)[0] + f"/{DATABASE}",
         REDIS_URL=REDIS_URL,
         ZYWAVE_AUTH_URL=sandbox.url,
         ZYWAVE_API_URL=sandbox.url,
@@ -306,7 +317,7 @@ def run(tmp: Path) -> None:
         broker.flushdb()
     except (psycopg.OperationalError, redis.RedisError) as exc:
         raise SmokeFailed(
-            f"PostgreSQL (127.0.0.1:5432, user postgres) and Redis (127.0.0.1:6379) must be "
+            f"PostgreSQL ({PG_ADMIN}) and Redis ({REDIS_URL}) must be "
             f"running; `.ci/run` starts them. {type(exc).__name__}: {exc}"
         ) from None
 
@@ -418,6 +429,9 @@ def main() -> int:
         print(f"SMOKE FAILED after {time.monotonic() - START:.1f}s: {exc}", file=sys.stderr)
         print(f"logs: {tmp / 'logs'}", file=sys.stderr)
         return 1
+    finally:
+        if not keep:
+            drop_database()
     say(f"passed in {time.monotonic() - START:.1f}s")
     if not keep:
         import shutil

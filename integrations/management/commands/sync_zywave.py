@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from integrations.models import Connection, SyncRun
-from integrations.sync import can_sync, sync_now
+from integrations.sync import sync_now
 
 
 class Command(BaseCommand):
@@ -27,7 +27,7 @@ class Command(BaseCommand):
         failed = 0
         for connection in tqdm(list(connections), desc="connections", disable=None):
             name = connection.user.get_username()
-            if not can_sync(connection):
+            if not connection.can_sync:
                 self.stdout.write(
                     f"{name}: skipped (status {connection.status}, profile needed "
                     f"{connection.chosen_profile_id is None})"
