@@ -317,3 +317,48 @@ def test_templates_have_no_inline_script_or_style() -> None:
         assert not re.search(r"<script(?![^>]*\bsrc=)[^>]*>", text), path
         assert not re.search(r"\sstyle=", text), path
         assert not re.search(r"\son[a-z]+=", text), path
+
+
+def test_the_defaults_lock_a_login_after_five_wrong_passwords_for_fifteen_minutes(
+    client: Client, staff: User, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the shipped defaults (AXES_FAILURE_LIMIT 5, AXES_COOLOFF_MINUTES 15). The one
+    stand-in: django-axes's clock (`axes.handlers.proxy.now`) is moved 15 minutes on, because
+    no test can wait for a quarter of an hour."""
+    from datetime import timedelta
+
+    import axes.handlers.proxy
+    from django.utils import timezone
+
+    wrong = {"username": "dana", "password": "wrong"}
+    assert [client.post("/login/", wrong).status_code for _ in range(4)] == [200] * 4
+    assert client.post("/login/", wrong).status_code == 429
+    right = {"username": "dana", "password": "dana-password"}
+    assert client.post("/login/", right).status_code == 429  # locked means locked
+    # Each attempt during the lock starts the 15 minutes again (django-axes's
+    # AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT), so the lock ends 15 minutes after the
+    # last attempt: still locked just before, open just after.
+    last_attempt = timezone.now()
+    almost = last_attempt + timedelta(minutes=14, seconds=50)
+    monkeypatch.setattr(axes.handlers.proxy, "now", lambda: almost)
+    assert client.post("/login/", right).status_code == 429
+    after = almost + timedelta(minutes=15, seconds=10)
+    monkeypatch.setattr(axes.handlers.proxy, "now", lambda: after)
+    assert client.post("/login/", right).status_code == 302
+    assert client.get("/").status_code == 200
+
+
+def test_production_refuses_to_create_demo_users(tmp_path: Path) -> None:
+    env = production_env(tmp_path)
+    assert run(env, "manage.py", "migrate", "--no-input").returncode == 0
+    result = run(env, "manage.py", "create_demo_users")
+    assert result.returncode != 0
+    assert "Demo users are for development only" in result.stderr
+    users = run(
+        env,
+        "manage.py",
+        "shell",
+        "-c",
+        "from django.contrib.auth.models import User; print(User.objects.count())",
+    )
+    assert users.stdout.strip().splitlines()[-1] == "0"
