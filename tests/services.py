@@ -30,6 +30,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
@@ -87,7 +88,7 @@ def private_postgres() -> Iterator[str]:
     initdb and the server refuse to run as root: as root they run as the `postgres` user."""
     bindir = postgres_bindir()
     root = Path(tempfile.mkdtemp(prefix="portal-test-pg-"))
-    owner = {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
+    owner: dict[str, Any] = {"user": "postgres", "group": "postgres"} if os.geteuid() == 0 else {}
     if owner:
         shutil.chown(root, "postgres", "postgres")
     port = free_port()

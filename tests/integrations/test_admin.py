@@ -28,14 +28,13 @@ from integrations.models import (
     SyncRun,
 )
 from integrations.tasks import sync_connection
-from tests.integrations.test_sync import linked
+from tests.conftest import SCOPES, Person, connection
 from tests.sandboxserver import Sandbox
 
 pytestmark = pytest.mark.django_db
 
 CHANGELIST = "/admin/integrations/connection/"
 EXPORT = "/admin/integrations/connection/export/"
-SCOPES = "api.accounts:read api.profiles email offline_access openid profile"
 
 
 def page(conn: Connection) -> str:
@@ -44,27 +43,6 @@ def page(conn: Connection) -> str:
 
 def act_url(conn: Connection) -> str:
     return f"{CHANGELIST}{conn.pk}/act/"
-
-
-def connection(user: User, profile: bool = True, **fields: Any) -> Connection:
-    """A connection built inline (no sandbox): active, with a chosen profile unless told."""
-    now = timezone.now()
-    values: dict[str, Any] = {
-        "zywave_subject": f"sub-{user.username}",
-        "zywave_email": f"{user.username}@zywave.test",
-        "granted_scopes": SCOPES,
-        "requested_scopes": SCOPES,
-        "authorized_at": now - timedelta(days=1),
-        "access_token_expires_at": now + timedelta(hours=1),
-        **fields,
-    }
-    conn = Connection.objects.create(user=user, **values)
-    if profile:
-        conn.chosen_profile = Profile.objects.create(
-            connection=conn, type_code="B", zywave_id="100", name="Agency One"
-        )
-        conn.save()
-    return conn
 
 
 def act(client: Client, action: str, *conns: Connection, **extra: Any) -> Any:
@@ -87,27 +65,6 @@ def messages_of(response: Any) -> list[str]:
     return [str(m) for m in response.context["messages"]] if response.context else []
 
 
-@pytest.fixture
-def admin_client(admin_user: User) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
-def support_user(db: Any) -> User:
-    user = User.objects.create_user("sam", "sam@agency.test", "sam-password", is_staff=True)
-    user.groups.add(Group.objects.get(name="support"))
-    return user
-
-
-@pytest.fixture
-def support_client(support_user: User) -> Client:
-    client = Client()
-    client.force_login(support_user)
-    return client
-
-
 # --- Who may see and act -----------------------------------------------------------------------
 
 
@@ -122,16 +79,13 @@ def test_anonymous_visitors_are_sent_to_the_admin_login(staff: User, client: Cli
     assert not SyncRun.objects.exists() and not conn.events.exists()
 
 
-def test_portal_users_without_staff_rights_are_refused(
-    staff: User, other_staff: User, client: Client
-) -> None:
+def test_portal_users_without_staff_rights_are_refused(dana: Person, other_staff: User) -> None:
     conn = connection(other_staff)
-    client.force_login(staff)
     for url in ("/admin/", CHANGELIST, page(conn), EXPORT):
-        response = client.get(url)
+        response = dana.get(url)
         assert response.status_code == 302 and response["Location"].startswith("/admin/login/")
-    act(client, "sync_now", conn)
-    client.post(act_url(conn), {"action": "sync_now"})
+    act(dana, "sync_now", conn)
+    dana.post(act_url(conn), {"action": "sync_now"})
     assert not SyncRun.objects.exists() and not conn.events.exists()
 
 
@@ -161,7 +115,7 @@ def test_the_support_group_holds_only_view_permissions(db: Any) -> None:
 
 
 def test_the_support_role_sees_every_page(
-    staff: User, support_client: Client, django_assert_max_num_queries: Any
+    staff: User, sam: Person, django_assert_max_num_queries: Any
 ) -> None:
     conn = connection(staff)
     run = SyncRun.objects.create(connection=conn, state="succeeded", finished_at=timezone.now())
@@ -176,44 +130,40 @@ def test_the_support_role_sees_every_page(
         "/admin/integrations/account/",
         "/admin/integrations/contact/",
     ):
-        assert support_client.get(url).status_code == 200, url
-    listing = support_client.get(CHANGELIST).content.decode()
+        assert sam.get(url).status_code == 200, url
+    listing = sam.get(CHANGELIST).content.decode()
     assert staff.username in listing and "action-select" not in listing
-    assert 'name="action"' not in support_client.get(page(conn)).content.decode()
+    assert 'name="action"' not in sam.get(page(conn)).content.decode()
 
 
-def test_the_support_role_can_run_no_action(staff: User, support_client: Client) -> None:
+def test_the_support_role_can_run_no_action(staff: User, sam: Person) -> None:
     conn = connection(staff)
     for action in ("refresh_tokens_now", "sync_now", "full_resync", "send_reconnect_reminder"):
-        act(support_client, action, conn)
-        assert support_client.post(act_url(conn), {"action": action}).status_code == 403
-    confirm_disconnect(support_client, conn)
+        act(sam, action, conn)
+        assert sam.post(act_url(conn), {"action": action}).status_code == 403
+    confirm_disconnect(sam, conn)
     conn.refresh_from_db()
     assert conn.status == Connection.Status.ACTIVE
     assert not SyncRun.objects.exists() and not conn.events.exists() and not mail.outbox
 
 
-def test_no_admin_can_edit_a_connection_or_see_a_token_field(
-    staff: User, admin_client: Client, admin_user: User
-) -> None:
+def test_no_admin_can_edit_a_connection_or_see_a_token_field(staff: User, root: Person) -> None:
     conn = connection(staff)
-    response = admin_client.post(page(conn), {"zywave_email": "x@evil.test", "status": "active"})
+    response = root.post(page(conn), {"zywave_email": "x@evil.test", "status": "active"})
     assert response.status_code == 403
     assert Connection.objects.get(pk=conn.pk).zywave_email == conn.zywave_email
     request = RequestFactory().get(page(conn))
-    request.user = admin_user
+    request.user = root.user
     model_admin = site._registry[Connection]
     form = model_admin.get_form(request, conn)
     assert not {"access_token", "refresh_token"} & set(form.base_fields)
     assert model_admin.get_changelist_instance(request).list_display[0] != "access_token"
 
 
-def test_admins_cannot_delete_connections_around_the_revocation(
-    staff: User, admin_client: Client
-) -> None:
+def test_admins_cannot_delete_connections_around_the_revocation(staff: User, root: Person) -> None:
     conn = connection(staff)
-    assert admin_client.get(f"{CHANGELIST}{conn.pk}/delete/").status_code == 403
-    act(admin_client, "delete_selected", conn)
+    assert root.get(f"{CHANGELIST}{conn.pk}/delete/").status_code == 403
+    act(root, "delete_selected", conn)
     assert Connection.objects.filter(pk=conn.pk).exists()
 
 
@@ -227,9 +177,9 @@ def body(response: Any) -> bytes:
 
 
 def test_no_admin_page_or_export_shows_a_token_or_the_client_secret(
-    staff: User, other_staff: User, admin_client: Client, zywave: Sandbox
+    staff: User, other_staff: User, root: Person, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     assert conn.chosen_profile is not None
     secrets = {
         "access token": conn.access_token,
@@ -238,7 +188,7 @@ def test_no_admin_page_or_export_shows_a_token_or_the_client_secret(
         "client secret": django_settings.ZYWAVE_CLIENT_SECRET,
     }
     # A refresh from the admin rotates the tokens: the new ones must not show either.
-    act(admin_client, "refresh_tokens_now", conn)
+    act(root, "refresh_tokens_now", conn)
     conn.refresh_from_db()
     secrets["new access token"] = conn.access_token
     secrets["new refresh token"] = conn.refresh_token
@@ -285,12 +235,12 @@ def test_no_admin_page_or_export_shows_a_token_or_the_client_secret(
     urls += [f"/admin/integrations/connectionevent/{e.pk}/change/" for e in conn.events.all()]
     pages = {}
     for url in urls:
-        response = admin_client.get(url)
+        response = root.get(url)
         assert response.status_code == 200, url
         pages[url] = body(response)
-    pages["disconnect confirmation"] = body(act(admin_client, "disconnect_selected", conn))
+    pages["disconnect confirmation"] = body(act(root, "disconnect_selected", conn))
     pages["refresh message"] = body(
-        admin_client.post(act_url(conn), {"action": "refresh_tokens_now"}, follow=True)
+        root.post(act_url(conn), {"action": "refresh_tokens_now"}, follow=True)
     )
     for where, content in pages.items():
         for name, secret in secrets.items():
@@ -353,33 +303,33 @@ def many_connections(n: int, start: int = 0) -> None:
     "query", ["", "?health=refresh_failing", "?last_sync=failed&o=9", "?q=user0&deadline=soon"]
 )
 def test_the_connection_list_runs_the_same_queries_for_10_and_1000_connections(
-    admin_client: Client, query: str
+    root: Person, query: str
 ) -> None:
     many_connections(10)
     with CaptureQueriesContext(db) as small:
-        assert admin_client.get(CHANGELIST + query).status_code == 200
+        assert root.get(CHANGELIST + query).status_code == 200
     many_connections(990, start=10)
     with CaptureQueriesContext(db) as large:
-        response = admin_client.get(CHANGELIST + query)
+        response = root.get(CHANGELIST + query)
         assert response.status_code == 200
     assert len(small) == len(large)
     assert len(large) < 15
 
 
 def test_the_overview_runs_the_same_queries_for_10_and_1000_connections(
-    admin_client: Client,
+    root: Person,
 ) -> None:
     many_connections(10)
     with CaptureQueriesContext(db) as small:
-        assert b"Zywave connections" in admin_client.get("/admin/").content
+        assert b"Zywave connections" in root.get("/admin/").content
     many_connections(990, start=10)
     with CaptureQueriesContext(db) as large:
-        assert b"Zywave connections" in admin_client.get("/admin/").content
+        assert b"Zywave connections" in root.get("/admin/").content
     assert len(small) == len(large)
 
 
 def test_the_list_shows_each_status_with_its_badge(
-    staff: User, other_staff: User, admin_client: Client
+    staff: User, other_staff: User, root: Person
 ) -> None:
     a, b, c, d, e = (User.objects.create_user(name) for name in "abcde")
     connection(a)
@@ -387,7 +337,7 @@ def test_the_list_shows_each_status_with_its_badge(
     connection(c, status="reauth_required", last_error="ended", last_error_permanent=True)
     connection(d, profile=False)
     connection(e, status="disconnected", profile=False)
-    listing = admin_client.get(CHANGELIST).content.decode()
+    listing = root.get(CHANGELIST).content.decode()
     for health, label in Connection.Health.choices:
         assert f'<span class="zw-badge zw-{health}">{label}</span>' in listing
     for health, user in [
@@ -397,12 +347,12 @@ def test_the_list_shows_each_status_with_its_badge(
         ("needs_profile", d),
         ("disconnected", e),
     ]:
-        shown = admin_client.get(CHANGELIST, {"health": health}).context["cl"].result_list
+        shown = root.get(CHANGELIST, {"health": health}).context["cl"].result_list
         assert [conn.user for conn in shown] == [user], health
 
 
 def test_the_list_filters_failed_syncs_chosen_profiles_and_near_deadlines(
-    staff: User, other_staff: User, admin_client: Client
+    staff: User, other_staff: User, root: Person
 ) -> None:
     now = timezone.now()
     failing = connection(staff, authorized_at=now - timedelta(days=25))
@@ -413,7 +363,7 @@ def test_the_list_filters_failed_syncs_chosen_profiles_and_near_deadlines(
     SyncRun.objects.create(connection=fine, state="succeeded", queued_at=now - timedelta(1))
 
     def shown(**params: str) -> list[Connection]:
-        return list(admin_client.get(CHANGELIST, params).context["cl"].result_list)
+        return list(root.get(CHANGELIST, params).context["cl"].result_list)
 
     lapsed = connection(
         User.objects.create_user("lapsed"), authorized_at=now - timedelta(days=31), profile=False
@@ -426,18 +376,16 @@ def test_the_list_filters_failed_syncs_chosen_profiles_and_near_deadlines(
 
 
 def test_search_finds_connections_by_username_email_and_zywave_subject(
-    staff: User, other_staff: User, admin_client: Client
+    staff: User, other_staff: User, root: Person
 ) -> None:
     dana = connection(staff, zywave_subject="zw-7781", zywave_email="dana@broker.test")
     connection(other_staff)
     for term in ("dana", "dana@agency.test", "dana@broker.test", "zw-7781"):
-        result = admin_client.get(CHANGELIST, {"q": term}).context["cl"].result_list
+        result = root.get(CHANGELIST, {"q": term}).context["cl"].result_list
         assert list(result) == [dana], term
 
 
-def test_the_list_shows_the_last_sync_duration_and_records(
-    staff: User, admin_client: Client
-) -> None:
+def test_the_list_shows_the_last_sync_duration_and_records(staff: User, root: Person) -> None:
     now = timezone.now()
     conn = connection(staff)
     SyncRun.objects.create(
@@ -447,7 +395,7 @@ def test_the_list_shows_the_last_sync_duration_and_records(
         finished_at=now,
         records_done=1234,
     )
-    assert "1234 records in 1m 15s" in admin_client.get(CHANGELIST).content.decode()
+    assert "1234 records in 1m 15s" in root.get(CHANGELIST).content.decode()
 
 
 @pytest.mark.parametrize(
@@ -460,7 +408,7 @@ def test_the_list_shows_the_last_sync_duration_and_records(
     ],
 )
 def test_the_list_sorts_by_each_date(
-    staff: User, other_staff: User, admin_client: Client, column: str, earliest_first: list[str]
+    staff: User, other_staff: User, root: Person, column: str, earliest_first: list[str]
 ) -> None:
     now = timezone.now()
     dana = connection(
@@ -477,10 +425,10 @@ def test_the_list_sorts_by_each_date(
     )
     SyncRun.objects.create(connection=dana, queued_at=now - timedelta(hours=3), state="failed")
     SyncRun.objects.create(connection=omar, queued_at=now - timedelta(hours=1), state="failed")
-    index = admin_client.get(CHANGELIST).context["cl"].list_display.index(column)
+    index = root.get(CHANGELIST).context["cl"].list_display.index(column)
 
     def usernames(order: str) -> list[str]:
-        result = admin_client.get(CHANGELIST, {"o": order}).context["cl"].result_list
+        result = root.get(CHANGELIST, {"o": order}).context["cl"].result_list
         return [conn.user.username for conn in result]
 
     assert usernames(str(index)) == earliest_first
@@ -490,17 +438,15 @@ def test_the_list_sorts_by_each_date(
 # --- The connection's page ---------------------------------------------------------------
 
 
-def test_the_connection_page_shows_its_history_and_runs(
-    staff: User, admin_client: Client, admin_user: User
-) -> None:
+def test_the_connection_page_shows_its_history_and_runs(staff: User, root: Person) -> None:
     conn = connection(staff, access_token_fingerprint="abc123def456")
     conn.record(ConnectionEvent.Kind.REFRESH_FAILED, reason="token refresh failed (503)")
-    conn.record(ConnectionEvent.Kind.SYNC_REQUESTED, actor=admin_user, full=True)
+    conn.record(ConnectionEvent.Kind.SYNC_REQUESTED, actor=root.user, full=True)
     SyncRun.objects.create(connection=conn, state="failed", error="Zywave answered 403")
-    content = admin_client.get(page(conn)).content.decode()
+    content = root.get(page(conn)).content.decode()
     assert "set, fingerprint abc123def456, expires" in content
     assert "token refresh failed (503)" in content and "Zywave answered 403" in content
-    assert "Sync requested by an admin" in content and admin_user.username in content
+    assert "Sync requested by an admin" in content and root.user.username in content
     assert f"connection__id__exact={conn.pk}" in content
 
 
@@ -508,91 +454,88 @@ def test_the_connection_page_shows_its_history_and_runs(
 
 
 def test_refresh_now_calls_zywave_once_and_records_the_admin(
-    staff: User, admin_client: Client, admin_user: User, zywave: Sandbox
+    staff: User, root: Person, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     before = conn.access_token_fingerprint
     zywave.control("POST", "counters/reset")
-    response = act(admin_client, "refresh_tokens_now", conn)
+    response = act(root, "refresh_tokens_now", conn)
     assert response.status_code == 302
     assert zywave.counters()["token"] == {"refresh_token:success": 1}
     conn.refresh_from_db()
     assert conn.access_token_fingerprint != before
     event = conn.events.get(kind=ConnectionEvent.Kind.REFRESH_REQUESTED)
-    assert event.actor == admin_user and event.detail == {"result": "refreshed"}
-    assert "Token refresh: 1 refreshed." in messages_of(admin_client.get(CHANGELIST))
+    assert event.actor == root.user and event.detail == {"result": "refreshed"}
+    assert "Token refresh: 1 refreshed." in messages_of(root.get(CHANGELIST))
 
 
 def test_refreshing_a_revoked_grant_reports_that_reauthorization_is_needed(
-    staff: User, admin_client: Client, zywave: Sandbox
+    staff: User, root: Person, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     zywave.control("POST", "users/agent@example.com/revoke")
-    response = act(admin_client, "refresh_tokens_now", conn)
+    response = act(root, "refresh_tokens_now", conn)
     assert Connection.objects.get(pk=conn.pk).status == Connection.Status.REAUTH_REQUIRED
-    followed = admin_client.get(response["Location"])
+    followed = root.get(response["Location"])
     assert any("need re-authorization" in m for m in messages_of(followed))
     assert conn.events.get(kind="refresh_requested").detail == {"result": "reauth_required"}
 
 
 def test_sync_now_queues_a_run_that_a_worker_then_completes(
     staff: User,
-    admin_client: Client,
-    admin_user: User,
+    root: Person,
     zywave: Sandbox,
     django_capture_on_commit_callbacks: Any,
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     with django_capture_on_commit_callbacks(execute=False) as enqueued:
-        act(admin_client, "sync_now", conn)
+        act(root, "sync_now", conn)
     run = SyncRun.objects.get(connection=conn)
     assert (run.state, run.trigger, run.full) == ("queued", "admin", False)
     assert len(enqueued) == 1  # the task, sent after commit
     event = conn.events.get(kind=ConnectionEvent.Kind.SYNC_REQUESTED)
-    assert event.actor == admin_user and event.detail == {"full": False, "result": "queued"}
+    assert event.actor == root.user and event.detail == {"full": False, "result": "queued"}
     # What the worker does with the task: the same run, taken and finished against Zywave.
     assert sync_connection(conn.pk) == SyncRun.State.SUCCEEDED
     assert SyncRun.objects.get(pk=run.pk).state == SyncRun.State.SUCCEEDED
     assert Account.objects.filter(connection=conn).exists()
 
 
-def test_full_resync_queues_a_full_run_once(
-    staff: User, admin_client: Client, zywave: Sandbox
-) -> None:
-    conn = linked(staff, zywave)
-    act(admin_client, "full_resync", conn)
-    act(admin_client, "full_resync", conn)
+def test_full_resync_queues_a_full_run_once(staff: User, root: Person, zywave: Sandbox) -> None:
+    conn = connection(staff, zywave)
+    act(root, "full_resync", conn)
+    act(root, "full_resync", conn)
     assert SyncRun.objects.get(connection=conn).full
     results = [e.detail["result"] for e in conn.events.filter(kind="sync_requested")]
     assert sorted(results) == ["already_queued", "queued"]
 
 
 def test_sync_skips_connections_that_cannot_sync(
-    staff: User, other_staff: User, admin_client: Client
+    staff: User, other_staff: User, root: Person
 ) -> None:
     no_profile = connection(staff, profile=False)
     reauth = connection(other_staff, status="reauth_required")
-    response = act(admin_client, "sync_now", no_profile, reauth)
+    response = act(root, "sync_now", no_profile, reauth)
     assert not SyncRun.objects.exists()
-    assert any("2 skipped" in m for m in messages_of(admin_client.get(response["Location"])))
+    assert any("2 skipped" in m for m in messages_of(root.get(response["Location"])))
 
 
 def test_a_reconnect_reminder_is_emailed_to_the_owner_and_recorded(
-    staff: User, admin_client: Client, admin_user: User
+    staff: User, root: Person
 ) -> None:
     conn = connection(staff, status="reauth_required", access_token_fingerprint="f" * 12)
-    act(admin_client, "send_reconnect_reminder", conn)
+    act(root, "send_reconnect_reminder", conn)
     assert len(mail.outbox) == 1
     message = mail.outbox[0]
     assert message.to == [staff.email] and "reconnect" in message.subject.lower()
     assert "Reconnect" in message.body and "f" * 12 not in message.body
     event = conn.events.get(kind=ConnectionEvent.Kind.REMINDER_SENT)
-    assert event.actor == admin_user and event.detail == {"result": "sent"}
+    assert event.actor == root.user and event.detail == {"result": "sent"}
 
 
-def test_disconnect_asks_for_confirmation_first(staff: User, admin_client: Client) -> None:
+def test_disconnect_asks_for_confirmation_first(staff: User, root: Person) -> None:
     conn = connection(staff)
-    response = act(admin_client, "disconnect_selected", conn)
+    response = act(root, "disconnect_selected", conn)
     assert response.status_code == 200
     content = response.content.decode()
     assert "Disconnect Zywave?" in content and staff.username in content
@@ -602,12 +545,12 @@ def test_disconnect_asks_for_confirmation_first(staff: User, admin_client: Clien
 
 
 def test_disconnect_revokes_at_zywave_deletes_the_tokens_and_records_the_admin(
-    staff: User, admin_client: Client, admin_user: User, zywave: Sandbox
+    staff: User, root: Person, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     access, refresh = conn.access_token, conn.refresh_token
     assert zywave.control("GET", f"tokens/{refresh}")["active"]
-    response = confirm_disconnect(admin_client, conn)
+    response = confirm_disconnect(root, conn)
     assert response.status_code == 302
     assert not zywave.control("GET", f"tokens/{refresh}")["active"]
     assert not zywave.control("GET", f"tokens/{access}")["active"]
@@ -616,48 +559,43 @@ def test_disconnect_revokes_at_zywave_deletes_the_tokens_and_records_the_admin(
     assert (conn.access_token, conn.refresh_token, conn.chosen_profile) == (None, None, None)
     assert not Profile.objects.filter(connection=conn).exists()
     event = conn.events.get(kind=ConnectionEvent.Kind.DISCONNECTED)
-    assert event.actor == admin_user and event.detail["revoked"] is True
-    followed = admin_client.get(response["Location"])
+    assert event.actor == root.user and event.detail["revoked"] is True
+    followed = root.get(response["Location"])
     assert "Disconnect: 1 disconnected and revoked at Zywave." in messages_of(followed)
 
 
-def test_actions_from_a_connection_page_return_to_it(
-    staff: User, admin_client: Client, admin_user: User
-) -> None:
+def test_actions_from_a_connection_page_return_to_it(staff: User, root: Person) -> None:
     conn = connection(staff)
-    page_content = admin_client.get(page(conn)).content.decode()
+    page_content = root.get(page(conn)).content.decode()
     assert f'action="{act_url(conn)}"' in page_content and 'value="sync_now"' in page_content
-    response = admin_client.post(act_url(conn), {"action": "sync_now"})
+    response = root.post(act_url(conn), {"action": "sync_now"})
     assert response.status_code == 302 and response["Location"] == page(conn)
     assert SyncRun.objects.filter(connection=conn, trigger="admin").exists()
-    confirmation = admin_client.post(act_url(conn), {"action": "disconnect_selected"})
+    confirmation = root.post(act_url(conn), {"action": "disconnect_selected"})
     assert confirmation.status_code == 200 and b"Disconnect Zywave?" in confirmation.content
-    assert admin_client.get(act_url(conn)).status_code == 405
-    assert admin_client.post(act_url(conn), {"action": "nonsense"}).status_code == 403
+    assert root.get(act_url(conn)).status_code == 405
+    assert root.post(act_url(conn), {"action": "nonsense"}).status_code == 403
 
 
 # --- CSV and the overview ------------------------------------------------------------------
 
 
 def test_the_csv_export_has_the_list_columns_and_follows_its_filters(
-    staff: User, other_staff: User, admin_client: Client
+    staff: User, other_staff: User, root: Person
 ) -> None:
     connection(staff, status="reauth_required", last_error="=HYPERLINK(1)")
     connection(other_staff)
-    response = admin_client.get(EXPORT, {"health": "reauth_required"})
+    response = root.get(EXPORT, {"health": "reauth_required"})
     assert response["Content-Type"].startswith("text/csv")
     lines = body(response).decode().splitlines()
     assert lines[0].startswith("portal user,portal email,Zywave email,Zywave subject,status")
     assert len(lines) == 2 and lines[1].startswith(f"{staff.username},")
     assert "Re-authorization needed" in lines[1] and "'=HYPERLINK(1)" in lines[1]
-    assert (
-        reverse("admin:integrations_connection_export")
-        in admin_client.get(CHANGELIST).content.decode()
-    )
+    assert reverse("admin:integrations_connection_export") in root.get(CHANGELIST).content.decode()
 
 
 def test_the_overview_counts_statuses_and_draws_two_weeks_of_sync_outcomes(
-    staff: User, other_staff: User, admin_client: Client
+    staff: User, other_staff: User, root: Person
 ) -> None:
     now = timezone.now()
     soon = connection(staff, authorized_at=now - timedelta(days=27))
@@ -669,7 +607,7 @@ def test_the_overview_counts_statuses_and_draws_two_weeks_of_sync_outcomes(
     SyncRun.objects.create(
         connection=soon, state="succeeded", finished_at=now - timedelta(days=20), records_done=9
     )
-    response = admin_client.get("/admin/")
+    response = root.get("/admin/")
     assert response.status_code == 200
     content = response.content.decode()
     assert "Zywave connections" in content and "<svg" in content

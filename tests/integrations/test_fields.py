@@ -10,12 +10,14 @@ from cryptography.fernet import Fernet, MultiFernet
 from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connection, transaction
+from django.db import connection as db
+from django.db import transaction
 from django.db.models import F, Value
 
 from integrations.checks import encryption_key_decrypts_canary, ensure_canary
 from integrations.fields import DecryptionError, key_fingerprint
 from integrations.models import Connection, EncryptionCanary
+from tests.conftest import connection
 
 KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
@@ -35,26 +37,20 @@ def use_keys(settings, monkeypatch) -> UseKeys:  # type: ignore[no-untyped-def]
 
 
 def raw(column: str, pk: int) -> str:
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(f"SELECT {column} FROM integrations_connection WHERE id = %s", [pk])
         return cursor.fetchone()[0]
 
 
-def make_connection(user: User, token: str = "access-1") -> Connection:
-    return Connection.objects.create(
-        user=user, zywave_subject="sub-1", access_token=token, refresh_token="refresh-1"
-    )
-
-
 def test_a_token_is_stored_as_ciphertext_and_read_as_plaintext(staff: User) -> None:
-    conn = make_connection(staff, "plain-access-token")
+    conn = connection(staff, access_token="plain-access-token")
     assert "plain-access-token" not in raw("access_token", conn.pk)
     assert Connection.objects.get(pk=conn.pk).access_token == "plain-access-token"
 
 
 def test_a_wrong_key_raises_instead_of_returning_ciphertext(staff: User, use_keys: UseKeys) -> None:
     use_keys(KEY_A)
-    conn = make_connection(staff)
+    conn = connection(staff)
     use_keys(KEY_B)
     with pytest.raises(DecryptionError) as caught:
         Connection.objects.get(pk=conn.pk)
@@ -63,8 +59,8 @@ def test_a_wrong_key_raises_instead_of_returning_ciphertext(staff: User, use_key
 
 
 def test_a_plaintext_row_raises_instead_of_passing_through(staff: User) -> None:
-    conn = make_connection(staff)
-    with connection.cursor() as cursor:
+    conn = connection(staff)
+    with db.cursor() as cursor:
         cursor.execute(
             "UPDATE integrations_connection SET access_token = 'oops' WHERE id = %s", [conn.pk]
         )
@@ -73,14 +69,14 @@ def test_a_plaintext_row_raises_instead_of_passing_through(staff: User) -> None:
 
 
 def test_update_with_a_value_expression_encrypts_it(staff: User) -> None:
-    conn = make_connection(staff)
+    conn = connection(staff)
     Connection.objects.filter(pk=conn.pk).update(access_token=Value("via-update"))
     assert "via-update" not in raw("access_token", conn.pk)
     assert Connection.objects.get(pk=conn.pk).access_token == "via-update"
 
 
 def test_bulk_update_encrypts_each_value(staff: User, other_staff: User) -> None:
-    first, second = make_connection(staff), make_connection(other_staff)
+    first, second = connection(staff), connection(other_staff)
     first.access_token, second.access_token = "bulk-one", "bulk-two"
     Connection.objects.bulk_update([first, second], ["access_token"])
     assert "bulk-one" not in raw("access_token", first.pk)
@@ -90,15 +86,15 @@ def test_bulk_update_encrypts_each_value(staff: User, other_staff: User) -> None
 
 
 def test_other_expressions_on_an_encrypted_field_are_refused(staff: User) -> None:
-    conn = make_connection(staff)
+    conn = connection(staff)
     with pytest.raises(TypeError, match="is encrypted"), transaction.atomic():
         Connection.objects.filter(pk=conn.pk).update(access_token=F("zywave_subject"))
-    assert Connection.objects.get(pk=conn.pk).access_token == "access-1"
+    assert Connection.objects.get(pk=conn.pk).access_token == conn.access_token
 
 
 def test_lookups_on_an_encrypted_field_never_match(staff: User) -> None:
     # Fernet is randomised: equal plaintexts give different ciphertexts. Never filter on it.
-    make_connection(staff, "find-me")
+    connection(staff, access_token="find-me")
     assert not Connection.objects.filter(access_token="find-me").exists()
 
 
@@ -124,7 +120,7 @@ def rows_with(n: int) -> list[Connection]:
     EncryptionCanary.objects.all().delete()
     ensure_canary()
     users = [User.objects.create_user(f"user{i}") for i in range(n)]
-    return [make_connection(user, f"token-{i}") for i, user in enumerate(users)]
+    return [connection(user, access_token=f"token-{i}") for i, user in enumerate(users)]
 
 
 def test_rotation_re_encrypts_everything_with_the_first_key(db: None, use_keys: UseKeys) -> None:

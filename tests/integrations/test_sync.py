@@ -3,30 +3,24 @@ the behaviour depends on one (queueing, absorbing, surviving a killed worker).""
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 import requests
 from django.contrib.auth.models import User
-from django.db import connection as db
 from django.db.models import Count
-from django.test import Client
-from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from integrations.client import PAGE_SIZE, PREFETCH_PAGES, ZywaveClient, ZywaveTimeout
 from integrations.models import Account, Connection, Contact, SyncRun
-from integrations.profiles import choose_profile, refresh_profiles
+from integrations.profiles import choose_profile
 from integrations.sync import claim, queue_run, run_sync, sync_now
 from integrations.tasks import sync_due_connections
 from integrations.tokens import client_for
-from tests.drills.netfaults import CuttingProxy
+from tests.conftest import Person, connection
 from tests.integrations.flows import inject_fault
 from tests.integrations.workers import Worker, use_test_broker, wait_for
 from tests.sandboxserver import Sandbox
@@ -36,21 +30,6 @@ from tests.sandboxserver import Sandbox
 def quick_retries(settings: Any) -> None:
     settings.ZYWAVE_SYNC_BACKOFF_SECONDS = 0
     settings.ZYWAVE_SYNC_LEASE_SECONDS = 5
-
-
-def linked(
-    user: User, sandbox: Sandbox, username: str = "agent@example.com", index: int = 0
-) -> Connection:
-    """A connection with real sandbox tokens and a chosen profile, set up over HTTP."""
-    tokens = sandbox.obtain_tokens(username=username)
-    conn = Connection(user=user, zywave_subject=username, zywave_email=username)
-    conn.set_tokens(tokens)
-    conn.authorized_at = timezone.now()
-    conn.save()
-    refresh_profiles(conn, client_for(conn))
-    choose_profile(conn, client_for(conn), sandbox.profiles(username)[index]["id"], actor=None)
-    conn.refresh_from_db()
-    return conn
 
 
 def sandbox_counts(sandbox: Sandbox, conn: Connection) -> dict[str, int]:
@@ -76,7 +55,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_full_sync_mirrors_exactly_the_chosen_profiles_data(staff: User, zywave: Sandbox) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     result = run(conn)
     assert result.state == SyncRun.State.SUCCEEDED and result.full
     expected = sandbox_counts(zywave, conn)
@@ -114,7 +93,7 @@ def test_a_full_sync_mirrors_exactly_the_chosen_profiles_data(staff: User, zywav
 def test_changes_and_archivals_arrive_incrementally_and_deletions_with_a_full_sync(
     staff: User, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     run(conn)
     profile = conn.chosen_profile
     assert profile is not None
@@ -149,7 +128,7 @@ def test_changes_and_archivals_arrive_incrementally_and_deletions_with_a_full_sy
 
 
 def test_an_unchanged_incremental_sync_asks_once_per_resource(staff: User, zywave: Sandbox) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     run(conn)
     zywave.control("POST", "counters/reset")
     result = run(conn)
@@ -158,98 +137,8 @@ def test_an_unchanged_incremental_sync_asks_once_per_resource(staff: User, zywav
     assert api_requests(zywave, "contact") == 1
 
 
-@pytest.mark.parametrize(
-    ("shape", "in_flight"),
-    [("items", PREFETCH_PAGES), ("value", PREFETCH_PAGES), ("array", 1)],
-)
-def test_pages_are_asked_ahead_only_when_zywave_says_they_exist(
-    staff: User, zywave: Sandbox, monkeypatch: pytest.MonkeyPatch, shape: str, in_flight: int
-) -> None:
-    """With a total in the envelope, PREFETCH_PAGES requests run at once and none goes past the
-    last page; a bare array has no total, so only the next page is asked, one at a time."""
-    conn = linked(staff, zywave)
-    zywave.control("POST", "settings", envelope=shape)
-    zywave.control("POST", "counters/reset")
-    busy, most = 0, 0
-    lock = threading.Lock()
-    send = ZywaveClient._send
-
-    def counting_send(self: ZywaveClient, *args: Any) -> requests.Response:
-        # A spy on our own client (not a mock): it counts requests in flight, then sends.
-        nonlocal busy, most
-        with lock:
-            busy += 1
-            most = max(most, busy)
-        try:
-            time.sleep(0.01)  # long enough for a second request to start, if one is asked
-            return send(self, *args)
-        finally:
-            with lock:
-                busy -= 1
-
-    monkeypatch.setattr(ZywaveClient, "_send", counting_send)
-    result = run(conn, full=True)
-    assert result.state == SyncRun.State.SUCCEEDED
-    expected = sandbox_counts(zywave, conn)
-    assert result.records_done == expected["accounts"] + expected["contacts"]
-    assert most == in_flight
-    for resource, count in (("account", expected["accounts"]), ("contact", expected["contacts"])):
-        pages = -(-count // PAGE_SIZE)
-        # Without a total, a last page that happens to be full needs one empty page after it.
-        extra = 1 if shape == "array" and count % PAGE_SIZE == 0 else 0
-        assert api_requests(zywave, resource) == pages + extra
-
-
-def test_a_record_with_an_integer_beyond_64_bits_is_mirrored_whole(
-    staff: User, zywave: Sandbox
-) -> None:
-    """orjson refuses such integers; the page is then encoded by the standard encoder."""
-    conn = linked(staff, zywave)
-    big = 123456789012345678901234567890
-    inject_fault(
-        zywave,
-        r"^/accounts/v2\.0/account$",
-        status=200,
-        body=f'{{"items": [{{"id": "A-BIG", "name": "Big", "policyCount": {big}}}], '
-        '"totalCount": 1, "hasMoreResults": false}',
-        content_type="application/json",
-    )
-    result = run(conn, full=True)
-    assert result.state == SyncRun.State.SUCCEEDED
-    account = Account.objects.get(connection=conn, zywave_id="A-BIG")
-    assert account.name == "Big" and account.raw["policyCount"] == big
-
-
-@pytest.mark.parametrize("cuts", [1, 2])
-def test_a_get_whose_connection_drops_is_asked_once_more_and_only_once(
-    staff: User, zywave: Sandbox, settings: Any, cuts: int
-) -> None:
-    """A proxy resets the connection after Zywave answered (what a keep-alive connection
-    closed as it is reused looks like): the GET is sent again once, on a new connection."""
-    conn = linked(staff, zywave)
-    upstream = urlsplit(zywave.url)
-    proxy = CuttingProxy(
-        (upstream.hostname or "127.0.0.1", upstream.port or 80),
-        cuts=cuts,
-        cut_prefix=b"GET /profiles/",
-    )
-    settings.ZYWAVE_API_URL = proxy.url
-    try:
-        profiles = client_for(conn).profiles("B")
-        outcome = f"{len(profiles)} profiles"
-    except ZywaveTimeout as exc:
-        outcome = str(exc)
-    finally:
-        proxy.close()
-    assert proxy.cut_statuses == [200] * cuts  # Zywave answered; the answers were lost
-    if cuts == 1:
-        assert outcome == f"{len(zywave.profiles())} profiles" and proxy.passed == 1
-    else:
-        assert "could not be reached (ConnectionError)" in outcome and proxy.passed == 0
-
-
 def test_rate_limits_and_a_503_burst_are_waited_out(staff: User, zywave: Sandbox) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     inject_fault(zywave, r"^/accounts/v2\.0/contact$", status=429, retry_after="1")
     inject_fault(zywave, r"^/accounts/v2\.0/account$", count=3, status=503)
     waits: list[float] = []
@@ -270,7 +159,7 @@ def test_rate_limits_and_a_503_burst_are_waited_out(staff: User, zywave: Sandbox
 
 
 def test_a_401_mid_run_refreshes_and_continues(staff: User, zywave: Sandbox) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     zywave.control("POST", "counters/reset")
     inject_fault(zywave, r"^/accounts/v2\.0/contact$", status=401)
     result = run(conn)
@@ -281,7 +170,7 @@ def test_a_401_mid_run_refreshes_and_continues(staff: User, zywave: Sandbox) -> 
 def test_a_revoked_grant_stops_the_run_cleanly_keeping_its_pages(
     staff: User, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     zywave.control("POST", "users/agent@example.com/revoke")
     Connection.objects.filter(pk=conn.pk).update(access_token_expires_at=timezone.now())
     result = run(conn)
@@ -292,7 +181,7 @@ def test_a_revoked_grant_stops_the_run_cleanly_keeping_its_pages(
 
 
 def test_a_bad_page_keeps_the_pages_before_it(staff: User, zywave: Sandbox) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     inject_fault(
         zywave,
         r"^/accounts/v2\.0/contact$",
@@ -311,7 +200,7 @@ def test_a_bad_page_keeps_the_pages_before_it(staff: User, zywave: Sandbox) -> N
 def test_syncs_skip_connections_needing_reauth_or_a_profile(
     staff: User, other_staff: User, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     waiting = queue_run(conn, trigger="test")  # queued just before the grant ended
     assert waiting is not None
     Connection.objects.filter(pk=conn.pk).update(status=Connection.Status.REAUTH_REQUIRED)
@@ -323,62 +212,6 @@ def test_syncs_skip_connections_needing_reauth_or_a_profile(
     )
     assert claim(conn.pk) is None
     assert sync_due_connections() == {"queued": 0, "resumed": 0}
-
-
-def test_the_accounts_pages_show_only_the_owners_mirror(
-    staff: User, other_staff: User, zywave: Sandbox, client: Client
-) -> None:
-    conn = linked(staff, zywave)
-    run(conn)
-    account = Account.objects.filter(connection=conn).first()
-    assert account is not None
-    client.force_login(staff)
-    page = client.get("/zywave/accounts/", {"q": account.name[:6]})
-    assert account.name.encode() in page.content
-    detail = client.get(f"/zywave/accounts/{account.zywave_id}/")
-    assert detail.status_code == 200
-    for contact in Contact.objects.filter(connection=conn, account_zywave_id=account.zywave_id):
-        assert contact.last_name.encode() in detail.content
-    omar = Client()
-    omar.force_login(other_staff)
-    Connection.objects.create(user=other_staff, zywave_subject="solo@example.com")
-    assert omar.get(f"/zywave/accounts/{account.zywave_id}/").status_code == 404
-    assert account.name.encode() not in omar.get("/zywave/accounts/").content
-
-
-def fill_mirror(conn: Connection, n: int) -> None:
-    Account.objects.bulk_create(
-        [
-            Account(connection=conn, zywave_id=str(i), name=f"Account {i:05d}", raw={})
-            for i in range(n)
-        ],
-        batch_size=1000,
-    )
-
-
-def test_the_accounts_page_runs_the_same_queries_at_10_and_5000_records(
-    staff: User, client: Client
-) -> None:
-    conn = Connection.objects.create(user=staff, zywave_subject="s")
-    client.force_login(staff)
-    fill_mirror(conn, 10)
-    with CaptureQueriesContext(db) as small:
-        assert client.get("/zywave/accounts/", {"status": "active"}).status_code == 200
-    fill_mirror_more = [
-        Account(connection=conn, zywave_id=f"x{i}", name=f"B {i}", raw={}) for i in range(4990)
-    ]
-    Account.objects.bulk_create(fill_mirror_more, batch_size=1000)
-    with CaptureQueriesContext(db) as large:
-        assert client.get("/zywave/accounts/", {"status": "active"}).status_code == 200
-    assert len(small) == len(large)
-
-
-def test_sync_needs_post_login_and_a_profile(staff: User, client: Client) -> None:
-    assert client.post("/zywave/sync/")["Location"].startswith("/login/")
-    client.force_login(staff)
-    assert client.get("/zywave/sync/").status_code == 405
-    client.post("/zywave/sync/")
-    assert not SyncRun.objects.exists()
 
 
 # --- With a real Celery worker ----------------------------------------------------------------
@@ -396,31 +229,29 @@ def worker(zywave: Sandbox, tmp_path: Path) -> Iterator[Worker]:
 
 @pytest.mark.django_db(transaction=True)
 def test_sync_now_runs_on_a_real_worker_and_the_dashboard_shows_it(
-    staff: User, zywave: Sandbox, worker: Worker, client: Client
+    dana: Person, zywave: Sandbox, worker: Worker
 ) -> None:
-    conn = linked(staff, zywave)
-    client.force_login(staff)
+    conn = connection(dana.user, zywave)
     SyncRun.objects.all().delete()  # choosing the profile queued one; start from "Sync now"
-    assert client.post("/zywave/sync/").status_code == 302
+    assert dana.post("/zywave/sync/").status_code == 302
     wait_for(
         lambda: SyncRun.objects.filter(connection=conn, state="succeeded").exists(),
         what="the worker's sync",
     )
-    status = client.get("/zywave/sync/status/").json()
+    status = dana.get("/zywave/sync/status/").json()
     assert status["state"] == "succeeded" and status["records"] > 0
-    page = client.get("/").content.decode()
+    page = dana.get("/").content.decode()
     assert "Last sync" in page and "succeeded" in page
 
 
 @pytest.mark.django_db(transaction=True)
 def test_sync_now_twice_and_beat_at_once_give_one_run(
-    staff: User, zywave: Sandbox, worker: Worker, client: Client
+    dana: Person, zywave: Sandbox, worker: Worker
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(dana.user, zywave)
     SyncRun.objects.all().delete()
-    client.force_login(staff)
-    client.post("/zywave/sync/")
-    client.post("/zywave/sync/")
+    dana.post("/zywave/sync/")
+    dana.post("/zywave/sync/")
     sync_due_connections()
     assert SyncRun.objects.filter(connection=conn).count() == 1
     wait_for(lambda: not SyncRun.objects.active().exists(), what="the run to finish")
@@ -435,7 +266,7 @@ def test_a_queued_run_whose_message_was_lost_is_sent_again(
 ) -> None:
     """A worker killed outright takes the messages it had reserved with it (Redis gives them
     back only after its visibility timeout, hours): the reconciler sends such a run again."""
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     SyncRun.objects.all().delete()
     run = queue_run(conn, trigger="test")  # queued, its message never sent: as if lost
     assert run is not None
@@ -450,7 +281,7 @@ def test_a_queued_run_whose_message_was_lost_is_sent_again(
 def test_a_worker_killed_mid_sync_loses_nothing_and_duplicates_nothing(
     staff: User, zywave: Sandbox, worker: Worker, tmp_path: Path
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     SyncRun.objects.all().delete()
     # Slow every page down so the kill lands mid-run.
     inject_fault(zywave, r"^/accounts/v2\.0/(account|contact)$", count=40, delay_ms=300)
@@ -488,7 +319,7 @@ def test_a_worker_killed_mid_sync_loses_nothing_and_duplicates_nothing(
 def test_changing_the_profile_mid_run_stops_the_old_run_before_its_next_page(
     staff: User, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(staff, zywave)
     inject_fault(zywave, r"^/accounts/v2\.0/contact$", status=429, retry_after="0")
     queue_run(conn, full=True)
     old_run = claim(conn.pk)
@@ -511,10 +342,8 @@ def test_the_operators_command_syncs_one_user_or_all(
     from django.core.management import call_command
     from django.core.management.base import CommandError
 
-    conn = linked(staff, zywave)
-    Connection.objects.create(
-        user=other_staff, zywave_subject="x", status=Connection.Status.REAUTH_REQUIRED
-    )
+    conn = connection(staff, zywave)
+    connection(other_staff, status=Connection.Status.REAUTH_REQUIRED)
     call_command("sync_zywave", user="dana", full=True)
     out = capsys.readouterr().out
     assert "dana: succeeded" in out

@@ -16,13 +16,11 @@ import pytest
 from django.contrib.auth.models import User
 from django.core import mail
 from django.db import connection as db
-from django.test import Client
 from django.utils import timezone
 
-from integrations.client import Unauthorized
 from integrations.models import Connection
-from integrations.tasks import keep_tokens_alive, refresh_connection, upkeep_horizon
-from integrations.tokens import ReauthRequired, RefreshFailed, access_token_for, client_for
+from integrations.tokens import ReauthRequired, RefreshFailed, access_token_for
+from tests.conftest import Person, connection
 from tests.integrations.flows import connect, inject_fault
 from tests.integrations.workers import database_url
 from tests.sandboxserver import Sandbox
@@ -30,16 +28,11 @@ from tests.sandboxserver import Sandbox
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def linked(user: User, sandbox: Sandbox, username: str = "agent@example.com") -> Connection:
-    """A connection holding real sandbox tokens (obtained over HTTP), its access token expired
-    from the portal's point of view so the next use must refresh."""
-    tokens = sandbox.obtain_tokens(username=username)
-    conn = Connection(user=user, zywave_subject=username, zywave_email=username)
-    conn.set_tokens(tokens)
-    conn.authorized_at = timezone.now()
-    conn.access_token_expires_at = timezone.now() - timedelta(minutes=1)
-    conn.save()
-    return conn
+def expired(user: User, sandbox: Sandbox) -> Connection:
+    """The cast's connection through the sandbox as connecting leaves it (no profile yet), its
+    access token expired from the portal's point of view so the next use must refresh."""
+    past = timezone.now() - timedelta(minutes=1)
+    return connection(user, sandbox, profile=False, access_token_expires_at=past)
 
 
 def token_counts(sandbox: Sandbox) -> dict[str, int]:
@@ -62,7 +55,7 @@ print(access_token_for(Connection.objects.get(pk=pk)))
 def test_eight_threads_and_two_processes_cause_exactly_one_refresh(
     staff: User, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = expired(staff, zywave)
     old = conn.access_token
     zywave.control("POST", "counters/reset")
     start = time.time() + 3.0
@@ -119,7 +112,7 @@ pytestmark = pytest.mark.django_db
 
 
 def test_a_fresh_token_is_used_without_calling_zywave(staff: User, zywave: Sandbox) -> None:
-    conn = linked(staff, zywave)
+    conn = expired(staff, zywave)
     conn.access_token_expires_at = timezone.now() + timedelta(hours=1)
     conn.save()
     zywave.control("POST", "counters/reset")
@@ -138,7 +131,7 @@ def test_a_fresh_token_is_used_without_calling_zywave(staff: User, zywave: Sandb
 def test_a_transient_failure_keeps_the_tokens_and_the_connection_active(
     staff: User, zywave: Sandbox, fault: dict[str, Any]
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = expired(staff, zywave)
     before = (conn.access_token, conn.refresh_token)
     inject_fault(zywave, "^/connect/token", **fault)
     with pytest.raises(RefreshFailed):
@@ -151,7 +144,7 @@ def test_a_transient_failure_keeps_the_tokens_and_the_connection_active(
 
 
 def test_a_rate_limited_refresh_carries_the_delay(staff: User, zywave: Sandbox) -> None:
-    conn = linked(staff, zywave)
+    conn = expired(staff, zywave)
     inject_fault(zywave, "^/connect/token", status=429, retry_after="7")
     with pytest.raises(RefreshFailed) as caught:
         access_token_for(conn)
@@ -161,7 +154,7 @@ def test_a_rate_limited_refresh_carries_the_delay(staff: User, zywave: Sandbox) 
 
 def test_a_lost_refresh_answer_ends_in_reauth_not_a_loop(staff: User, zywave: Sandbox) -> None:
     # The sandbox rotates the token, but answers after our read timeout: the answer is lost.
-    conn = linked(staff, zywave)
+    conn = expired(staff, zywave)
     zywave.control("POST", "counters/reset")
     inject_fault(zywave, "^/connect/token", delay_ms=4500)
     with pytest.raises(RefreshFailed):
@@ -177,9 +170,9 @@ def test_a_lost_refresh_answer_ends_in_reauth_not_a_loop(staff: User, zywave: Sa
 
 
 def test_a_revoked_grant_needs_reauth_with_one_email_and_a_banner(
-    staff: User, zywave: Sandbox, client: Client, django_capture_on_commit_callbacks: Any
+    dana: Person, zywave: Sandbox, django_capture_on_commit_callbacks: Any
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = expired(dana.user, zywave)
     zywave.control("POST", "users/agent@example.com/revoke")
     with django_capture_on_commit_callbacks(execute=True):
         with pytest.raises(ReauthRequired):
@@ -192,93 +185,48 @@ def test_a_revoked_grant_needs_reauth_with_one_email_and_a_banner(
     assert len(mail.outbox) == 1
     assert "reconnect" in mail.outbox[0].subject.lower()
     assert conn.refresh_token not in mail.outbox[0].body
-    client.force_login(staff)
-    page = client.get("/").content.decode()
+    page = dana.get("/").content.decode()
     assert "Zywave needs you to sign in again" in page and "Reconnect" in page
-
-
-def test_a_401_mid_call_refreshes_once_and_retries_once(staff: User, zywave: Sandbox) -> None:
-    conn = linked(staff, zywave)
-    conn.access_token_expires_at = timezone.now() + timedelta(hours=1)
-    conn.save()
-    zywave.control("POST", "counters/reset")
-    inject_fault(zywave, "^/connect/userinfo", status=401)
-    body = client_for(conn).get("/connect/userinfo", v2=False)
-    assert body["email"] == "agent@example.com"
-    assert token_counts(zywave) == {"refresh_token:success": 1}
-
-
-def test_a_second_401_is_reported(staff: User, zywave: Sandbox) -> None:
-    conn = linked(staff, zywave)
-    inject_fault(zywave, "^/connect/userinfo", status=401, count=2)
-    with pytest.raises(Unauthorized):
-        client_for(conn).get("/connect/userinfo", v2=False)
 
 
 def test_past_the_absolute_deadline_the_refresh_ends_the_grant(
     staff: User, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = expired(staff, zywave)
     zywave.control("POST", "clock", offset_seconds=31 * 24 * 3600)
     with pytest.raises(ReauthRequired):
         access_token_for(conn)
     assert Connection.objects.get(pk=conn.pk).status == Connection.Status.REAUTH_REQUIRED
 
 
-def test_the_deadline_warning_is_sent_once_and_reconnecting_resets_it(
-    staff: User, zywave: Sandbox, client: Client, django_capture_on_commit_callbacks: Any
+def test_reconnecting_starts_a_new_deadline_and_clears_its_warning(
+    dana: Person, zywave: Sandbox
 ) -> None:
-    client.force_login(staff)
-    connect(client, zywave)
-    Connection.objects.filter(user=staff).update(authorized_at=timezone.now() - timedelta(days=24))
-    mail.outbox.clear()
-    with django_capture_on_commit_callbacks(execute=True):
-        keep_tokens_alive()
-        keep_tokens_alive()
-    assert len(mail.outbox) == 1
-    assert "renewing" in mail.outbox[0].subject
-    connect(client, zywave)
-    conn = Connection.objects.get(user=staff)
+    # The warning itself (sent once by upkeep) is tested with the task, in test_tasks.py.
+    connect(dana, zywave)
+    Connection.objects.filter(user=dana.user).update(
+        authorized_at=timezone.now() - timedelta(days=24), deadline_warned_at=timezone.now()
+    )
+    connect(dana, zywave)
+    conn = Connection.objects.get(user=dana.user)
     assert conn.deadline_warned_at is None
     assert conn.refresh_deadline and conn.refresh_deadline > timezone.now() + timedelta(days=29)
 
 
-def test_upkeep_refreshes_idle_connections_only_before_they_would_lapse(
-    staff: User, other_staff: User, zywave: Sandbox
-) -> None:
-    # Upkeep runs every 10 minutes with a 5-minute margin: a token ending within 15 minutes is
-    # refreshed now; one ending in 50 minutes (an hour-long token, 10 minutes old) is not, or
-    # every connection would be refreshed on every run.
-    soon = linked(staff, zywave)
-    soon.access_token_expires_at = timezone.now() + timedelta(minutes=12)
-    soon.save()
-    later = linked(other_staff, zywave, "solo@example.com")
-    later.access_token_expires_at = timezone.now() + timedelta(minutes=50)
-    later.save()
-    zywave.control("POST", "counters/reset")
-    assert refresh_connection(soon.pk) == "ok"
-    assert refresh_connection(later.pk) == "ok"
-    assert token_counts(zywave) == {"refresh_token:success": 1}
-    expires = Connection.objects.get(pk=soon.pk).access_token_expires_at
-    assert expires is not None and expires > timezone.now() + timedelta(minutes=55)
-    assert list(Connection.objects.expiring_within(upkeep_horizon())) == []
-
-
 def test_reconnect_from_the_banner_returns_active_with_the_same_profile(
-    staff: User, zywave: Sandbox, client: Client
+    dana: Person, zywave: Sandbox
 ) -> None:
-    client.force_login(staff)
-    client.get(connect(client, zywave)["Location"])
+    dana.get(connect(dana, zywave)["Location"])
     profile_id = zywave.profiles()[0]["id"]
-    client.post("/zywave/profiles/", {"action": "choose", "profile": profile_id})
+    dana.post("/zywave/profiles/", {"action": "choose", "profile": profile_id})
     zywave.control("POST", "users/agent@example.com/revoke")
-    Connection.objects.filter(user=staff).update(access_token_expires_at=timezone.now())
+    Connection.objects.filter(user=dana.user).update(access_token_expires_at=timezone.now())
     with pytest.raises(ReauthRequired):
-        access_token_for(Connection.objects.get(user=staff))
-    response = connect(client, zywave, next_url="/zywave/profiles/?x=1")
-    landed = client.get(response["Location"])
+        access_token_for(Connection.objects.get(user=dana.user))
+    response = connect(dana, zywave, next_url="/zywave/profiles/?x=1")
+    landed = dana.get(response["Location"])
     assert landed.status_code == 302 and landed["Location"] == "/zywave/profiles/?x=1"
-    conn = Connection.objects.get(user=staff)
+    conn = Connection.objects.get(user=dana.user)
     assert conn.status == Connection.Status.ACTIVE
     assert conn.chosen_profile is not None and conn.chosen_profile.zywave_id == profile_id
-    assert b"Zywave needs you to sign in again" not in client.get("/").content
+    assert b"Zywave needs you to sign in again" not in dana.get("/").content

@@ -1,20 +1,20 @@
 """What the security tests share: the redirect corpus and judge, the URL walk, table counts, and
-two people with data built directly in the database."""
+each person's own data (built in the database on the cast's connection) with the strings that
+must never show up in anyone else's pages."""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import timedelta
 from urllib.parse import urljoin, urlsplit
 
 from django.contrib import admin
 from django.contrib.auth.models import User
 from django.db import connection as db
 from django.urls import URLPattern, URLResolver, get_resolver
-from django.utils import timezone
+from django.utils.timezone import now
 
-from integrations.models import Account, Connection, ConnectionEvent, Contact, Profile, SyncRun
+from integrations.models import Account, Connection, ConnectionEvent, Contact, SyncRun
+from tests.conftest import connection
 
 HOST = "testserver"
 
@@ -153,47 +153,22 @@ def row_counts() -> dict[str, int]:
     return counts
 
 
-# --- Two people with their own data, built in the database -----------------------------------
+# --- Each person's own data, built in the database --------------------------------------------
+
+SHARED_ID = "1001"  # an account id both people have, each in their own mirror
 
 
-@dataclass
-class Person:
-    user: User
-    connection: Connection
-    profile: Profile
-    run: SyncRun
-    account_ids: list[str]
-    # Strings that belong to this person's data only: none may appear in another's pages.
-    secrets: list[str]
+def account_ids(user: User) -> list[str]:
+    return [SHARED_ID, f"{user.username}-2", f"{user.username}-3"]
 
 
-def person(user: User, tag: str, shared_id: str = "1001") -> Person:
-    """A connection with a chosen profile, three accounts (one under an id both people have),
-    their contacts and a failed sync run, all marked with `tag`."""
-    now = timezone.now()
-    conn = Connection.objects.create(
-        user=user,
-        zywave_subject=f"sub-{tag}",
-        zywave_email=f"{tag}@zywave.test",
-        zywave_name=f"Name {tag}",
-        access_token=f"access-{tag}",
-        refresh_token=f"refresh-{tag}",
-        access_token_expires_at=now + timedelta(hours=1),
-        authorized_at=now - timedelta(minutes=5),
-        profiles_listed_at=now,
-    )
-    profile = Profile.objects.create(
-        connection=conn,
-        type_code="B",
-        zywave_id=f"P{tag}",
-        name=f"Agency {tag}",
-        organization=f"Org {tag}",
-        profile_token=f"ptoken-{tag}",
-    )
-    conn.chosen_profile = profile
-    conn.save()
-    ids = [shared_id, f"{tag}-2", f"{tag}-3"]
-    for number, zywave_id in enumerate(ids):
+def own_data(user: User) -> Connection:
+    """`user`'s connection from the cast (its profile chosen), three accounts (one under the
+    id both people have), their contacts, a failed sync run and an event, all marked with the
+    username."""
+    conn = connection(user)
+    tag = user.username
+    for number, zywave_id in enumerate(account_ids(user)):
         Account.objects.create(
             connection=conn,
             zywave_id=zywave_id,
@@ -210,11 +185,18 @@ def person(user: User, tag: str, shared_id: str = "1001") -> Person:
             email=f"contact{number}@{tag}.test",
             raw={"id": zywave_id},
         )
-    run = SyncRun.objects.create(
-        connection=conn, state=SyncRun.State.FAILED, error=f"error-of-{tag}", finished_at=now
+    SyncRun.objects.create(
+        connection=conn, state=SyncRun.State.FAILED, error=f"error-of-{tag}", finished_at=now()
     )
-    ConnectionEvent.objects.create(user=user, connection=conn, kind="connected", actor=user)
-    secrets = [
+    conn.record(ConnectionEvent.Kind.CONNECTED, actor=user)
+    return conn
+
+
+def secrets(user: User) -> list[str]:
+    """Strings that belong to `user`'s data only (`own_data`, and the profile and Zywave email
+    the cast's `connection` marks with the username): none may appear in another's pages."""
+    tag = user.username
+    return [
         f"Account {tag}",
         f"First{tag}",
         f"@{tag}.test",
@@ -224,12 +206,11 @@ def person(user: User, tag: str, shared_id: str = "1001") -> Person:
         f"error-of-{tag}",
         f"{tag}-2",
     ]
-    return Person(user, conn, profile, run, ids, secrets)
 
 
-def snapshot(p: Person) -> dict[str, object]:
+def snapshot(user: User) -> dict[str, object]:
     """Everything of a person's that another person must not be able to change."""
-    conn = Connection.objects.get(pk=p.connection.pk)
+    conn = Connection.objects.get(user=user)
     return {
         "connection": (
             conn.status,

@@ -12,11 +12,12 @@ from django.contrib.auth.models import User
 from django.test import Client
 
 from portal.celery import app
+from tests.conftest import Person
 from tests.security.cast import (
     PORTAL_URLS,
-    Person,
+    account_ids,
     admin_urls,
-    person,
+    own_data,
     portal_urls,
     route_names,
     row_counts,
@@ -44,29 +45,19 @@ def csrf_log(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixt
 
 
 @pytest.fixture
-def dana(staff: User) -> Person:
-    return person(staff, "dana")
+def their_data(staff: User, other_staff: User) -> None:
+    own_data(staff)
+    own_data(other_staff)
 
 
-@pytest.fixture
-def omar(other_staff: User) -> Person:
-    return person(other_staff, "omar")
-
-
-def every_url(people: list[Person]) -> list[str]:
-    return portal_urls(people[0].account_ids[1]) + admin_urls()
+def every_url(user: User) -> list[str]:
+    """The walk as `user` (who has an account of their own) sees it."""
+    return portal_urls(account_ids(user)[1]) + admin_urls()
 
 
 def test_the_walk_covers_every_route_of_the_portal() -> None:
     # A new route must be added to the walk (PORTAL_URLS), or this fails.
     assert route_names() == set(PORTAL_URLS)
-
-
-def logged_in(user: User | None, csrf: bool = True) -> Client:
-    client = Client(enforce_csrf_checks=csrf)
-    if user is not None:
-        client.force_login(user)
-    return client
 
 
 def refused_for_csrf(
@@ -85,31 +76,34 @@ def refused_for_csrf(
     return missed
 
 
+@pytest.mark.usefixtures("their_data")
 def test_every_post_without_a_csrf_token_is_refused_for_staff(
-    dana: Person, omar: Person, csrf_log: pytest.LogCaptureFixture
+    staff: User, csrf_log: pytest.LogCaptureFixture
 ) -> None:
-    urls = every_url([dana, omar])
-    client = logged_in(dana.user)
+    urls = every_url(staff)
+    client = Person(staff, enforce_csrf_checks=True)
     before = row_counts()
     assert refused_for_csrf(client, urls, csrf_log) == {}
     assert row_counts() == before
 
 
+@pytest.mark.usefixtures("their_data")
 def test_every_post_without_a_csrf_token_is_refused_for_an_admin(
-    dana: Person, omar: Person, admin_user: User, csrf_log: pytest.LogCaptureFixture
+    staff: User, admin_user: User, csrf_log: pytest.LogCaptureFixture
 ) -> None:
-    urls = every_url([dana, omar])
-    client = logged_in(admin_user)
+    urls = every_url(staff)
+    client = Person(admin_user, enforce_csrf_checks=True)
     before = row_counts()
     assert refused_for_csrf(client, urls, csrf_log) == {}
     assert row_counts() == before
 
 
+@pytest.mark.usefixtures("their_data")
 def test_the_same_post_with_a_token_gets_past_the_csrf_check(
-    dana: Person, csrf_log: pytest.LogCaptureFixture
+    staff: User, csrf_log: pytest.LogCaptureFixture
 ) -> None:
     # So the refusals above are the CSRF check's and not something else's.
-    client = logged_in(dana.user)
+    client = Person(staff, enforce_csrf_checks=True)
     client.get("/")  # sets the CSRF cookie
     token = client.cookies["csrftoken"].value
     response = client.post("/zywave/sync/", {"csrfmiddlewaretoken": token})
@@ -117,14 +111,13 @@ def test_the_same_post_with_a_token_gets_past_the_csrf_check(
     assert not [r for r in csrf_log.records if r.name == "django.security.csrf"]
 
 
+@pytest.mark.usefixtures("their_data")
 @pytest.mark.parametrize("who", ["anonymous", "staff", "admin"])
-def test_no_get_changes_any_table(
-    who: str, dana: Person, omar: Person, admin_user: User, client: Client
-) -> None:
-    user = {"anonymous": None, "staff": dana.user, "admin": admin_user}[who]
-    if user is not None:
-        client.force_login(user)  # logging in writes the session: before the snapshot
-    urls = every_url([dana, omar])
+def test_no_get_changes_any_table(who: str, staff: User, admin_user: User) -> None:
+    # Logging in writes the session: before the snapshot.
+    user = {"anonymous": None, "staff": staff, "admin": admin_user}[who]
+    client = Client() if user is None else Person(user)
+    urls = every_url(staff)
     before = row_counts()
     statuses = {url: client.get(url).status_code for url in urls}
     after = row_counts()

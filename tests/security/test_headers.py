@@ -22,19 +22,16 @@ django.setup()
 from django.core.management import call_command
 call_command("migrate", verbosity=0)
 call_command("collectstatic", verbosity=0, interactive=False)
-from django.contrib.auth.models import User
-from django.test import Client
 from portal.celery import app
 app.control.ping = lambda timeout: []
-from tests.security.cast import admin_urls, person, portal_urls
-staff = User.objects.create_user("dana", "dana@agency.test", "dana-password")
-root = User.objects.create_superuser("root", "root@agency.test", "root-password")
-dana = person(staff, "dana")
-urls = portal_urls(dana.account_ids[1]) + admin_urls()
+from tests.conftest import Person, member
+from tests.security.cast import account_ids, admin_urls, own_data, portal_urls
+staff, root = member("dana"), member("root", admin=True)
+own_data(staff)
+urls = portal_urls(account_ids(staff)[1]) + admin_urls()
 seen = {}
 for who, user in (("staff", staff), ("admin", root)):
-    http = Client(HTTP_HOST="portal.example.com")
-    http.force_login(user)
+    http = Person(user, HTTP_HOST="portal.example.com")
     for url in urls:
         response = http.get(url, secure=True)
         seen[f"{who} {url}"] = {"status": response.status_code, "headers": dict(response.items())}

@@ -14,17 +14,11 @@ from django.test import Client
 from social_django.models import UserSocialAuth
 
 from integrations.models import Connection
+from tests.conftest import Person
 from tests.integrations.flows import begin
 from tests.sandboxserver import Sandbox
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def dana(staff: User) -> Client:
-    client = Client()
-    client.force_login(staff)
-    return client
 
 
 def token_requests(sandbox: Sandbox) -> int:
@@ -68,7 +62,7 @@ def flip(value: str) -> str:
     ],
 )
 def test_a_tampered_or_missing_state_connects_nothing_and_asks_zywave_nothing(
-    dana: Client, zywave: Sandbox, tamper: object
+    dana: Person, zywave: Sandbox, tamper: object
 ) -> None:
     params = walked(dana, zywave)
     assert callable(tamper)
@@ -78,28 +72,25 @@ def test_a_tampered_or_missing_state_connects_nothing_and_asks_zywave_nothing(
 
 
 def test_a_state_replayed_in_another_persons_session_connects_nothing(
-    dana: Client, other_staff: User, zywave: Sandbox
+    dana: Person, omar: Person, zywave: Sandbox
 ) -> None:
     params = walked(dana, zywave)
-    intruder = Client()
-    intruder.force_login(other_staff)
-    assert refused(callback(intruder, params))
+    assert refused(callback(omar, params))
     assert connections() == 0
     assert token_requests(zywave) == 0
 
 
 def test_a_state_replayed_in_another_session_of_the_same_person_connects_nothing(
-    dana: Client, staff: User, zywave: Sandbox
+    dana: Person, zywave: Sandbox
 ) -> None:
     params = walked(dana, zywave)
-    second_browser = Client()
-    second_browser.force_login(staff)
+    second_browser = Person(dana.user)
     assert refused(callback(second_browser, params))
     assert connections() == 0
     assert token_requests(zywave) == 0
 
 
-def test_a_state_replayed_without_a_session_connects_nothing(dana: Client, zywave: Sandbox) -> None:
+def test_a_state_replayed_without_a_session_connects_nothing(dana: Person, zywave: Sandbox) -> None:
     params = walked(dana, zywave)
     response = callback(Client(), params)
     assert getattr(response, "status_code", None) == 302  # to the login page
@@ -108,7 +99,7 @@ def test_a_state_replayed_without_a_session_connects_nothing(dana: Client, zywav
 
 
 def test_an_expired_state_connects_nothing_and_asks_zywave_nothing(
-    dana: Client, zywave: Sandbox
+    dana: Person, zywave: Sandbox
 ) -> None:
     params = walked(dana, zywave)
     later = time.time() + 1801  # social-core's STATE_LIFETIME is 1800 seconds
@@ -121,7 +112,7 @@ def test_an_expired_state_connects_nothing_and_asks_zywave_nothing(
 
 
 def test_a_replayed_callback_asks_zywave_nothing_more(
-    dana: Client, staff: User, zywave: Sandbox
+    dana: Person, staff: User, zywave: Sandbox
 ) -> None:
     params = walked(dana, zywave)
     assert callback(dana, params).status_code == 302  # type: ignore[attr-defined]
@@ -135,19 +126,17 @@ def test_a_replayed_callback_asks_zywave_nothing_more(
 
 
 def test_a_code_from_another_sessions_flow_is_refused_by_pkce(
-    dana: Client, other_staff: User, zywave: Sandbox
+    dana: Person, omar: Person, zywave: Sandbox
 ) -> None:
     """A valid state with a code issued to another session's flow (another PKCE verifier)."""
     mine = walked(dana, zywave)
-    omar = Client()
-    omar.force_login(other_staff)
     theirs = walked(omar, zywave)
     assert refused(callback(dana, {**mine, "code": theirs["code"]}))
     assert connections() == 0
     assert zywave.counters()["token"] == {"authorization_code:invalid_grant": 1}
 
 
-def test_a_foreign_iss_with_a_forged_state_connects_nothing(dana: Client, zywave: Sandbox) -> None:
+def test_a_foreign_iss_with_a_forged_state_connects_nothing(dana: Person, zywave: Sandbox) -> None:
     params = walked(dana, zywave)
     forged = {**params, "state": flip(params["state"]), "iss": "https://evil.example"}
     assert refused(callback(dana, forged))
@@ -157,7 +146,7 @@ def test_a_foreign_iss_with_a_forged_state_connects_nothing(dana: Client, zywave
 
 @pytest.mark.parametrize("issuer", ["https://evil.example", "", "{zywave}/", "{zywave}.evil"])
 def test_a_mismatched_iss_is_refused_before_the_code_is_exchanged(
-    dana: Client, zywave: Sandbox, issuer: str
+    dana: Person, zywave: Sandbox, issuer: str
 ) -> None:
     """RFC 9207: when the authorization response names its issuer, it must be Zywave's."""
     params = walked(dana, zywave)
@@ -169,7 +158,7 @@ def test_a_mismatched_iss_is_refused_before_the_code_is_exchanged(
     assert token_requests(zywave) == 0
 
 
-def test_a_matching_iss_connects(dana: Client, zywave: Sandbox) -> None:
+def test_a_matching_iss_connects(dana: Person, zywave: Sandbox) -> None:
     params = walked(dana, zywave)
     response = callback(dana, {**params, "iss": zywave.url})
     assert getattr(response, "status_code", None) == 302

@@ -8,12 +8,10 @@ import json
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
-from django.test import Client
 
 from integrations.models import Connection
+from tests.conftest import Person, connection
 from tests.integrations.flows import inject_fault
-from tests.integrations.test_sync import linked
 from tests.sandboxserver import Sandbox
 
 pytestmark = pytest.mark.django_db
@@ -41,37 +39,25 @@ def api_requests(sandbox: Sandbox) -> dict[str, int]:
     return dict(sandbox.counters()["api"])
 
 
-@pytest.fixture
-def dana_linked(staff: User, zywave: Sandbox) -> tuple[Client, Connection]:
-    conn = linked(staff, zywave)
-    client = Client()
-    client.force_login(staff)
-    return client, conn
-
-
 def test_a_submitted_bad_profile_id_is_refused_without_a_call_to_zywave(
-    dana_linked: tuple[Client, Connection], zywave: Sandbox
+    dana: Person, zywave: Sandbox
 ) -> None:
-    client, conn = dana_linked
+    conn = connection(dana.user, zywave)
     chosen = conn.chosen_profile_id
     before = api_requests(zywave)
     statuses = {}
     for bad in BAD_IDS:
         for extra in ({}, {"confirm": "yes"}):
-            response = client.post(
-                "/zywave/profiles/", {"action": "choose", "profile": bad, **extra}
-            )
+            response = dana.post("/zywave/profiles/", {"action": "choose", "profile": bad, **extra})
             statuses[(bad[:20], bool(extra))] = response.status_code
     assert set(statuses.values()) == {302}, statuses
     assert api_requests(zywave) == before
     assert Connection.objects.get(pk=conn.pk).chosen_profile_id == chosen
 
 
-def test_a_refused_id_gets_a_plain_message(
-    dana_linked: tuple[Client, Connection], zywave: Sandbox
-) -> None:
-    client, _ = dana_linked
-    response = client.post(
+def test_a_refused_id_gets_a_plain_message(dana: Person, zywave: Sandbox) -> None:
+    connection(dana.user, zywave)
+    response = dana.post(
         "/zywave/profiles/", {"action": "choose", "profile": BAD_IDS[0]}, follow=True
     )
     assert b"not one Zywave lists for your account" in response.content
@@ -91,41 +77,39 @@ def planted(sandbox: Sandbox, good: dict[str, Any], bad_ids: list[str], **fields
     )
 
 
-def test_bad_ids_listed_by_zywave_are_never_stored(
-    dana_linked: tuple[Client, Connection], zywave: Sandbox
-) -> None:
-    client, conn = dana_linked
+def test_bad_ids_listed_by_zywave_are_never_stored(dana: Person, zywave: Sandbox) -> None:
+    conn = connection(dana.user, zywave)
     good = zywave.profiles()[0]
     planted(zywave, good, BAD_IDS)
-    response = client.post("/zywave/profiles/", {"action": "refresh"})
+    response = dana.post("/zywave/profiles/", {"action": "refresh"})
     assert response.status_code == 302
     stored = list(Connection.objects.get(pk=conn.pk).profiles.values_list("zywave_id", flat=True))
     assert stored == [good["id"]]
 
 
 def test_bad_ids_listed_by_zywave_send_no_header_or_path_upstream(
-    dana_linked: tuple[Client, Connection], zywave: Sandbox
+    dana: Person, zywave: Sandbox
 ) -> None:
-    client, _ = dana_linked
+    connection(dana.user, zywave)
     good = zywave.profiles()[0]
     planted(zywave, good, BAD_IDS)
-    client.post("/zywave/profiles/", {"action": "refresh"})
+    dana.post("/zywave/profiles/", {"action": "refresh"})
     before = api_requests(zywave)
     for bad in BAD_IDS:
-        client.post("/zywave/profiles/", {"action": "choose", "profile": bad, "confirm": "yes"})
+        dana.post("/zywave/profiles/", {"action": "choose", "profile": bad, "confirm": "yes"})
     after = api_requests(zywave)
     assert after == before
     assert not [path for path in after if "Injected" in path or "\r" in path or "\n" in path]
 
 
 def test_control_characters_in_listed_names_do_not_break_the_picker(
-    dana_linked: tuple[Client, Connection], zywave: Sandbox
+    dana: Person, zywave: Sandbox
 ) -> None:
     """Names are shown, not sent: CR/LF, NUL and 10 kB of text in them still give a page."""
-    client, conn = dana_linked
+    conn = connection(dana.user, zywave)
     good = zywave.profiles()[0]
     planted(zywave, good, ["ok-id-1"], organizationName="Org\r\nX: y\x00" + "z" * 10_000)
-    response = client.post("/zywave/profiles/", {"action": "refresh"}, follow=True)
+    response = dana.post("/zywave/profiles/", {"action": "refresh"}, follow=True)
     assert response.status_code == 200
     names = Connection.objects.get(pk=conn.pk).profiles.values_list("organization", flat=True)
     assert all("\x00" not in name and len(name) <= 255 for name in names)

@@ -6,23 +6,22 @@ from urllib.parse import quote
 
 import pytest
 from django.contrib.auth.models import User
-from django.test import Client
 
-from tests.security.cast import Person, person
+from tests.conftest import Person
+from tests.security.cast import own_data
 
 pytestmark = pytest.mark.django_db
 
 NASTY = ["\x00", "a\x00b", "\r\nX-Injected: yes", "9" * 10_000, "pr\u00f3file \u202e", "%00", "'\""]
 
 
-@pytest.fixture
-def dana(staff: User) -> Person:
-    return person(staff, "dana")
+@pytest.fixture(autouse=True)
+def her_data(staff: User) -> None:
+    own_data(staff)
 
 
-def test_the_mirror_answers_nasty_search_filter_and_page_values(dana: Person) -> None:
-    client = Client(raise_request_exception=False)  # count 500s instead of raising
-    client.force_login(dana.user)
+def test_the_mirror_answers_nasty_search_filter_and_page_values(staff: User) -> None:
+    client = Person(staff, raise_request_exception=False)  # count 500s instead of raising
     errors = {}
     for value in NASTY:
         for name in ("q", "classification", "status", "page"):
@@ -35,9 +34,8 @@ def test_the_mirror_answers_nasty_search_filter_and_page_values(dana: Person) ->
     assert errors == {}
 
 
-def test_the_admin_answers_nasty_search_values(dana: Person, admin_user: User) -> None:
-    client = Client(raise_request_exception=False)  # count 500s instead of raising
-    client.force_login(admin_user)
+def test_the_admin_answers_nasty_search_values(admin_user: User) -> None:
+    client = Person(admin_user, raise_request_exception=False)  # count 500s instead of raising
     errors = {}
     for value in NASTY:
         for model in ("connection", "account", "contact", "syncrun", "connectionevent"):

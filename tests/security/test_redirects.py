@@ -11,14 +11,14 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client, RequestFactory
 from django.utils import timezone
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from integrations.models import Connection
 from integrations.views import safe_next
+from tests.conftest import Person, connection
 from tests.integrations.flows import begin, callback_path
-from tests.integrations.test_sync import linked
 from tests.sandboxserver import Sandbox
 from tests.security.cast import CORPUS, ENCODED, OFF_SITE, off_site
 
@@ -82,6 +82,9 @@ RETURN_URLS = st.one_of(st.text(max_size=40), st.lists(PIECES, max_size=6).map("
 
 
 @given(target=RETURN_URLS, secure=st.booleans())
+# Found by this test: browsers drop the newline and go to host `0`; Django's check let it pass.
+@example(target="/\n//0", secure=False)
+@example(target="/\t/evil.example", secure=True)
 @hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_safe_next_returns_the_default_or_a_same_site_path(target: str, secure: bool) -> None:
     request = RequestFactory().get("/", secure=secure)
@@ -105,11 +108,8 @@ def test_login_never_sends_anyone_off_site(client: Client, staff: User) -> None:
     assert offenders(attempts) == {}
 
 
-def test_login_page_of_a_signed_in_person_never_sends_them_off_site(
-    client: Client, staff: User
-) -> None:
-    client.force_login(staff)
-    attempts = {url: redirects(client, client.get("/login/", {"next": url})) for url in CORPUS}
+def test_login_page_of_a_signed_in_person_never_sends_them_off_site(dana: Person) -> None:
+    attempts = {url: redirects(dana, dana.get("/login/", {"next": url})) for url in CORPUS}
     assert all(attempts.values())  # redirect_authenticated_user: each one redirected
     assert offenders(attempts) == {}
 
@@ -134,18 +134,15 @@ def test_admin_login_never_sends_anyone_off_site(client: Client, admin_user: Use
     assert offenders(attempts) == {}
 
 
-def test_the_connect_flow_never_lands_off_site(
-    client: Client, staff: User, zywave: Sandbox
-) -> None:
+def test_the_connect_flow_never_lands_off_site(dana: Person, zywave: Sandbox) -> None:
     """Press Connect with a hostile `next`, sign in at Zywave, and follow the portal's redirects
     to the end (through the picker, which chooses solo's only profile itself)."""
-    client.force_login(staff)
     attempts = {}
     for url in CORPUS:
-        location = zywave.walk_authorize(begin(client, url), username="solo@example.com")
-        response = client.get(callback_path(location))
+        location = zywave.walk_authorize(begin(dana, url), username="solo@example.com")
+        response = dana.get(callback_path(location))
         assert response.status_code == 302, (url, response.content[:300])
-        attempts[url] = redirects(client, response)
+        attempts[url] = redirects(dana, response)
         assert len(attempts[url]) >= 2, attempts[url]  # through the picker to a final target
     assert offenders(attempts) == {}
 
@@ -154,46 +151,41 @@ def stale(conn: Connection) -> None:
     Connection.objects.filter(pk=conn.pk).update(profiles_listed_at=None)
 
 
-def test_the_profile_picker_never_redirects_a_get_off_site(
-    client: Client, staff: User, zywave: Sandbox
-) -> None:
-    conn = linked(staff, zywave)
-    client.force_login(staff)
+def test_the_profile_picker_never_redirects_a_get_off_site(dana: Person, zywave: Sandbox) -> None:
+    conn = connection(dana.user, zywave)
     attempts = {}
     for url in CORPUS:
         stale(conn)  # a stale list is re-read and the person is sent on to `next`
-        response = client.get("/zywave/profiles/", {"next": url})
+        response = dana.get("/zywave/profiles/", {"next": url})
         assert response.status_code == 302, url
-        attempts[url] = redirects(client, response)
+        attempts[url] = redirects(dana, response)
     assert offenders(attempts) == {}
 
 
 def test_the_profile_picker_never_redirects_a_choice_off_site(
-    client: Client, staff: User, zywave: Sandbox
+    dana: Person, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(dana.user, zywave)
     assert conn.chosen_profile is not None
-    client.force_login(staff)
     attempts = {}
     for url in CORPUS:
         data = {"action": "choose", "profile": conn.chosen_profile.zywave_id, "next": url}
-        response = client.post("/zywave/profiles/", data)
+        response = dana.post("/zywave/profiles/", data)
         assert response.status_code == 302, url
-        attempts[url] = redirects(client, response)
+        attempts[url] = redirects(dana, response)
     assert offenders(attempts) == {}
 
 
 def test_the_picker_page_never_carries_an_off_site_return_url(
-    client: Client, staff: User, zywave: Sandbox
+    dana: Person, zywave: Sandbox
 ) -> None:
-    conn = linked(staff, zywave)
+    conn = connection(dana.user, zywave)
     Connection.objects.filter(pk=conn.pk).update(
         chosen_profile=None, profiles_listed_at=timezone.now()
     )
-    client.force_login(staff)
     carried = {}
     for url in CORPUS:
-        page = client.get("/zywave/profiles/", {"next": url})
+        page = dana.get("/zywave/profiles/", {"next": url})
         assert page.status_code == 200, url
         found = re.findall(r'name="next" value="([^"]*)"', page.content.decode())
         carried[url] = [html.unescape(value) for value in found]

@@ -11,8 +11,6 @@ from typing import Any
 
 import pytest
 import requests
-from django.contrib.auth.models import User
-from django.test import Client
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
@@ -25,10 +23,10 @@ from integrations.client import (
     parse_envelope,
 )
 from integrations.mirror import account_row, contact_row
-from integrations.models import Account, SyncRun
+from integrations.models import Account, Connection, SyncRun
 from integrations.sync import sync_now
+from tests.conftest import Person, connection
 from tests.integrations.flows import inject_fault
-from tests.integrations.test_sync import linked
 from tests.sandboxserver import Sandbox
 
 FUZZ = hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -259,10 +257,11 @@ ODD_BUT_READABLE = {
 
 
 @pytest.fixture
-def synced_once(staff: User, zywave: Sandbox, settings: Any) -> Any:
+def danas_connection(dana: Person, zywave: Sandbox, settings: Any) -> Connection:
+    """Dana's connection through the sandbox, retrying a failed page once, without waiting."""
     settings.ZYWAVE_SYNC_BACKOFF_SECONDS = 0
     settings.ZYWAVE_SYNC_MAX_RETRIES = 1
-    return linked(staff, zywave)
+    return connection(dana.user, zywave)
 
 
 def plant(sandbox: Sandbox, body: Any, content_type: str = "application/json") -> None:
@@ -279,26 +278,24 @@ def plant(sandbox: Sandbox, body: Any, content_type: str = "application/json") -
 @pytest.mark.django_db
 @pytest.mark.parametrize("case", list(MALFORMED))
 def test_a_malformed_page_ends_the_sync_with_a_named_error(
-    case: str, synced_once: Any, zywave: Sandbox, staff: User
+    case: str, danas_connection: Connection, zywave: Sandbox, dana: Person
 ) -> None:
     body, content_type = MALFORMED[case]
     plant(zywave, body, content_type)
-    run = sync_now(synced_once, full=True)
+    run = sync_now(danas_connection, full=True)
     assert run is not None
     assert run.state in {SyncRun.State.FAILED, SyncRun.State.PARTIAL}
     assert run.error and "unexpected error" not in run.error
-    client = Client()
-    client.force_login(staff)
-    assert client.get("/").status_code == 200
+    assert dana.get("/").status_code == 200
 
 
 @pytest.mark.django_db
 @pytest.mark.parametrize("case", list(ODD_BUT_READABLE))
 def test_odd_values_in_a_page_are_read_or_end_the_sync_with_a_named_error(
-    case: str, synced_once: Any, zywave: Sandbox
+    case: str, danas_connection: Connection, zywave: Sandbox
 ) -> None:
     plant(zywave, ODD_BUT_READABLE[case])
-    run = sync_now(synced_once, full=True)
+    run = sync_now(danas_connection, full=True)
     assert run is not None
     assert "unexpected error" not in run.error
     assert run.state != SyncRun.State.RUNNING
@@ -306,14 +303,16 @@ def test_odd_values_in_a_page_are_read_or_end_the_sync_with_a_named_error(
 
 @pytest.mark.django_db
 def test_a_page_far_bigger_than_asked_for_is_refused_as_malformed(
-    synced_once: Any, zywave: Sandbox
+    danas_connection: Connection, zywave: Sandbox
 ) -> None:
     items = [{"id": f"big-{n}", "name": f"n{n}"} for n in range(10_000)]
     plant(zywave, {"items": items, "totalCount": 10_000, "hasMoreResults": False})
-    run = sync_now(synced_once, full=True)
+    run = sync_now(danas_connection, full=True)
     assert run is not None
     assert "unexpected error" not in run.error
     # Refused as malformed: a page is at most what was asked for, so memory stays flat.
     assert run.state in {SyncRun.State.FAILED, SyncRun.State.PARTIAL}
     assert "records on a page of 100" in run.error
-    assert not Account.objects.filter(connection=synced_once, zywave_id__startswith="big-").exists()
+    assert not Account.objects.filter(
+        connection=danas_connection, zywave_id__startswith="big-"
+    ).exists()

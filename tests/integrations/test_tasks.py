@@ -1,0 +1,296 @@
+"""The Celery tasks, called as the functions they are (no broker): token upkeep and its
+deadline warning, one connection's sync, and beat's sweep for due and abandoned runs.
+(test_sync.py runs the same tasks on a real worker where the worker itself matters.)"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core import mail
+from django.utils import timezone
+
+from integrations.models import Account, Connection, Contact, SyncRun
+from integrations.sync import claim, queue_run
+from integrations.tasks import (
+    keep_tokens_alive,
+    refresh_connection,
+    sync_connection,
+    sync_due_connections,
+    upkeep_horizon,
+)
+from portal.celery import app
+from tests.conftest import connection
+from tests.integrations.flows import inject_fault
+from tests.sandboxserver import Sandbox
+
+pytestmark = pytest.mark.django_db
+
+
+def token_counts(sandbox: Sandbox) -> dict[str, int]:
+    return dict(sandbox.counters()["token"])
+
+
+def expiring_in(minutes: int) -> dict[str, Any]:
+    return {"access_token_expires_at": timezone.now() + timedelta(minutes=minutes)}
+
+
+# --- refresh_connection ----------------------------------------------------------------------
+
+
+def test_refreshing_a_deleted_connection_reports_it_gone(db: None) -> None:
+    assert refresh_connection(987654) == "gone"
+
+
+def test_a_token_that_would_lapse_before_the_next_upkeep_is_refreshed_now(
+    staff: User, zywave: Sandbox
+) -> None:
+    # Upkeep runs every 10 minutes and hands out tokens valid 5 more: 12 minutes is too short.
+    conn = connection(staff, zywave, profile=False, **expiring_in(12))
+    zywave.control("POST", "counters/reset")
+    assert refresh_connection(conn.pk) == "ok"
+    assert token_counts(zywave) == {"refresh_token:success": 1}
+    expires = Connection.objects.get(pk=conn.pk).access_token_expires_at
+    assert expires is not None and expires > timezone.now() + timedelta(minutes=55)
+
+
+def test_a_token_that_outlasts_the_next_upkeep_is_left_alone(staff: User, zywave: Sandbox) -> None:
+    # An hour-long token ten minutes old: refreshing it would refresh everyone on every run.
+    conn = connection(staff, zywave, profile=False, **expiring_in(50))
+    zywave.control("POST", "counters/reset")
+    assert refresh_connection(conn.pk) == "ok"
+    assert token_counts(zywave) == {}
+
+
+def test_refreshing_a_grant_zywave_ended_reports_reauth_required(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave, profile=False, **expiring_in(1))
+    zywave.control("POST", "users/agent@example.com/revoke")
+    assert refresh_connection(conn.pk) == "reauth_required"
+    assert Connection.objects.get(pk=conn.pk).status == Connection.Status.REAUTH_REQUIRED
+
+
+def test_a_transient_refresh_failure_is_reported_and_the_connection_stays_active(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave, profile=False, **expiring_in(1))
+    inject_fault(zywave, "^/connect/token", status=503)
+    assert refresh_connection(conn.pk) == "failed"
+    conn.refresh_from_db()
+    assert conn.status == Connection.Status.ACTIVE and conn.last_error
+
+
+def test_refreshing_a_connection_that_needs_reauth_asks_zywave_nothing(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, status=Connection.Status.REAUTH_REQUIRED, **expiring_in(1))
+    assert refresh_connection(conn.pk) == "reauth_required"
+    assert token_counts(zywave) == {}
+
+
+# --- keep_tokens_alive (beat) ---------------------------------------------------------------
+
+
+@pytest.fixture
+def eager(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tasks the task under test queues run at once, in this process: Celery's own eager mode,
+    in place of a broker and a worker."""
+    monkeypatch.setattr(app.conf, "task_always_eager", True)
+
+
+@pytest.mark.usefixtures("eager")
+def test_upkeep_refreshes_only_the_connections_expiring_before_its_next_run(
+    staff: User, other_staff: User, zywave: Sandbox
+) -> None:
+    soon = connection(staff, zywave, profile=False, **expiring_in(12))
+    later = connection(
+        other_staff, zywave, profile=False, zywave_user="solo@example.com", **expiring_in(50)
+    )
+    zywave.control("POST", "counters/reset")
+    assert keep_tokens_alive() == {"refreshes_queued": 1, "deadline_warnings": 0}
+    assert token_counts(zywave) == {"refresh_token:success": 1}
+    assert Connection.objects.get(pk=soon.pk).last_refreshed_at is not None
+    assert Connection.objects.get(pk=later.pk).last_refreshed_at is None
+    assert list(Connection.objects.expiring_within(upkeep_horizon())) == []
+
+
+def test_upkeep_warns_an_owner_once_in_the_last_week_before_the_30_day_deadline(
+    staff: User, django_capture_on_commit_callbacks: Any
+) -> None:
+    connection(staff, authorized_at=timezone.now() - timedelta(days=24))
+    with django_capture_on_commit_callbacks(execute=True):
+        first = keep_tokens_alive()
+        second = keep_tokens_alive()
+    assert (first["deadline_warnings"], second["deadline_warnings"]) == (1, 0)
+    assert [message.to for message in mail.outbox] == [[staff.email]]
+    assert "renewing" in mail.outbox[0].subject
+
+
+def test_upkeep_warns_nobody_before_the_last_week(
+    staff: User, django_capture_on_commit_callbacks: Any
+) -> None:
+    conn = connection(staff, authorized_at=timezone.now() - timedelta(days=20))
+    with django_capture_on_commit_callbacks(execute=True):
+        assert keep_tokens_alive()["deadline_warnings"] == 0
+    assert mail.outbox == []
+    assert Connection.objects.get(pk=conn.pk).deadline_warned_at is None
+
+
+# --- sync_connection ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quick_retries(settings: Any) -> None:
+    settings.ZYWAVE_SYNC_BACKOFF_SECONDS = 0
+
+
+def sandbox_counts(sandbox: Sandbox, conn: Connection) -> dict[str, int]:
+    assert conn.chosen_profile is not None
+    return sandbox.control("GET", "accounts/count", profile_id=conn.chosen_profile.zywave_id)
+
+
+def api_requests(sandbox: Sandbox, resource: str) -> int:
+    return sum(
+        n
+        for key, n in sandbox.counters()["api"].items()
+        if key.startswith(f"/accounts/v2.0/{resource}:")
+    )
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_sync_connection_takes_the_queued_run_and_finishes_it(staff: User, zywave: Sandbox) -> None:
+    conn = connection(staff, zywave)
+    queued = queue_run(conn, full=True, trigger="person")
+    assert queued is not None
+    assert sync_connection(conn.pk) == SyncRun.State.SUCCEEDED
+    assert SyncRun.objects.get().pk == queued.pk
+    expected = sandbox_counts(zywave, conn)
+    assert Account.objects.filter(connection=conn).count() == expected["accounts"]
+    assert Contact.objects.filter(connection=conn).count() == expected["contacts"]
+
+
+def test_sync_connection_absorbs_a_request_while_another_worker_holds_the_run(
+    staff: User,
+) -> None:
+    conn = connection(staff)
+    held = claim(conn.pk)  # another worker took it: running, its lease current
+    assert held is not None
+    assert sync_connection(conn.pk) == "absorbed"
+    assert list(SyncRun.objects.values_list("pk", "state")) == [(held.pk, SyncRun.State.RUNNING)]
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_sync_connection_resumes_a_run_whose_worker_died_where_it_stood(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave)
+    run = queue_run(conn, trigger="test")
+    assert run is not None
+    # As a killed worker leaves it: running, accounts done, its lease run out.
+    SyncRun.objects.filter(pk=run.pk).update(
+        state=SyncRun.State.RUNNING,
+        resource="contacts",
+        pages_done=3,
+        lease_until=timezone.now() - timedelta(seconds=1),
+    )
+    zywave.control("POST", "counters/reset")
+    assert sync_connection(conn.pk) == SyncRun.State.SUCCEEDED
+    assert SyncRun.objects.get().pk == run.pk
+    assert api_requests(zywave, "account") == 0 and api_requests(zywave, "contact") > 0
+
+
+def test_sync_connection_of_a_deleted_connection_is_absorbed(db: None) -> None:
+    assert sync_connection(987654) == "absorbed"
+    assert not SyncRun.objects.exists()
+
+
+# --- sync_due_connections (beat) --------------------------------------------------------------
+
+
+def finished_run(conn: Connection, queued_minutes_ago: float) -> SyncRun:
+    queued_at = timezone.now() - timedelta(minutes=queued_minutes_ago)
+    return SyncRun.objects.create(
+        connection=conn, state=SyncRun.State.SUCCEEDED, queued_at=queued_at, finished_at=queued_at
+    )
+
+
+def test_beat_queues_a_connection_that_never_synced_and_sends_its_task_after_commit(
+    staff: User, django_capture_on_commit_callbacks: Any
+) -> None:
+    conn = connection(staff)
+    # Not executed: the task would go to a broker.
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert sync_due_connections() == {"queued": 1, "resumed": 0}
+    run = SyncRun.objects.get()
+    assert (run.connection_id, run.state, run.trigger) == (conn.pk, "queued", "schedule")
+    assert [(c.func.__self__.name, c.args) for c in callbacks] == [
+        ("integrations.tasks.sync_connection", (conn.pk,))
+    ]
+
+
+def test_beat_leaves_a_connection_synced_within_the_interval(staff: User) -> None:
+    finished_run(connection(staff), queued_minutes_ago=5)
+    assert sync_due_connections() == {"queued": 0, "resumed": 0}
+    assert SyncRun.objects.count() == 1
+
+
+def test_beat_queues_a_connection_again_once_the_interval_has_passed(
+    staff: User, settings: Any
+) -> None:
+    settings.ZYWAVE_SYNC_INTERVAL_MINUTES = 15
+    finished_run(connection(staff), queued_minutes_ago=16)
+    assert sync_due_connections() == {"queued": 1, "resumed": 0}
+    assert SyncRun.objects.filter(state=SyncRun.State.QUEUED).count() == 1
+
+
+def test_beat_skips_connections_without_a_profile_or_needing_reauth(
+    staff: User, other_staff: User
+) -> None:
+    connection(staff, profile=False)
+    connection(other_staff, status=Connection.Status.REAUTH_REQUIRED)
+    assert sync_due_connections() == {"queued": 0, "resumed": 0}
+    assert not SyncRun.objects.exists()
+
+
+def test_beat_resends_a_running_run_whose_lease_ran_out(
+    staff: User, django_capture_on_commit_callbacks: Any
+) -> None:
+    conn = connection(staff)
+    SyncRun.objects.create(
+        connection=conn,
+        state=SyncRun.State.RUNNING,
+        lease_until=timezone.now() - timedelta(seconds=1),
+    )
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert sync_due_connections() == {"queued": 0, "resumed": 1}
+    assert [c.args for c in callbacks] == [(conn.pk,)]
+
+
+def test_beat_leaves_a_run_whose_worker_still_holds_the_lease(staff: User) -> None:
+    conn = connection(staff)
+    SyncRun.objects.create(
+        connection=conn,
+        state=SyncRun.State.RUNNING,
+        lease_until=timezone.now() + timedelta(minutes=1),
+    )
+    assert sync_due_connections() == {"queued": 0, "resumed": 0}
+
+
+def test_beat_leaves_a_freshly_queued_run_to_its_own_message(staff: User, settings: Any) -> None:
+    settings.ZYWAVE_SYNC_REQUEUE_SECONDS = 60
+    queued_at = timezone.now() - timedelta(seconds=30)
+    SyncRun.objects.create(connection=connection(staff), queued_at=queued_at)
+    assert sync_due_connections() == {"queued": 0, "resumed": 0}
+
+
+def test_beat_resends_a_queued_run_nobody_started_within_the_requeue_delay(
+    staff: User, settings: Any
+) -> None:
+    # A worker killed outright takes its reserved messages with it (see SyncRun.objects.stale).
+    settings.ZYWAVE_SYNC_REQUEUE_SECONDS = 60
+    queued_at = timezone.now() - timedelta(seconds=61)
+    SyncRun.objects.create(connection=connection(staff), queued_at=queued_at)
+    assert sync_due_connections() == {"queued": 0, "resumed": 1}
