@@ -13,7 +13,7 @@ from django.core import mail
 from django.utils import timezone
 
 from integrations.models import Account, Connection, Contact, SyncRun
-from integrations.sync import claim, queue_run
+from integrations.sync import claim, needs_full, queue_run, sync_now
 from integrations.tasks import (
     keep_tokens_alive,
     refresh_connection,
@@ -294,3 +294,106 @@ def test_beat_resends_a_queued_run_nobody_started_within_the_requeue_delay(
     queued_at = timezone.now() - timedelta(seconds=61)
     SyncRun.objects.create(connection=connection(staff), queued_at=queued_at)
     assert sync_due_connections() == {"queued": 0, "resumed": 1}
+
+
+# --- Beat's schedule: incremental every interval, full every full-sync period -----------------
+
+
+def due(now: Any = None) -> set[int]:
+    return set(Connection.objects.due_for_sync(now).values_list("pk", flat=True))
+
+
+def age(run: SyncRun, **ago: timedelta) -> None:
+    """Move a run's times back from where they stand now: `queued=...`, `finished=...`."""
+    run.refresh_from_db()
+    fields = {f"{name}_at": getattr(run, f"{name}_at") - delta for name, delta in ago.items()}
+    SyncRun.objects.filter(pk=run.pk).update(**fields)
+
+
+def test_beat_decides_when_a_connection_is_due_and_when_its_run_is_full(
+    staff: User, settings: Any
+) -> None:
+    settings.ZYWAVE_SYNC_INTERVAL_MINUTES = 15
+    settings.ZYWAVE_FULL_SYNC_HOURS = 24
+    conn = connection(staff)
+    # Never ran: due, and the first run is full.
+    assert due() == {conn.pk} and needs_full(conn)
+
+    full = finished_run(conn, queued_minutes_ago=5)
+    SyncRun.objects.filter(pk=full.pk).update(full=True)
+    # Ran 5 minutes ago: not due; the full run is recent, so the next one is incremental.
+    assert due() == set() and not needs_full(conn)
+    assert sync_due_connections() == {"queued": 0, "resumed": 0}
+
+    # 16 minutes ago (past the interval) but well within 24 hours: due, incremental.
+    age(full, queued=timedelta(minutes=11), finished=timedelta(minutes=11))
+    assert due() == {conn.pk} and not needs_full(conn)
+    # One minute short of the full-sync period: still incremental.
+    age(full, finished=timedelta(hours=23, minutes=43))  # finished 23h59m ago
+    assert not needs_full(conn)
+    # Past it: the next run is full. An incremental run since does not count as a full one.
+    age(full, finished=timedelta(minutes=2))  # 24h01m ago
+    assert needs_full(conn)
+    recent = finished_run(conn, queued_minutes_ago=1)
+    assert due() == set() and needs_full(conn)
+    # A full run that failed does not count either.
+    SyncRun.objects.filter(pk=recent.pk).update(full=True, state=SyncRun.State.FAILED)
+    assert needs_full(conn)
+    SyncRun.objects.filter(pk=recent.pk).update(state=SyncRun.State.SUCCEEDED)
+    assert not needs_full(conn)
+
+    # The interval is read from the setting, not fixed.
+    settings.ZYWAVE_SYNC_INTERVAL_MINUTES = 1
+    assert due(timezone.now() + timedelta(seconds=61)) == {conn.pk}
+
+
+def beat_runs(conn: Connection, capture: Any) -> SyncRun:
+    """Beat finds the connection due, queues a run and sends its task; the worker runs it."""
+    with capture(execute=False) as callbacks:
+        assert sync_due_connections() == {"queued": 1, "resumed": 0}
+    assert [c.args for c in callbacks] == [(conn.pk,)]
+    assert sync_connection(conn.pk) == SyncRun.State.SUCCEEDED
+    return SyncRun.objects.latest("queued_at")
+
+
+@pytest.mark.usefixtures("quick_retries")
+def test_a_full_run_removes_what_zywave_deleted_and_an_incremental_run_does_not(
+    staff: User, zywave: Sandbox, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    settings.ZYWAVE_SYNC_INTERVAL_MINUTES = 15
+    settings.ZYWAVE_FULL_SYNC_HOURS = 24
+    conn = connection(staff, zywave)
+    assert conn.chosen_profile is not None
+    profile_id = conn.chosen_profile.zywave_id
+    mirror = Account.objects.filter(connection=conn)
+
+    first = sync_now(conn)
+    assert first is not None and first.state == SyncRun.State.SUCCEEDED
+    assert first.full  # the first run is full, though not asked for
+    before = sandbox_counts(zywave, conn)["accounts"]
+    assert mirror.count() == before
+
+    deleted = [
+        str(pk)
+        for pk in zywave.control("POST", "accounts/delete", profile_id=profile_id, count=3)["ids"]
+    ]
+    assert len(deleted) == 3 and mirror.filter(zywave_id__in=deleted).count() == 3
+    assert sandbox_counts(zywave, conn)["accounts"] == before - 3
+
+    # Past the interval, within the full-sync period: beat's run is incremental and cannot
+    # know what was deleted, so the rows stay.
+    age(first, queued=timedelta(minutes=16), finished=timedelta(minutes=16))
+    incremental = beat_runs(conn, django_capture_on_commit_callbacks)
+    assert incremental.pk != first.pk and not incremental.full
+    assert mirror.filter(zywave_id__in=deleted).count() == 3
+    assert mirror.count() == before
+
+    # The last full run ages past ZYWAVE_FULL_SYNC_HOURS: the next run is full and removes them.
+    age(first, finished=timedelta(hours=24))
+    age(incremental, queued=timedelta(minutes=16), finished=timedelta(minutes=16))
+    assert needs_full(conn)
+    full = beat_runs(conn, django_capture_on_commit_callbacks)
+    assert full.pk not in {first.pk, incremental.pk} and full.full
+    assert not mirror.filter(zywave_id__in=deleted).exists()
+    assert mirror.count() == before - 3
+    assert not needs_full(conn)

@@ -81,8 +81,15 @@ def show(response):
             "cookies": {k: dict(v) for k, v in response.cookies.items()},
             "body": response.content.decode(errors="replace")}
 http = Client(HTTP_HOST="portal.example.com")
+from django.contrib.auth.models import User
+User.objects.create_user("prod", "prod@agency.test", "prod-password")
+login_page = show(http.get("/login/", secure=True))
+signed_in = show(http.post(
+    "/login/", {"username": "prod", "password": "prod-password"}, secure=True
+))
 print(json.dumps({
-    "login": show(http.get("/login/", secure=True)),
+    "login": login_page,
+    "signed_in": signed_in,
     "callback": show(http.get("/oauth/complete/zywave/?code=x&state=y", secure=True, follow=True)),
     "plain_login": show(http.get("/login/")),
     "plain_health": show(http.get("/health/")),
@@ -144,9 +151,18 @@ def test_the_oauth_callback_page_loads_nothing_third_party(
 
 
 def test_cookies_are_secure_and_http_only(responses: dict[str, dict[str, object]]) -> None:
-    cookies = responses["login"]["cookies"]
-    assert isinstance(cookies, dict)
-    assert cookies["csrftoken"]["secure"] is True
+    assert responses["signed_in"]["status"] == 302  # signed in: the session cookie is set
+    before, after = responses["login"]["cookies"], responses["signed_in"]["cookies"]
+    assert isinstance(before, dict) and isinstance(after, dict)
+    cookies = {**before, **after}
+    assert {"sessionid", "csrftoken"} <= set(cookies)
+    session, csrf = cookies["sessionid"], cookies["csrftoken"]
+    # Both only over HTTPS; the session out of reach of scripts. The CSRF cookie is left
+    # readable (CSRF_COOKIE_HTTPONLY is not set): Django's documented default, since the
+    # token itself is in every form and a script reading it gains nothing.
+    assert session["secure"] is True and session["httponly"] is True
+    assert csrf["secure"] is True
+    assert session["samesite"] == "Lax"
 
 
 def test_plain_http_is_redirected_to_https_except_health(

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from integrations.models import Connection
+from integrations.models import Connection, Profile
 from tests.conftest import Person, connection
 from tests.integrations.flows import inject_fault
 from tests.sandboxserver import Sandbox
@@ -80,11 +80,20 @@ def planted(sandbox: Sandbox, good: dict[str, Any], bad_ids: list[str], **fields
 def test_bad_ids_listed_by_zywave_are_never_stored(dana: Person, zywave: Sandbox) -> None:
     conn = connection(dana.user, zywave)
     good = zywave.profiles()[0]
+    # Before: the three profiles Zywave lists for agent@example.com, the first one chosen.
+    before = dict(conn.profiles.values_list("zywave_id", "pk"))
+    assert set(before) == {p["id"] for p in zywave.profiles()} and len(before) == 3
+    assert conn.chosen_profile_id == before[good["id"]]
     planted(zywave, good, BAD_IDS)
     response = dana.post("/zywave/profiles/", {"action": "refresh"})
     assert response.status_code == 302
-    stored = list(Connection.objects.get(pk=conn.pk).profiles.values_list("zywave_id", flat=True))
-    assert stored == [good["id"]]
+    after = Connection.objects.get(pk=conn.pk)
+    # The refresh was read, not refused: the two profiles Zywave no longer lists are gone, no
+    # bad id was stored, and the one good profile is kept as the same row, still chosen.
+    stored = list(after.profiles.order_by("pk").values_list("pk", "zywave_id"))
+    assert stored == [(before[good["id"]], good["id"])]
+    assert after.chosen_profile_id == before[good["id"]]
+    assert not Profile.objects.exclude(pk=before[good["id"]]).filter(connection=after).exists()
 
 
 def test_bad_ids_listed_by_zywave_send_no_header_or_path_upstream(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,7 +24,7 @@ from integrations.client import (
     parse_envelope,
 )
 from integrations.mirror import account_row, contact_row
-from integrations.models import Account, Connection, SyncRun
+from integrations.models import Account, Connection, Contact, SyncRun
 from integrations.sync import sync_now
 from tests.conftest import Person, connection
 from tests.integrations.flows import inject_fault
@@ -94,26 +95,48 @@ ENVELOPES = st.one_of(
 )
 
 
-@given(body=ENVELOPES)
-@FUZZ
-def test_parse_envelope_reads_a_list_or_raises_a_named_error(body: Any) -> None:
-    try:
-        items, total, more = parse_envelope(body, "/accounts/v2.0/account")
-    except MalformedResponse:
-        return
-    assert isinstance(items, list)
-    assert total is None or (isinstance(total, int) and not isinstance(total, bool))
-    assert more is None or isinstance(more, bool)
+def both_branches_taken(seen: Counter[str]) -> None:
+    """The examples reached both the named error and the success branch: a fuzz test whose
+    every example ended in the error would check nothing of what is read."""
+    assert seen["error"] > 0 and seen["read"] > 0, dict(seen)
 
 
-@given(record=JSON)
-@FUZZ
-def test_lower_keys_reads_an_object_or_raises_a_named_error(record: Any) -> None:
-    try:
-        keys = lower_keys(record)
-    except MalformedResponse:
-        return
-    assert all(isinstance(key, str) and key == key.lower() for key in keys)
+def test_parse_envelope_reads_a_list_or_raises_a_named_error() -> None:
+    seen: Counter[str] = Counter()
+
+    @given(body=ENVELOPES)
+    @FUZZ
+    def check(body: Any) -> None:
+        try:
+            items, total, more = parse_envelope(body, "/accounts/v2.0/account")
+        except MalformedResponse:
+            seen["error"] += 1
+            return
+        assert isinstance(items, list)
+        assert total is None or (isinstance(total, int) and not isinstance(total, bool))
+        assert more is None or isinstance(more, bool)
+        seen["read"] += 1
+
+    check()
+    both_branches_taken(seen)
+
+
+def test_lower_keys_reads_an_object_or_raises_a_named_error() -> None:
+    seen: Counter[str] = Counter()
+
+    @given(record=JSON)
+    @FUZZ
+    def check(record: Any) -> None:
+        try:
+            keys = lower_keys(record)
+        except MalformedResponse:
+            seen["error"] += 1
+            return
+        assert all(isinstance(key, str) and key == key.lower() for key in keys)
+        seen["read"] += 1
+
+    check()
+    both_branches_taken(seen)
 
 
 def answer(content: bytes) -> requests.Response:
@@ -153,17 +176,23 @@ def no_nan_or_nul(value: Any) -> bool:
     return True
 
 
-@given(content=ANSWERS)
-@FUZZ
-def test_the_client_reads_json_a_database_can_store_or_raises_a_named_error(
-    content: bytes,
-) -> None:
-    try:
-        body = reader()._read(answer(content), "/accounts/v2.0/account")
-    except MalformedResponse:
-        return
-    assert no_nan_or_nul(body)
-    json.dumps(body, allow_nan=False)
+def test_the_client_reads_json_a_database_can_store_or_raises_a_named_error() -> None:
+    seen: Counter[str] = Counter()
+
+    @given(content=ANSWERS)
+    @FUZZ
+    def check(content: bytes) -> None:
+        try:
+            body = reader()._read(answer(content), "/accounts/v2.0/account")
+        except MalformedResponse:
+            seen["error"] += 1
+            return
+        assert no_nan_or_nul(body)
+        json.dumps(body, allow_nan=False)
+        seen["read"] += 1
+
+    check()
+    both_branches_taken(seen)
 
 
 TEXT_LIMITS = {
@@ -203,16 +232,22 @@ def check_row(row: dict[str, Any]) -> None:
 
 
 @pytest.mark.parametrize("build", [account_row, contact_row], ids=["account", "contact"])
-@given(record=RECORDS)
-@FUZZ
-def test_mirror_rows_fit_their_columns_or_raise_a_named_error(
-    build: Any, record: dict[str, Any]
-) -> None:
-    try:
-        row = build(1, 1, record, datetime.now(UTC))
-    except ZywaveError:
-        return
-    check_row(row)
+def test_mirror_rows_fit_their_columns_or_raise_a_named_error(build: Any) -> None:
+    seen: Counter[str] = Counter()
+
+    @given(record=RECORDS)
+    @FUZZ
+    def check(record: dict[str, Any]) -> None:
+        try:
+            row = build(1, 1, record, datetime.now(UTC))
+        except ZywaveError:
+            seen["error"] += 1
+            return
+        check_row(row)
+        seen["read"] += 1
+
+    check()
+    both_branches_taken(seen)
 
 
 # --- The whole path: malformed pages from the sandbox during a real sync ----------------------
@@ -284,9 +319,33 @@ def test_a_malformed_page_ends_the_sync_with_a_named_error(
     plant(zywave, body, content_type)
     run = sync_now(danas_connection, full=True)
     assert run is not None
-    assert run.state in {SyncRun.State.FAILED, SyncRun.State.PARTIAL}
+    # The first page of the first resource was refused: nothing was written, so FAILED (not
+    # PARTIAL), and the mirror holds no row at all.
+    assert (run.state, run.pages_done, run.records_done) == (SyncRun.State.FAILED, 0, 0)
     assert run.error and "unexpected error" not in run.error
+    assert run.error.startswith("/accounts/v2.0/account") or "account record" in run.error
+    assert not Account.objects.filter(connection=danas_connection).exists()
+    assert not Contact.objects.filter(connection=danas_connection).exists()
     assert dana.get("/").status_code == 200
+
+
+# What each odd page comes to: read (the one account stored, as these columns) or refused as
+# not JSON a database can hold (nothing stored).
+READ_AS: dict[str, dict[str, Any] | None] = {
+    "wrong-types": {
+        "zywave_id": "77",
+        "name": "{'first': 'x'}",
+        "is_active": True,  # "yes" is no boolean: the default
+        "is_archived": True,  # "TRUE" is read case-blind
+        "number_of_employees": None,
+        "updated_at_zywave": None,
+        "lines_of_business": "1, {'a': 2}",
+    },
+    "huge-numbers": None,
+    "nul-characters": {"zywave_id": "n1", "name": "a\ufffdb", "city": "\ufffd"},
+    "lone-surrogate": {"zywave_id": "s1", "name": "a\ufffd\ufffd\ufffdb"},  # one per byte
+    "nan": None,
+}
 
 
 @pytest.mark.django_db
@@ -298,7 +357,23 @@ def test_odd_values_in_a_page_are_read_or_end_the_sync_with_a_named_error(
     run = sync_now(danas_connection, full=True)
     assert run is not None
     assert "unexpected error" not in run.error
-    assert run.state != SyncRun.State.RUNNING
+    accounts = Account.objects.filter(connection=danas_connection)
+    expected = READ_AS[case]
+    if expected is None:
+        assert (run.state, run.pages_done) == (SyncRun.State.FAILED, 0)
+        assert "without JSON" in run.error
+        assert not accounts.exists()
+        assert not Contact.objects.filter(connection=danas_connection).exists()
+        return
+    assert (run.state, run.error) == (SyncRun.State.SUCCEEDED, "")
+    # The mirror holds the one planted account, read as these columns (the sandbox's own
+    # accounts were not on the page), and every contact the sandbox has.
+    assert list(accounts.values(*expected)) == [expected]
+    assert danas_connection.chosen_profile is not None
+    counts = zywave.control(
+        "GET", "accounts/count", profile_id=danas_connection.chosen_profile.zywave_id
+    )
+    assert Contact.objects.filter(connection=danas_connection).count() == counts["contacts"]
 
 
 @pytest.mark.django_db
@@ -311,8 +386,7 @@ def test_a_page_far_bigger_than_asked_for_is_refused_as_malformed(
     assert run is not None
     assert "unexpected error" not in run.error
     # Refused as malformed: a page is at most what was asked for, so memory stays flat.
-    assert run.state in {SyncRun.State.FAILED, SyncRun.State.PARTIAL}
+    assert (run.state, run.pages_done) == (SyncRun.State.FAILED, 0)
     assert "records on a page of 100" in run.error
-    assert not Account.objects.filter(
-        connection=danas_connection, zywave_id__startswith="big-"
-    ).exists()
+    assert not Account.objects.filter(connection=danas_connection).exists()
+    assert not Contact.objects.filter(connection=danas_connection).exists()
