@@ -100,10 +100,11 @@ class Sandbox:
             raise SandboxError(f"{method} {path}: {response.status_code} {response.text[:500]}")
         return response.json()
 
-    def reset(self) -> Any:
-        """Faults, counters, clock and runtime settings cleared; seeded data (if a control call
-        changed it) and registered clients put back as the baseline has them."""
-        return self.control("POST", "reset")
+    def reset(self, restore: bool = False) -> Any:
+        """Faults, counters, clock and runtime settings cleared; with `restore`, also seeded
+        data (if a control call changed it) and registered clients put back as the baseline
+        has them (what `sandbox_clean` does before every test)."""
+        return self.control("POST", "reset", restore=restore)
 
     def take_baseline(self) -> Any:
         """The registered clients as they are now become what every reset restores."""
@@ -365,5 +366,5 @@ def sandbox() -> Iterator[Sandbox]:
 def sandbox_clean(sandbox: Sandbox) -> Sandbox:
     """The sandbox with faults, counters, clock and runtime settings reset, and the seeded
     data and registered clients as the session started with them."""
-    sandbox.reset()
+    sandbox.reset(restore=True)
     return sandbox

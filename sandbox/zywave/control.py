@@ -45,6 +45,7 @@ SETTING_CHOICES = {
     "envelope": {"items", "value", "array"},
     "key_case": {"pascal", "camel"},
     "refresh_mode": {"one-time", "reuse"},
+    "token_auth_method": {"any", "client_secret_post", "client_secret_basic"},
 }
 INT_SETTINGS = {"access_token_lifetime", "refresh_token_lifetime", "refresh_grace_seconds"}
 
@@ -95,10 +96,13 @@ def user_by_email(email: str) -> User:
 
 @control("POST")
 def reset(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
-    """Clear faults, counters, the clock offset and runtime settings (back to env defaults),
-    and put the seeded data (when a control call changed it) and the registered clients back
-    as the baseline has them. Users' grants and tokens are left alone."""
-    baseline = Baseline.objects.filter(pk=1).first()
+    """Clear faults, counters, the clock offset and runtime settings (back to env defaults).
+
+    With `{"restore": true}` also put the seeded data (when a control call changed it) and the
+    registered clients back as the baseline has them: what a test suite wants between tests.
+    Without it, data a caller seeded by other means (the drills' own users) is left alone.
+    Users' grants and tokens are never touched."""
+    baseline = Baseline.objects.filter(pk=1).first() if data.get("restore") else None
     reseeded = bool(baseline and baseline.dirty)
     if baseline and baseline.dirty:
         seed(baseline.accounts, baseline.seed_value)  # rewrites the baseline, clean

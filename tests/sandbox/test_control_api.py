@@ -245,7 +245,9 @@ def test_reset_puts_back_the_seeded_data_and_the_clients_an_earlier_test_changed
     assert changed["profiles"] != before["profiles"]
     assert changed["portal_dev"] != before["portal_dev"]  # the oracle can tell them apart
 
-    assert sandbox.reset()["reseeded"] is True
+    assert sandbox.reset()["reseeded"] is False  # a plain reset leaves data alone
+    assert state()["counts"] == changed["counts"]
+    assert sandbox.reset(restore=True)["reseeded"] is True
     after = state()
     assert after["counts"] == before["counts"]
     assert after["profiles"] == before["profiles"]
@@ -265,4 +267,4 @@ def test_reset_puts_back_the_seeded_data_and_the_clients_an_earlier_test_changed
 
 
 def test_a_reset_after_no_data_change_does_not_reseed(sandbox_clean: Sandbox) -> None:
-    assert sandbox_clean.reset()["reseeded"] is False
+    assert sandbox_clean.reset(restore=True)["reseeded"] is False
