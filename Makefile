@@ -96,6 +96,7 @@ drills: $(VENV)/.dev
 bench: $(VENV)/.dev
 	cd tests/bench && ../../$(BIN)/python bench_sandbox.py
 	cd tests/bench && ../../$(BIN)/python bench_tokens.py
+	cd tests/bench && ../../$(BIN)/python bench_short_tokens.py
 	cd tests/bench && ../../$(BIN)/python bench_sync.py
 
 clean:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import datetime
 from typing import Any, cast
 
 from django.contrib import admin, messages
@@ -208,7 +209,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
             },
         ),
         ("Profile", {"fields": ["profile", "profile_token_state", "profiles_listed_at"]}),
-        ("Sync", {"fields": ["last_sync", "history_links"]}),
+        ("Sync", {"fields": ["last_sync", "unavailable", "history_links"]}),
         ("Record", {"fields": ["stored_status", "created_at", "updated_at"]}),
     ]
     readonly_fields = flatten_fieldsets(fieldsets)
@@ -336,6 +337,16 @@ class ConnectionAdmin(ReadOnlyAdmin):
         if profile is None or not profile.profile_token_fingerprint:
             return "not set"
         return f"set, fingerprint {profile.profile_token_fingerprint}"
+
+    @admin.display(description="not offered by Zywave")
+    def unavailable(self, obj: Connection) -> str:
+        marks = obj.unavailable_resources
+        if not marks:
+            return EMPTY
+        return "; ".join(
+            f"{resource} (404 at {when(datetime.fromisoformat(seen))}, retried daily)"
+            for resource, seen in sorted(marks.items())
+        )
 
     @admin.display(description="history")
     def history_links(self, obj: Connection) -> SafeString:
@@ -521,6 +532,7 @@ class SyncRunAdmin(OwnedByConnection):
         "finished_at",
         "run_duration",
         "records_done",
+        "records_skipped",
         "error",
     ]
     list_filter = ["state", "full", "trigger"]
@@ -609,6 +621,31 @@ class UserSocialAuthAdmin(ReadOnlyAdmin):
     list_select_related = ["user"]
     search_fields = ["user__username", "uid"]
     fields = readonly_fields = ("user", "provider", "uid", "created", "modified")
+    actions = ["remove_link"]
+
+    def has_act_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("integrations.change_connection")
+
+    @admin.action(description="Remove the link (after a disconnect)", permissions=["act"])
+    def remove_link(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        """Free a Zywave identity for another portal user. A connected person must be
+        disconnected first (that revokes the tokens and removes the link itself)."""
+        outcomes: Counter[str] = Counter()
+        for link in queryset.select_related("user"):
+            connection = Connection.objects.filter(user_id=link.user_id).first()
+            if connection is not None and connection.is_connected:
+                outcomes["still_connected"] += 1
+                continue
+            link.delete()
+            ConnectionEvent.objects.create(
+                user_id=link.user_id,
+                connection=connection,
+                kind=ConnectionEvent.Kind.LINK_REMOVED,
+                actor=cast(Any, request.user),  # the admin: a logged-in User
+                detail={"uid": link.uid},
+            )
+            outcomes["link_removed"] += 1
+        admin_views.report(self, request, "Remove link", outcomes)
 
 
 admin.site.site_header = "Zywave portal administration"

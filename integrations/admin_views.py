@@ -162,8 +162,10 @@ OUTCOMES = {
     "not_revoked": "disconnected here, but Zywave did not confirm the revocation",
     "already_disconnected": "already disconnected",
     "error": "failed unexpectedly (see the log)",
+    "link_removed": "link removed",
+    "still_connected": "skipped (still connected: disconnect first)",
 }
-GOOD_OUTCOMES = {"refreshed", "queued", "already_queued", "sent", "revoked"}
+GOOD_OUTCOMES = {"refreshed", "queued", "already_queued", "sent", "revoked", "link_removed"}
 
 
 def report(model_admin: Any, request: HttpRequest, what: str, outcomes: Counter[str]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote_plus
 
 from django.conf import settings
 from social_core.backends.oauth import BaseOAuth2PKCE
@@ -48,6 +49,30 @@ class ZywaveOAuth2(BaseOAuth2PKCE):
             raise AuthInputError(self, parameter="iss", code="invalid_parameter", stage="callback")
         return state
 
+    # --- Client authentication: ZYWAVE_TOKEN_AUTH_METHOD, the same for code exchange, refresh
+    # and revocation (docs/zywave.md §1) ---------------------------------------------------
+
+    def use_basic_auth(self) -> bool:
+        return bool(settings.ZYWAVE_TOKEN_AUTH_METHOD == "client_secret_basic")
+
+    def basic_credentials(self) -> tuple[str, str]:
+        """RFC 6749 §2.3.1: id and secret are form-encoded before they go into Basic."""
+        client_id, client_secret = self.get_key_and_secret()
+        return quote_plus(client_id), quote_plus(client_secret)
+
+    def auth_complete_credentials(self) -> tuple[str, str] | None:
+        return self.basic_credentials() if self.use_basic_auth() else None
+
+    def refresh_token_params(self, token: str, *args: Any, **kwargs: Any) -> dict[str, str]:
+        params = super().refresh_token_params(token, *args, **kwargs)
+        if self.use_basic_auth():
+            params.pop("client_secret", None)
+            params.pop("client_id", None)
+        return params
+
+    def refresh_token_auth(self) -> Any:
+        return self.basic_credentials() if self.use_basic_auth() else None
+
     def get_scope(self) -> list[str]:
         return list(settings.ZYWAVE_SCOPES)
 
@@ -91,16 +116,20 @@ class ZywaveOAuth2(BaseOAuth2PKCE):
         return {}
 
     def revoke_token(self, token: str, uid: str) -> bool:
-        """RFC 7009 revocation, client authenticated in the form body.
+        """RFC 7009 revocation, the client authenticated as ZYWAVE_TOKEN_AUTH_METHOD says.
 
         social-core's version also copies the parameters into the query string, which would put
         the client secret into URLs and server logs.
         """
         client_id, client_secret = self.get_key_and_secret()
+        data = {"token": token}
+        if not self.use_basic_auth():
+            data.update(client_id=client_id, client_secret=client_secret)
         response = self.request(
             self.revoke_token_url(token, uid),
             method="POST",
-            data={"token": token, "client_id": client_id, "client_secret": client_secret},
+            data=data,
+            auth=self.auth_complete_credentials(),
             stage="disconnect",
         )
         return response.status_code == 200

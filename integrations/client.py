@@ -92,6 +92,20 @@ class MalformedResponse(ZywaveError):
     """Zywave answered 2xx with something we cannot read."""
 
 
+# Zywave's ids go into request headers, URLs and our unique keys: accept only what cannot
+# inject anything and fits the column whole (an over-long id is refused, never cut: two cut
+# ids could collide). Not only dots either: `/zywave/accounts/../` is not a path to a record.
+SAFE_ID = re.compile(r"(?!\.+\Z)[A-Za-z0-9._-]{1,64}")
+
+
+def safe_id(value: object) -> str | None:
+    """Zywave's id as the text the portal stores, or None when it is unusable."""
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        return None
+    text = str(value)
+    return text if SAFE_ID.fullmatch(text) else None
+
+
 class NoProfileChosen(ZywaveError):
     """A v2 call needs an explicit profile and the connection has none."""
 

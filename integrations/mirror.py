@@ -9,9 +9,10 @@ accepted: see docs/zywave.md §4).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Collection
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from django.db import connection as db
@@ -19,8 +20,10 @@ from django.db.models import Model
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from .client import MalformedResponse, lower_keys
+from .client import MalformedResponse, lower_keys, safe_id
 from .models import Account, Contact
+
+log = logging.getLogger(__name__)
 
 
 def _text(record: dict[str, Any], key: str, limit: int) -> str:
@@ -65,11 +68,19 @@ def _when(record: dict[str, Any], key: str) -> datetime | None:
     return parsed
 
 
+class UnusableId(MalformedResponse):
+    """A record whose id the mirror cannot key on: missing, or not a safe id (`client.SAFE_ID`:
+    a `/`, a space, over 64 characters...). The record is skipped and counted, not the page."""
+
+
 def _zywave_id(record: dict[str, Any], resource: str) -> str:
     value = record.get("id")
-    if isinstance(value, bool) or not isinstance(value, (str, int)) or str(value) == "":
-        raise MalformedResponse(f"a {resource} record without an id")
-    return str(value)[:64]
+    if value is None or value == "":
+        raise UnusableId(f"a {resource} record without an id")
+    zywave_id = safe_id(value)
+    if zywave_id is None:
+        raise UnusableId(f"a {resource} record with an unusable id")
+    return zywave_id
 
 
 def account_row(
@@ -104,7 +115,7 @@ def contact_row(
     return {
         "connection_id": connection_id,
         "zywave_id": _zywave_id(r, "contact"),
-        "account_zywave_id": _text(r, "accountid", 64),
+        "account_zywave_id": safe_id(r.get("accountid")) or "",
         "first_name": _text(r, "firstname", 100),
         "last_name": _text(r, "lastname", 100),
         "email": _text(r, "emailaddress", 254),
@@ -127,21 +138,31 @@ ROWS: dict[str, tuple[type[Model], Callable[..., dict[str, Any]]]] = {
 }
 
 
+class Written(NamedTuple):
+    rows: int  # rows written (a page repeating an id writes it once)
+    newest: datetime | None  # the newest `updatedDateTime` among them
+    skipped: int  # records with an unusable id, not written
+
+
 def upsert(
     resource: str, connection_id: int, run_id: int, records: list[dict[str, Any]]
-) -> tuple[int, datetime | None]:
-    """Write one page as a single INSERT ... ON CONFLICT DO UPDATE on (connection, zywave_id).
-
-    Returns the rows written and the newest `updatedDateTime` among them.
-    """
+) -> Written:
+    """Write one page as a single INSERT ... ON CONFLICT DO UPDATE on (connection, zywave_id)."""
     model, build = ROWS[resource]
     now = timezone.now()
     rows: dict[str, dict[str, Any]] = {}
+    skipped = 0
     for record in records:
-        row = build(connection_id, run_id, record, now)
+        try:
+            row = build(connection_id, run_id, record, now)
+        except UnusableId:
+            skipped += 1
+            continue
         rows[row["zywave_id"]] = row  # a page repeating an id keeps the last copy
+    if skipped:
+        log.warning("Skipped %s %s record(s) with an unusable id", skipped, resource)
     if not rows:
-        return 0, None
+        return Written(0, None, skipped)
     newest = max(
         (r["updated_at_zywave"] for r in rows.values() if r["updated_at_zywave"]), default=None
     )
@@ -154,7 +175,7 @@ def upsert(
             unique_fields=["connection", "zywave_id"],
             update_fields=[name for name in rows[next(iter(rows))] if name not in KEY_FIELDS],
         )
-    return len(rows), newest
+    return Written(len(rows), newest, skipped)
 
 
 KEY_FIELDS = {"connection_id", "zywave_id"}
@@ -198,10 +219,12 @@ def _isoformat(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def remove_unseen(connection_id: int, run_id: int) -> None:
+def remove_unseen(connection_id: int, run_id: int, keep: Collection[str] = ()) -> None:
     """After a full run, which saw every record Zywave has: what it did not see was deleted at
-    Zywave."""
-    for model, _build in ROWS.values():
+    Zywave. Resources in `keep` were not asked (unavailable) and keep their rows."""
+    for resource, (model, _build) in ROWS.items():
+        if resource in keep:
+            continue
         model._default_manager.filter(connection_id=connection_id).exclude(
             seen_in_run=run_id
         ).delete()

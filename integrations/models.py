@@ -18,6 +18,8 @@ from .fields import EncryptedTextField, token_fingerprint
 REFRESH_LIFETIME = timedelta(days=30)
 # Owners are warned this long before that deadline (email, dashboard, admin filter and overview).
 DEADLINE_NOTICE = timedelta(days=7)
+# A resource whose list route answered 404 is skipped this long before it is asked again.
+UNAVAILABLE_RETRY = timedelta(days=1)
 
 
 class ConnectionQuerySet(models.QuerySet):
@@ -139,6 +141,9 @@ class Connection(models.Model):
     access_token_fingerprint = models.CharField(max_length=12, blank=True)
     refresh_token_fingerprint = models.CharField(max_length=12, blank=True)
     access_token_expires_at = models.DateTimeField(null=True, blank=True)
+    # Seconds the current access token was issued for (`expires_in`): the refresh margin is a
+    # share of it, so short-lived tokens are not refreshed on every call.
+    access_token_lifetime = models.PositiveIntegerField(null=True, blank=True)
     requested_scopes = models.CharField(max_length=1000, blank=True)
     granted_scopes = models.CharField(max_length=1000, blank=True)
     # The original authorization (the user's login at Zywave): the 30-day refresh deadline
@@ -149,6 +154,9 @@ class Connection(models.Model):
         "Profile", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     profiles_listed_at = models.DateTimeField(null=True, blank=True)
+    # Mirrored resources whose list route Zywave answered 404 for this connection, with when
+    # that was seen ({"contacts": "2026-12-01T10:00:00+00:00"}): skipped by syncs, retried daily.
+    unavailable_resources = models.JSONField(default=dict, blank=True)
 
     last_refreshed_at = models.DateTimeField(null=True, blank=True)
     # Notifications sent for the current incident / deadline (reset by reconnecting).
@@ -214,6 +222,7 @@ class Connection(models.Model):
         except (TypeError, ValueError):
             seconds = 3600
         self.access_token_expires_at = now + timedelta(seconds=max(seconds, 0))
+        self.access_token_lifetime = max(seconds, 0)
         scope = response.get("scope")
         if isinstance(scope, list):
             scope = " ".join(str(item) for item in scope)
@@ -274,6 +283,24 @@ class Connection(models.Model):
             return None
         return f"Token {profile.profile_token}"
 
+    def skips_resource(self, resource: str, now: datetime | None = None) -> bool:
+        """Zywave answered 404 for this resource's list less than UNAVAILABLE_RETRY ago."""
+        seen = self.unavailable_resources.get(resource)
+        when = datetime.fromisoformat(seen) if isinstance(seen, str) else None
+        return when is not None and when > (now or timezone.now()) - UNAVAILABLE_RETRY
+
+    def set_resource_available(self, resource: str, available: bool) -> None:
+        """Record what the list route answered (a 404, or a page again), saving only a change."""
+        marks = dict(self.unavailable_resources)
+        if available and resource not in marks:
+            return
+        if available:
+            marks.pop(resource)
+        else:
+            marks[resource] = timezone.now().isoformat()
+        Connection.objects.filter(pk=self.pk).update(unavailable_resources=marks)
+        self.unavailable_resources = marks
+
     def clear_mirror(self) -> None:
         """Delete the mirrored accounts and contacts (profile change, disconnect)."""
         self.accounts.all().delete()
@@ -319,6 +346,8 @@ class ConnectionEvent(models.Model):
         REFRESH_REQUESTED = "refresh_requested", "Token refresh requested by an admin"
         SYNC_REQUESTED = "sync_requested", "Sync requested by an admin"
         REMINDER_SENT = "reminder_sent", "Reconnect reminder sent"
+        OLD_GRANT_REVOKED = "old_grant_revoked", "Replaced grant revoked at Zywave"
+        LINK_REMOVED = "link_removed", "Zywave identity link removed by an admin"
 
     # The person the event concerns; the connection when one exists (a first connect that
     # failed has none).
@@ -427,10 +456,15 @@ class SyncRun(models.Model):
     # The worker holding the run renews this lease with every page; an expired lease means the
     # worker died and another may resume the run.
     lease_until = models.DateTimeField(null=True, blank=True)
+    # Who holds the lease (a random token per claim): every write of the run checks it, so a
+    # worker whose lease lapsed and was taken over stops instead of advancing the run too.
+    lease_owner = models.CharField(max_length=32, blank=True)
     resource = models.CharField(max_length=20, default="accounts")
     skip = models.PositiveIntegerField(default=0)
     pages_done = models.PositiveIntegerField(default=0)
     records_done = models.PositiveIntegerField(default=0)
+    # Records Zywave sent that could not be mirrored (an unusable id): skipped and counted.
+    records_skipped = models.PositiveIntegerField(default=0)
     total_reported = models.PositiveIntegerField(null=True, blank=True)
     # Highest `updatedDateTime` seen per resource: the next incremental run starts there.
     marks = models.JSONField(default=dict, blank=True)

@@ -7,6 +7,7 @@ included, in plaintext in `social_auth_partial`.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from typing import Any
 
 from django.db import transaction
@@ -14,6 +15,7 @@ from django.utils import timezone
 from social_core.exceptions import AuthAssociationError, AuthException
 from social_django.models import UserSocialAuth
 
+from .fields import token_fingerprint
 from .models import Connection, ConnectionEvent
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,29 @@ def refuse_second_identity(backend: Any, uid: str, user: Any, **kwargs: Any) -> 
         raise SecondIdentity(backend)
 
 
+def revoke_replaced_grant(connection_id: int, refresh_token: str, uid: str) -> None:
+    """Revoke the refresh token a reconnect replaced (best effort) and record the outcome."""
+    from .tokens import zywave_backend
+
+    try:
+        revoked = bool(zywave_backend().revoke_token(refresh_token, uid))
+        reason = "" if revoked else "Zywave refused the revocation"
+    except Exception as exc:  # noqa: BLE001  (best effort: the reconnect itself succeeded)
+        revoked, reason = False, f"Zywave did not answer the revocation ({type(exc).__name__})"
+    connection = Connection.objects.filter(pk=connection_id).first()
+    if connection is not None:
+        connection.record(
+            ConnectionEvent.Kind.OLD_GRANT_REVOKED,
+            revoked=revoked,
+            reason=reason,
+            refresh_token=token_fingerprint(refresh_token),
+        )
+    if not revoked:
+        log.warning(
+            "Revoking the replaced grant of connection %s failed: %s", connection_id, reason
+        )
+
+
 def store_connection(
     backend: Any,
     user: Any,
@@ -81,6 +106,7 @@ def store_connection(
         reconnect = connection is not None
         if connection is None:
             connection = Connection(user=user)
+        replaced = connection.refresh_token if connection.is_connected else None
         connection.zywave_subject = uid
         connection.zywave_email = str(response.get("email") or "")[:254]
         connection.zywave_name = str(response.get("name") or "")[:255]
@@ -105,6 +131,11 @@ def store_connection(
             access_token=connection.access_token_fingerprint,
             refresh_token=connection.refresh_token_fingerprint,
         )
+        if replaced and replaced != connection.refresh_token:
+            # The old grant would otherwise stay live at Zywave for the rest of its 30 days.
+            # After commit: never hold the row lock for an HTTP call, and only once the new
+            # tokens are safely stored.
+            transaction.on_commit(partial(revoke_replaced_grant, connection.pk, replaced, uid))
         missing = connection.missing_scopes()
         if missing:
             connection.record(ConnectionEvent.Kind.SCOPES_REDUCED, actor=user, missing=missing)

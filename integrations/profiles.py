@@ -10,15 +10,15 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .client import ZywaveClient
+from .client import SAFE_ID, ZywaveClient
 from .fields import token_fingerprint
 from .models import Connection, ConnectionEvent, Profile
 
 log = logging.getLogger(__name__)
 
-# Ids and type codes go into a request header: accept only what cannot inject anything.
-SAFE_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
-SAFE_TYPE_CODE = re.compile(r"^[A-Za-z0-9]{1,10}$")
+# Ids and type codes go into a request header: accept only what cannot inject anything (the
+# id rule is the mirror's too: `client.SAFE_ID`). fullmatch: `$` would let a trailing newline in.
+SAFE_TYPE_CODE = re.compile(r"[A-Za-z0-9]{1,10}")
 
 
 class ProfileRefused(Exception):
@@ -49,7 +49,7 @@ def refresh_profiles(connection: Connection, client: ZywaveClient) -> list[Profi
     for record in listed:
         zywave_id = str(record.get("id", ""))
         code = str(record.get("typecode") or type_code)
-        if not SAFE_ID.match(zywave_id) or not SAFE_TYPE_CODE.match(code):
+        if not SAFE_ID.fullmatch(zywave_id) or not SAFE_TYPE_CODE.fullmatch(code):
             log.warning("Ignoring a profile with an unusable id from Zywave")
             continue
         records[(code, zywave_id)] = record
@@ -87,7 +87,7 @@ def choose_profile(
     connection: Connection, client: ZywaveClient, zywave_id: str, actor: Any
 ) -> Profile:
     """Choose one of the listed profiles: fetch its ProfileToken and store it encrypted."""
-    if not SAFE_ID.match(zywave_id):  # before any query: PostgreSQL refuses NUL in text
+    if not SAFE_ID.fullmatch(zywave_id):  # before any query: PostgreSQL refuses NUL in text
         raise ProfileRefused(zywave_id)
     profile = connection.profiles.filter(
         type_code=settings.ZYWAVE_PROFILE_TYPE_CODE, zywave_id=zywave_id

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import random
+import secrets
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
@@ -51,6 +53,11 @@ def log_ids(run: SyncRun) -> dict[str, int]:
 
 class SyncStopped(Exception):
     """The run cannot go on (grant ended, forbidden, too many failures): recorded on the run."""
+
+
+class Unavailable(Exception):
+    """The resource's list route answered 404 on its first page: Zywave does not offer it to
+    this connection (a scope, a product the agency does not have). Skipped, not fatal."""
 
 
 class Cancelled(Exception):
@@ -106,18 +113,33 @@ def claim(connection_id: int, full: bool = False) -> SyncRun | None:
         if run is None:
             return None
     now = timezone.now()
+    owner = secrets.token_hex(8)
     won = (
         SyncRun.objects.filter(pk=run.pk, state__in=SyncRun.ACTIVE_STATES)
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=now))  # free or lapsed
-        .update(state=SyncRun.State.RUNNING, lease_until=now + lease())
+        .update(state=SyncRun.State.RUNNING, lease_until=now + lease(), lease_owner=owner)
     )
     if not won:
         return None
     run.refresh_from_db()
     if run.started_at is None:
         run.started_at = now
-        run.save(update_fields=["started_at"])
+        SyncRun.objects.filter(pk=run.pk, started_at__isnull=True).update(started_at=now)
     return run
+
+
+def _write(run: SyncRun, **fields: Any) -> None:
+    """Save fields of a run this worker holds: a conditional UPDATE on its state and lease
+    owner. No row means someone else ended the run (cancelled: profile changed, disconnected)
+    or took it over after our lease lapsed (a slow page): stop without writing, so two workers
+    never advance one run."""
+    updated = SyncRun.objects.filter(
+        pk=run.pk, state=SyncRun.State.RUNNING, lease_owner=run.lease_owner
+    ).update(**fields)
+    if not updated:
+        raise Cancelled(f"run {run.pk} is no longer ours (cancelled, or its lease was taken)")
+    for name, value in fields.items():
+        setattr(run, name, value)
 
 
 def previous_marks(connection: Connection) -> dict[str, str]:
@@ -156,34 +178,46 @@ def run_sync(
     after each committed page (progress bars).
     """
     connection = Connection.objects.select_related("chosen_profile").get(pk=run.connection_id)
-    if (
-        not run.full
-        and not run.pages_done
-        and run.resource == RESOURCES[0]
-        and needs_full(connection)
-    ):
-        run.full = True
-        run.save(update_fields=["full"])
-    since_marks = {} if run.full else previous_marks(connection)
-    client = client or client_for(connection)
-    return _run(run, client, since_marks, sleep, on_page)
+    return _run(run, connection, client or client_for(connection), sleep, on_page)
 
 
 def _run(
     run: SyncRun,
+    connection: Connection,
     client: ZywaveClient,
-    since_marks: dict[str, str],
     sleep: Callable[[float], None],
     on_page: Callable[[SyncRun], None] | None,
 ) -> SyncRun:
     try:
+        if (
+            not run.full
+            and not run.pages_done
+            and run.resource == RESOURCES[0]
+            and needs_full(connection)
+        ):
+            _write(run, full=True)
+        since_marks = {} if run.full else previous_marks(connection)
         for resource in RESOURCES[RESOURCES.index(run.resource) :]:
             if run.resource != resource:
-                run.resource, run.skip = resource, 0
-                run.save(update_fields=["resource", "skip"])
-            _sync_resource(run, client, resource, since_marks.get(resource), sleep, on_page)
+                _write(run, resource=resource, skip=0)
+            if connection.skips_resource(resource):
+                continue
+            try:
+                _sync_resource(run, client, resource, since_marks.get(resource), sleep, on_page)
+            except Unavailable:
+                log.warning(
+                    "Sync run %s: Zywave has no %s list for this connection (404); retried "
+                    "in a day",
+                    run.pk,
+                    resource,
+                    extra=log_ids(run),
+                )
+                connection.set_resource_available(resource, False)
+                continue
+            connection.set_resource_available(resource, True)
         if run.full:
-            mirror.remove_unseen(run.connection_id, run.pk)
+            skipped = [r for r in RESOURCES if connection.skips_resource(r)]
+            mirror.remove_unseen(run.connection_id, run.pk, keep=skipped)
     except Cancelled as exc:
         log.info("Sync run %s stopped: %s", run.pk, exc, extra=log_ids(run))
         run.refresh_from_db()
@@ -197,6 +231,13 @@ def _run(
         # forever by the reconciler; re-raise for the worker's log.
         _end_run(run, SyncRun.State.FAILED, f"unexpected error ({type(exc).__name__})")
         raise
+    if run.records_skipped and not run.records_done:
+        # Zywave sent records and not one could be mirrored: that is not a successful sync.
+        return _end_run(
+            run,
+            SyncRun.State.FAILED,
+            f"Zywave sent {run.records_skipped} records, none with a usable id",
+        )
     return _end_run(run, SyncRun.State.SUCCEEDED, "")
 
 
@@ -223,8 +264,8 @@ def _sync_resource(
         try:
             for page in client.pages(PATHS[resource], odata_filter=odata_filter, skip=run.skip):
                 with transaction.atomic():
-                    written, newest = mirror.upsert(resource, run.connection_id, run.pk, page.items)
-                    _advance(run, resource, len(page.items), page.total, written, newest)
+                    written = mirror.upsert(resource, run.connection_id, run.pk, page.items)
+                    _advance(run, resource, len(page.items), page.total, written)
                 failures = 0
                 if on_page is not None:
                     on_page(run)
@@ -247,7 +288,11 @@ def _sync_resource(
             raise SyncStopped("Zywave needs the person to reconnect") from None
         except (Forbidden, NoProfileChosen) as exc:
             raise SyncStopped(f"Zywave refused access (scope or profile): {exc}") from None
-        except (Unauthorized, NotFound, MalformedResponse, ZywaveError) as exc:
+        except NotFound as exc:
+            if run.skip == 0:
+                raise Unavailable(resource) from None
+            raise SyncStopped(str(exc)) from None
+        except (Unauthorized, MalformedResponse, ZywaveError) as exc:
             raise SyncStopped(str(exc)) from None
 
 
@@ -260,8 +305,7 @@ def _delay(retry_after: float | None, failures: int) -> float:
 
 
 def _renew_lease(run: SyncRun, extra_seconds: float = 0) -> None:
-    run.lease_until = timezone.now() + lease() + timedelta(seconds=extra_seconds)
-    SyncRun.objects.filter(pk=run.pk).update(lease_until=run.lease_until)
+    _write(run, lease_until=timezone.now() + lease() + timedelta(seconds=extra_seconds))
 
 
 def _advance(
@@ -269,13 +313,14 @@ def _advance(
     resource: str,
     count: int,
     total: int | None,
-    written: int,
-    newest: datetime | None,
+    written: mirror.Written,
 ) -> None:
     """Record a committed page (inside the page's transaction)."""
+    newest = written.newest
     run.skip += count
     run.pages_done += 1
-    run.records_done += written
+    run.records_done += written.rows
+    run.records_skipped += written.skipped
     if total is not None and run.skip <= count:  # first page of a resource reports totals
         run.total_reported = (
             (run.total_reported or 0) + total if resource != RESOURCES[0] else total
@@ -283,19 +328,18 @@ def _advance(
     mark = parse_datetime(run.marks[resource]) if resource in run.marks else None
     if newest is not None and (mark is None or newest > mark):
         run.marks = {**run.marks, resource: newest.isoformat()}
-    run.lease_until = timezone.now() + lease()
-    # Conditional UPDATE: if the run was cancelled meanwhile (the profile changed, or the
-    # person disconnected), no row matches and the page's transaction is rolled back.
-    updated = SyncRun.objects.filter(pk=run.pk, state=SyncRun.State.RUNNING).update(
+    # If the run was cancelled or taken over meanwhile, `_write` raises Cancelled inside the
+    # page's transaction, so the page is rolled back too.
+    _write(
+        run,
         skip=run.skip,
         pages_done=run.pages_done,
         records_done=run.records_done,
+        records_skipped=run.records_skipped,
         total_reported=run.total_reported,
         marks=run.marks,
-        lease_until=run.lease_until,
+        lease_until=timezone.now() + lease(),
     )
-    if not updated:
-        raise Cancelled(f"run {run.pk} was cancelled")
 
 
 def _end_run(run: SyncRun, state: str, error: str) -> SyncRun:
@@ -303,11 +347,19 @@ def _end_run(run: SyncRun, state: str, error: str) -> SyncRun:
         # Carry forward the marks of resources where nothing changed this time.
         connection = Connection.objects.get(pk=run.connection_id)
         run.marks = {**previous_marks(connection), **run.marks}
-    run.state = state
-    run.error = error[:500]
-    run.finished_at = timezone.now()
-    run.lease_until = None
-    run.save(update_fields=["state", "error", "finished_at", "lease_until", "marks"])
+    try:
+        _write(
+            run,
+            state=state,
+            error=error[:500],
+            finished_at=timezone.now(),
+            lease_until=None,
+            marks=run.marks,
+        )
+    except Cancelled as exc:
+        log.info("Sync run %s not finished here: %s", run.pk, exc, extra=log_ids(run))
+        run.refresh_from_db()
+        return run
     log.info(
         "Sync run %s of connection %s %s: %s pages, %s records",
         run.pk,

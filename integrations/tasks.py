@@ -12,16 +12,18 @@ from django.db import transaction
 from django.utils import timezone
 
 from .models import Connection, SyncRun
-from .tokens import MARGIN, ReauthRequired, RefreshFailed, access_token_for
+from .tokens import MARGIN, ReauthRequired, RefreshFailed, access_token_for, margin_for
 
 log = logging.getLogger(__name__)
 
 
-def upkeep_horizon() -> timedelta:
-    """Refresh an idle connection when its token would fall under the margin before the next
+def upkeep_horizon(connection: Connection | None = None) -> timedelta:
+    """Refresh an idle connection when its token would fall under its margin before the next
     upkeep run: once per token lifetime, not on every run (an hour-long token is always
-    "expiring within the next hour")."""
-    return timedelta(minutes=settings.ZYWAVE_TOKEN_UPKEEP_MINUTES) + MARGIN
+    "expiring within the next hour"). Without a connection, the widest horizon (the SQL filter
+    that picks candidates)."""
+    margin = MARGIN if connection is None else margin_for(connection)
+    return timedelta(minutes=settings.ZYWAVE_TOKEN_UPKEEP_MINUTES) + margin
 
 
 @shared_task(ignore_result=False, acks_late=False)
@@ -40,7 +42,7 @@ def refresh_connection(connection_id: int) -> str:
     if connection is None:
         return "gone"
     try:
-        access_token_for(connection, margin=upkeep_horizon())
+        access_token_for(connection, margin=upkeep_horizon(connection))
     except ReauthRequired:
         return "reauth_required"
     except RefreshFailed:

@@ -20,6 +20,7 @@ from social_core.exceptions import (
     AuthProviderError,
     SocialAuthBaseException,
 )
+from social_django.models import UserSocialAuth
 from social_django.utils import load_backend, load_strategy
 
 from .client import ZywaveClient
@@ -29,6 +30,8 @@ from .models import Connection, ConnectionEvent
 log = logging.getLogger(__name__)
 
 # A token handed out must stay valid at least this long: long enough for a page of API calls.
+# For tokens that live less than 20 minutes, a quarter of their lifetime instead (see
+# `margin_for`): a fixed 5 minutes would make a 5-minute token never fresh.
 MARGIN = timedelta(minutes=5)
 
 
@@ -49,6 +52,17 @@ def zywave_backend() -> Any:
     return load_backend(load_strategy(), "zywave", redirect_uri=None)
 
 
+def margin_for(connection: Connection) -> timedelta:
+    """How long a token handed out must still be valid: the smaller of MARGIN and a quarter
+    of the token's lifetime, so a token is refreshed about once per 3/4 of its life however
+    short Zywave makes it (with a fixed margin, 5-second tokens were refreshed on every call:
+    1,326 refreshes in 180 s where about 36 were needed)."""
+    lifetime = connection.access_token_lifetime
+    if not lifetime:
+        return MARGIN
+    return min(MARGIN, timedelta(seconds=lifetime / 4))
+
+
 def _fresh(connection: Connection, margin: timedelta) -> bool:
     expires = connection.access_token_expires_at
     return (
@@ -58,17 +72,20 @@ def _fresh(connection: Connection, margin: timedelta) -> bool:
     )
 
 
-def access_token_for(connection: Connection, margin: timedelta = MARGIN) -> str:
-    """An access token valid for at least `margin`, refreshing first when needed."""
+def access_token_for(connection: Connection, margin: timedelta | None = None) -> str:
+    """An access token valid for at least `margin` (default `margin_for(connection)`),
+    refreshing first when needed."""
     if connection.status != Connection.Status.ACTIVE:
         raise ReauthRequired(f"connection {connection.pk} is {connection.status}")
-    if _fresh(connection, margin):
+    if _fresh(connection, margin if margin is not None else margin_for(connection)):
         assert connection.access_token is not None
         return connection.access_token
     return refresh(connection, margin=margin)
 
 
-def refresh(connection: Connection, refused: str | None = None, margin: timedelta = MARGIN) -> str:
+def refresh(
+    connection: Connection, refused: str | None = None, margin: timedelta | None = None
+) -> str:
     """Refresh the connection's tokens unless someone else already did.
 
     Lock the row, re-read it, and call Zywave only if the token is still the one that was
@@ -81,7 +98,9 @@ def refresh(connection: Connection, refused: str | None = None, margin: timedelt
         locked = Connection.objects.select_for_update().get(pk=connection.pk)
         if locked.status != Connection.Status.ACTIVE:
             outcome = ReauthRequired(f"connection {locked.pk} is {locked.status}")
-        elif (refused is None or locked.access_token != refused) and _fresh(locked, margin):
+        elif (refused is None or locked.access_token != refused) and _fresh(
+            locked, margin if margin is not None else margin_for(locked)
+        ):
             pass  # refreshed by someone else while we waited for the lock
         elif not locked.refresh_token:
             locked.mark_reauth_required("Zywave gave no refresh token (offline_access missing)")
@@ -142,6 +161,7 @@ def _copy_tokens(source: Connection, target: Connection) -> None:
         "access_token_fingerprint",
         "refresh_token_fingerprint",
         "access_token_expires_at",
+        "access_token_lifetime",
         "granted_scopes",
         "last_refreshed_at",
         "last_error",
@@ -198,5 +218,8 @@ def revoke_and_disconnect(connection: Connection, actor: Any) -> tuple[bool, str
         locked = Connection.objects.select_for_update().get(pk=connection.pk)
         revoked, reason = revoke_tokens(locked)
         locked.disconnect(actor=actor, revoked=revoked, reason=reason)
+        # The identity link goes too, so the same Zywave identity can be linked again, by this
+        # person or another (a shared agency login, a person who moved desks).
+        UserSocialAuth.objects.filter(user_id=locked.user_id, provider="zywave").delete()
     connection.refresh_from_db()
     return revoked, reason

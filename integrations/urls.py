@@ -1,8 +1,27 @@
 from __future__ import annotations
 
-from django.urls import path
+from django.urls import path, register_converter
 
 from . import views
+from .client import SAFE_ID
+
+
+class ZywaveIdConverter:
+    """Exactly the ids the mirror stores (`client.SAFE_ID`), so `{% url 'account' id %}` works
+    for every stored record and a URL can name nothing else."""
+
+    regex = r"[A-Za-z0-9._-]{1,64}"
+
+    def to_python(self, value: str) -> str:
+        if not SAFE_ID.fullmatch(value):  # only dots: ValueError means "no match" to Django
+            raise ValueError(value)
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(ZywaveIdConverter, "zywave_id")
 
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
@@ -11,7 +30,7 @@ urlpatterns = [
     path("zywave/sync/", views.sync, name="sync"),
     path("zywave/sync/status/", views.sync_status, name="sync_status"),
     path("zywave/accounts/", views.accounts, name="accounts"),
-    path("zywave/accounts/<str:zywave_id>/", views.account_detail, name="account"),
+    path("zywave/accounts/<zywave_id:zywave_id>/", views.account_detail, name="account"),
 ]
 
 # social-auth reverses "social:complete" to build the redirect URI: keep these names.

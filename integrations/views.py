@@ -18,10 +18,10 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from social_core.exceptions import SocialAuthBaseException
 from social_django import views as social_views
 
-from .client import ZywaveClient, ZywaveError
+from .client import SAFE_ID, ZywaveClient, ZywaveError
 from .models import Account, Connection, ConnectionEvent, Contact, SyncRun
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
-from .profiles import SAFE_ID, ProfileRefused, choose_profile, refresh_profiles
+from .profiles import ProfileRefused, choose_profile, refresh_profiles
 from .sync import queue_run
 from .tasks import sync_connection
 from .tokens import ReauthRequired, RefreshFailed, client_for, revoke_and_disconnect
@@ -274,7 +274,7 @@ def profiles(request: HttpRequest) -> HttpResponse:
         return _choose(request, connection, client, listed[0].zywave_id, next_url, auto=True)
     if action == "choose":
         chosen_id = request.POST.get("profile", "")
-        if not SAFE_ID.match(chosen_id):  # before any lookup: PostgreSQL refuses NUL in text
+        if not SAFE_ID.fullmatch(chosen_id):  # before any lookup: PostgreSQL refuses NUL in text
             return _refuse(request)
         changing = (
             connection.chosen_profile is not None

@@ -317,6 +317,13 @@ ZYWAVE_SCOPES = (
 ).split()
 ZYWAVE_PROFILE_TYPE_CODE = env.get("ZYWAVE_PROFILE_TYPE_CODE") or "B"
 ZYWAVE_PROFILE_HEADER = env.get_choice("ZYWAVE_PROFILE_HEADER", "token", ("token", "id"))
+# How the portal authenticates at the token and revocation endpoints (RFC 6749 §2.3.1):
+# the client secret in the form body, or HTTP Basic. Zywave does not say which it requires.
+ZYWAVE_TOKEN_AUTH_METHOD = env.get_choice(
+    "ZYWAVE_TOKEN_AUTH_METHOD",
+    "client_secret_post",
+    ("client_secret_post", "client_secret_basic"),
+)
 ZYWAVE_SYNC_INTERVAL_MINUTES = env.get_int("ZYWAVE_SYNC_INTERVAL_MINUTES", 15, minimum=1)
 ZYWAVE_FULL_SYNC_HOURS = env.get_int("ZYWAVE_FULL_SYNC_HOURS", 24, minimum=1)
 ZYWAVE_SYNC_LEASE_SECONDS = env.get_int("ZYWAVE_SYNC_LEASE_SECONDS", 120, minimum=5)

@@ -56,6 +56,9 @@ SANDBOX_DEFAULTS: dict[str, object] = {
     "key_case": os.environ.get("SANDBOX_KEY_CASE", "pascal"),  # or "camel"
     "issuer": os.environ.get("SANDBOX_ISSUER", ""),  # empty: the request's origin
     "clock_offset": 0,  # seconds added to the real clock (time travel)
+    # How a client must authenticate at /connect/token and /connect/revocation: "any", or only
+    # "client_secret_post" (secret in the body) or "client_secret_basic" (HTTP Basic).
+    "token_auth_method": os.environ.get("SANDBOX_TOKEN_AUTH_METHOD", "any"),
 }
 
 INSTALLED_APPS = [

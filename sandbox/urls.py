@@ -61,7 +61,7 @@ urlpatterns = [
     # Identity server
     zywave_path("connect/authorize", oauth.SandboxAuthorizationView.as_view()),
     zywave_path("connect/token", oauth.token),
-    zywave_path("connect/revocation", oauth2_views.RevokeTokenView.as_view()),
+    zywave_path("connect/revocation", oauth.revocation),
     zywave_path("connect/introspect", oauth.introspect),
     zywave_path("connect/userinfo", oauth2_views.UserInfoView.as_view()),
     zywave_path(".well-known/openid-configuration", oauth.discovery),

@@ -33,7 +33,7 @@ from oauth2_provider.models import (
     get_refresh_token_model,
 )
 from oauth2_provider.oauth2_validators import OAuth2Validator
-from oauth2_provider.views import AuthorizationView, TokenView
+from oauth2_provider.views import AuthorizationView, RevokeTokenView, TokenView
 from oauthlib.oauth2.rfc6749 import errors
 
 from sandbox.zywave.models import Authorization, ClientPolicy, RuntimeSetting, sandbox_now
@@ -273,6 +273,9 @@ _token_view = TokenView.as_view()
 def token(request: HttpRequest) -> HttpResponse:
     """/connect/token. Never a 500: a database conflict (two refreshes racing) is an
     invalid_grant, which is what the loser of that race deserves anyway."""
+    refused = wrong_client_authentication(request)
+    if refused is not None:
+        return refused
     try:
         response = _token_view(request)
     except DatabaseError:
@@ -289,6 +292,35 @@ def token(request: HttpRequest) -> HttpResponse:
             response.content = json.dumps(body).encode()
             response["Content-Length"] = str(len(response.content))
     return response
+
+
+def wrong_client_authentication(request: HttpRequest) -> HttpResponse | None:
+    """With `token_auth_method` set, a client that authenticates the other way is refused
+    (401 invalid_client), as a strict identity server does; "any" accepts both."""
+    method = RuntimeSetting.get("token_auth_method")
+    if method == "any":
+        return None
+    basic = request.headers.get("Authorization", "")[:6].lower() == "basic "
+    in_body = "client_secret" in request.POST
+    if (method == "client_secret_basic" and (in_body or not basic)) or (
+        method == "client_secret_post" and (basic or not in_body)
+    ):
+        return oauth_error(
+            "invalid_client", f"This client must authenticate with {method}", status=401
+        )
+    return None
+
+
+@csrf_exempt
+@require_POST
+def revocation(request: HttpRequest) -> HttpResponse:
+    """/connect/revocation (RFC 7009), with the same client-authentication rule as the token
+    endpoint."""
+    refused = wrong_client_authentication(request)
+    return refused if refused is not None else _revoke_view(request)
+
+
+_revoke_view = RevokeTokenView.as_view()
 
 
 ERROR_DESCRIPTIONS = {
@@ -380,7 +412,11 @@ def discovery(request: HttpRequest) -> JsonResponse:
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256"],
             "code_challenge_methods_supported": ["S256"],
-            "token_endpoint_auth_methods_supported": ["client_secret_post", "client_secret_basic"],
+            "token_endpoint_auth_methods_supported": (
+                ["client_secret_post", "client_secret_basic"]
+                if RuntimeSetting.get("token_auth_method") == "any"
+                else [RuntimeSetting.get("token_auth_method")]
+            ),
         }
     )
 

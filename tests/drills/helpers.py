@@ -141,18 +141,48 @@ def expire_tokens(ids: list[int]) -> None:
     )
 
 
-def queue_syncs(ids: list[int], full: bool = False) -> int:
+def queue_syncs(ids: list[int], full: bool = False, keep_results: bool = False) -> list[Any]:
     """What "Sync now" does (a queued run, then the task) where the dashboard would offer it;
-    for a connection that cannot sync only the task, as a stale message would bring it."""
+    for a connection that cannot sync only the task, as a stale message would bring it.
+
+    Returns the tasks sent; with `keep_results`, `finished` can wait for a worker to end them
+    (a task that finds nothing to sync leaves no run for `wait_idle` to see)."""
     from integrations.sync import queue_run
     from integrations.tasks import sync_connection
 
-    queued = 0
+    sent: list[Any] = []
     for conn in models().Connection.objects.filter(pk__in=ids):
-        if conn.can_sync and queue_run(conn, full=full, trigger="drill") is not None:
-            queued += 1
-        sync_connection.delay(conn.pk, full)
-    return queued
+        if conn.can_sync:
+            queue_run(conn, full=full, trigger="drill")
+        if keep_results:
+            sent.append(ask(sync_connection, conn.pk, full))
+        else:
+            sent.append(sync_connection.delay(conn.pk, full))
+    return sent
+
+
+def ask(task: Any, *args: Any) -> Any:
+    """Send `task(*args)` with its result kept (the portal's tasks ignore theirs), so that
+    `finished` can wait for a worker to end it."""
+    return task.apply_async(args, ignore_result=False)
+
+
+def finished(sent: list[Any], timeout: float = 60) -> float:
+    """Seconds until a worker has ended every task in `sent` (sent by `ask`, or by
+    `queue_syncs(keep_results=True)`), whatever each returned or raised; DrillError after
+    `timeout` seconds. What the drill waits on instead of a pause that hopes they ran."""
+    from celery.exceptions import TimeoutError as ResultTimeout
+
+    start = time.monotonic()
+    for result in sent:
+        left = timeout - (time.monotonic() - start)
+        try:
+            result.get(timeout=max(left, 0.1), propagate=False)
+        except ResultTimeout:
+            raise DrillError(
+                f"task {result.id} not ended by a worker after {timeout:.0f}s"
+            ) from None
+    return time.monotonic() - start
 
 
 def reconcile() -> dict[str, int]:

@@ -80,6 +80,10 @@ def test_kill_inside_a_refresh(drills: dict[str, dict[str, Any]]) -> None:
 
 def test_hanging_endpoints(drills: dict[str, dict[str, Any]]) -> None:
     f = figures(drills, "API and token endpoint hanging")
+    # Each call ended because its read timeout fired, not because the clock says so.
+    assert f["api_call_outcome"] == "ZywaveTimeout"
+    assert f["api_call_request_errors"][-1] == f["token_call_request_errors"][-1] == "ReadTimeout"
+    assert f["token_timeout_recorded"] is True
     assert f["worker_syncs_succeeded"] == f["worker_syncs"]
     assert f["consumed_token_presented_again"] == 1
 
@@ -98,6 +102,8 @@ def test_network_partition(drills: dict[str, dict[str, Any]]) -> None:
         outcome.endswith(("(timeout)", "(connection_failed)"))
         for _, outcome in f["refreshes_while_cut"]
     )
+    # The connect timeout fired, or the connection was refused: never a read timeout.
+    assert set(f["refresh_requests_while_cut"]) <= {"ConnectTimeout", "ConnectionError"}
     assert f["connections_synced"] == f["connections"] and not f["mirror_mismatches"]
     assert f["wrongly_reauth"] == 0 and f["tokens_lost"] == 0 and f["duplicates"] == 0
 

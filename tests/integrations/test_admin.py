@@ -588,6 +588,32 @@ def test_disconnect_revokes_at_zywave_deletes_the_tokens_and_records_the_admin(
     assert "Disconnect: 1 disconnected and revoked at Zywave." in messages_of(followed)
 
 
+def test_disconnect_deletes_the_mirror_and_stops_the_running_sync(
+    staff: User, other_staff: User, root: Person, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave)
+    Account.objects.create(connection=conn, zywave_id="a1", name="Acme", raw={})
+    Contact.objects.create(connection=conn, zywave_id="c1", account_zywave_id="a1", raw={})
+    running = SyncRun.objects.create(
+        connection=conn,
+        state=SyncRun.State.RUNNING,
+        pages_done=1,
+        lease_until=timezone.now() + timedelta(minutes=5),
+    )
+    others = connection(other_staff)
+    Account.objects.create(connection=others, zywave_id="a1", name="Omar's client", raw={})
+    others_run = SyncRun.objects.create(connection=others, state=SyncRun.State.QUEUED)
+    assert confirm_disconnect(root, conn).status_code == 302
+    assert not Account.objects.filter(connection=conn).exists()
+    assert not Contact.objects.filter(connection=conn).exists()
+    running.refresh_from_db()
+    assert (running.state, running.error, running.lease_until) == ("failed", "disconnected", None)
+    assert running.finished_at is not None
+    # The other connection, not selected, keeps its mirror and its queued run.
+    assert Account.objects.filter(connection=others).count() == 1
+    assert SyncRun.objects.get(pk=others_run.pk).state == SyncRun.State.QUEUED
+
+
 def test_actions_from_a_connection_page_return_to_it(staff: User, root: Person) -> None:
     conn = connection(staff)
     page_content = root.get(page(conn)).content.decode()
@@ -642,3 +668,30 @@ def test_the_overview_counts_statuses_and_draws_two_weeks_of_sync_outcomes(
     assert content.count('<rect class="zw-succeeded"') == 1  # the 20-day-old run is off the chart
     assert content.count('<rect class="zw-failed"') == 1
     assert "<script" not in content.split("zw-overview")[1].split("</section>")[0]
+
+
+# --- Removing a stale identity link (hardening item 16) ----------------------------------------
+
+LINKS = "/admin/social_django/usersocialauth/"
+
+
+def test_an_admin_removes_a_stale_link_audited_but_not_a_connected_persons(
+    root: Person, sam: Person, staff: User, other_staff: User
+) -> None:
+    gone = connection(staff, status=Connection.Status.DISCONNECTED)
+    live = connection(other_staff)
+    stale = UserSocialAuth.objects.create(user=staff, provider="zywave", uid="stale-subject")
+    held = UserSocialAuth.objects.create(user=other_staff, provider="zywave", uid="live-subject")
+    data = {"action": "remove_link", ACTION_CHECKBOX_NAME: [stale.pk, held.pk], "index": 0}
+    # Support staff may look, not act.
+    sam.post(LINKS, data)
+    assert UserSocialAuth.objects.filter(pk=stale.pk).exists()
+    answer = root.post(LINKS, data, follow=True)
+    assert (
+        "1 link removed; 1 skipped (still connected: disconnect first)" in answer.content.decode()
+    )
+    assert not UserSocialAuth.objects.filter(pk=stale.pk).exists()
+    assert UserSocialAuth.objects.filter(pk=held.pk).exists()
+    event = gone.events.get(kind=ConnectionEvent.Kind.LINK_REMOVED)
+    assert (event.actor, event.detail) == (root.user, {"uid": "stale-subject"})
+    assert not live.events.filter(kind=ConnectionEvent.Kind.LINK_REMOVED).exists()

@@ -250,3 +250,53 @@ def test_the_return_target_after_connecting_is_same_site_only(
     assert response.status_code == 302
     target = parse_qs(urlsplit(response["Location"]).query)["next"][0]
     assert target == "/"
+
+
+# --- Reconnecting revokes the grant it replaced (hardening item 6) -----------------------------
+
+
+def test_reconnecting_revokes_the_grant_it_replaced_once_the_new_tokens_are_stored(
+    dana: Person, zywave: Sandbox, django_capture_on_commit_callbacks: Any
+) -> None:
+    assert connect(dana, zywave).status_code == 302
+    old = Connection.objects.get(user=dana.user).refresh_token
+    assert zywave.control("GET", f"tokens/{old}")["active"] is True
+    with django_capture_on_commit_callbacks(execute=True) as callbacks:
+        assert connect(dana, zywave).status_code == 302
+    assert callbacks  # the revocation ran after the commit, not inside the transaction
+    conn = Connection.objects.get(user=dana.user)
+    assert conn.refresh_token != old
+    assert zywave.control("GET", f"tokens/{old}")["active"] is False  # no live 30-day grant
+    assert zywave.control("GET", f"tokens/{conn.refresh_token}")["active"] is True
+    event = conn.events.get(kind=ConnectionEvent.Kind.OLD_GRANT_REVOKED)
+    assert event.detail["revoked"] is True and event.detail["reason"] == ""
+    assert old not in str(event.detail)  # a fingerprint, never the token
+
+
+def test_a_failed_revocation_of_the_replaced_grant_is_recorded_and_the_reconnect_stands(
+    dana: Person, zywave: Sandbox, django_capture_on_commit_callbacks: Any
+) -> None:
+    assert connect(dana, zywave).status_code == 302
+    inject_fault(zywave, r"^/connect/revocation$", count=1, status=503)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert connect(dana, zywave).status_code == 302
+    conn = Connection.objects.get(user=dana.user)
+    assert conn.status == Connection.Status.ACTIVE
+    event = conn.events.get(kind=ConnectionEvent.Kind.OLD_GRANT_REVOKED)
+    assert event.detail["revoked"] is False and event.detail["reason"]
+
+
+# --- Disconnect frees the identity (hardening item 16) -----------------------------------------
+
+
+def test_after_a_disconnect_another_portal_user_can_link_the_same_zywave_identity(
+    dana: Person, omar: Person, zywave: Sandbox
+) -> None:
+    assert connect(dana, zywave).status_code == 302
+    subject = Connection.objects.get(user=dana.user).zywave_subject
+    assert dana.post("/zywave/disconnect/").status_code == 302
+    assert not UserSocialAuth.objects.filter(user=dana.user).exists()
+    answer = connect(omar, zywave)  # the same sandbox login: a shared agency account
+    assert answer.status_code == 302 and "/zywave/profiles/" in answer["Location"]
+    assert Connection.objects.get(user=omar.user).zywave_subject == subject
+    assert UserSocialAuth.objects.get(uid=subject).user == omar.user

@@ -108,8 +108,8 @@ def test_lines_of_business_sent_as_a_list_are_joined() -> None:
     assert row["lines_of_business"] == "Auto, Home"
 
 
-def test_text_longer_than_its_column_is_cut_to_fit() -> None:
-    row = account_row(1, 1, {"id": "x" * 80, "name": "n" * 300, "state": "s" * 60}, NOW)
+def test_text_longer_than_its_column_is_cut_to_fit_but_never_an_id() -> None:
+    row = account_row(1, 1, {"id": "x" * 64, "name": "n" * 300, "state": "s" * 60}, NOW)
     assert (len(row["zywave_id"]), len(row["name"]), len(row["state"])) == (64, 255, 50)
 
 
@@ -150,8 +150,41 @@ def test_an_update_time_is_read_as_an_aware_datetime_or_left_empty(
 
 @pytest.mark.parametrize("record", [{}, {"id": ""}, {"id": None}, {"id": True}, {"id": {"v": 1}}])
 def test_a_record_without_a_usable_id_is_refused(record: dict[str, Any]) -> None:
-    with pytest.raises(MalformedResponse, match="without an id"):
+    with pytest.raises(MalformedResponse, match="without an id|unusable id"):
         account_row(1, 1, record, NOW)
+
+
+UNUSABLE_IDS = ["a/b", "a b", "x" * 65, "..", ".", "1\n", "é", "a%2Fb", "<1>"]
+
+
+@pytest.mark.parametrize("bad", UNUSABLE_IDS)
+def test_an_id_that_cannot_be_a_key_or_a_path_is_refused_never_cut(bad: str) -> None:
+    with pytest.raises(MalformedResponse, match="unusable id"):
+        account_row(1, 1, {"id": bad}, NOW)
+
+
+def test_an_id_of_64_safe_characters_is_kept_whole() -> None:
+    kept = "A-1." + "z" * 58 + "_9"
+    assert len(kept) == 64
+    assert account_row(1, 1, {"id": kept}, NOW)["zywave_id"] == kept
+    assert account_row(1, 1, {"id": 123}, NOW)["zywave_id"] == "123"
+
+
+def test_a_contacts_unusable_account_id_leaves_it_unlinked() -> None:
+    row = contact_row(1, 1, {"id": "c1", "accountId": "a/b"}, NOW)
+    assert (row["zywave_id"], row["account_zywave_id"]) == ("c1", "")
+
+
+@pytest.mark.django_db
+def test_a_page_skips_and_counts_records_with_unusable_ids_and_writes_the_rest(
+    staff: User,
+) -> None:
+    conn = connection(staff)
+    long_a, long_b = "x" * 64 + "a", "x" * 64 + "b"  # would collide if cut to 64
+    records = [{"id": "ok-1"}, {"id": "a/b"}, {"id": long_a}, {"id": long_b}, {"id": "ok-2"}]
+    assert upsert("accounts", conn.pk, 1, records) == (2, None, 3)
+    stored = set(Account.objects.filter(connection=conn).values_list("zywave_id", flat=True))
+    assert stored == {"ok-1", "ok-2"}
 
 
 # --- Upserting a page ------------------------------------------------------------------------
@@ -180,7 +213,7 @@ def test_upsert_returns_the_rows_written_and_the_newest_update_time(staff: User)
         {"id": 2, "updatedDateTime": "2024-04-03T00:00:00Z"},
         {"id": 3},
     ]
-    assert upsert("accounts", conn.pk, 1, records) == (3, datetime(2024, 4, 3, tzinfo=UTC))
+    assert upsert("accounts", conn.pk, 1, records) == (3, datetime(2024, 4, 3, tzinfo=UTC), 0)
 
 
 @pytest.mark.django_db
@@ -210,7 +243,7 @@ def test_the_same_id_under_another_connection_is_another_row(
 @pytest.mark.django_db
 def test_a_page_repeating_an_id_keeps_the_last_copy(staff: User) -> None:
     conn = connection(staff)
-    written, _ = upsert(
+    written, _, _ = upsert(
         "accounts", conn.pk, 1, [{"id": 1, "name": "first"}, {"id": 1, "name": "last"}]
     )
     assert written == 1
@@ -221,7 +254,7 @@ def test_a_page_repeating_an_id_keeps_the_last_copy(staff: User) -> None:
 def test_an_empty_page_writes_nothing(staff: User) -> None:
     conn = connection(staff)
     with CaptureQueriesContext(db) as queries:
-        assert upsert("accounts", conn.pk, 1, []) == (0, None)
+        assert upsert("accounts", conn.pk, 1, []) == (0, None, 0)
     assert len(queries) == 0
 
 

@@ -3,6 +3,7 @@ the behaviour depends on one (queueing, absorbing, surviving a killed worker).""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from datetime import timedelta
@@ -186,7 +187,7 @@ def test_a_bad_page_keeps_the_pages_before_it(staff: User, zywave: Sandbox) -> N
         zywave,
         r"^/accounts/v2\.0/contact$",
         status=200,
-        body='{"items": [{"no": "id"}]}',
+        body='{"items": [1, 2]}',  # not records at all (one without an id is only skipped)
         content_type="application/json",
     )
     result = run(conn)
@@ -297,8 +298,12 @@ def test_a_worker_killed_mid_sync_loses_nothing_and_duplicates_nothing(
     # A new worker and beat's reconciler pick the run up again once its lease has expired.
     replacement = Worker(zywave, tmp_path / "worker2.log").start()
     try:
-        time.sleep(6)
-        sync_due_connections()
+        # The dead worker's lease would lapse by itself in ZYWAVE_SYNC_LEASE_SECONDS: age it
+        # instead of sleeping past it. Nobody renews it now.
+        SyncRun.objects.filter(pk=interrupted.pk).update(
+            lease_until=timezone.now() - timedelta(seconds=1)
+        )
+        assert sync_due_connections() == {"queued": 0, "resumed": 1}
         wait_for(
             lambda: SyncRun.objects.get().state == "succeeded",
             what="the resumed run",
@@ -314,6 +319,56 @@ def test_a_worker_killed_mid_sync_loses_nothing_and_duplicates_nothing(
         Account.objects.values("connection", "zywave_id").annotate(n=Count("id")).filter(n__gt=1)
     )
     assert not dupes.exists()
+
+
+HELD_PAGES = 50
+
+
+def held_at_the_sandbox(sandbox: Sandbox) -> int:
+    """Requests the one injected fault has claimed: held by its delay, or answered after it."""
+    (fault,) = sandbox.control("GET", "faults")["faults"]
+    return int(HELD_PAGES - fault["remaining"])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_disconnecting_mid_sync_cancels_the_run_and_the_worker_writes_nothing_after(
+    dana: Person, zywave: Sandbox, worker: Worker
+) -> None:
+    """The person disconnects while a worker is mid-run, a contact page on its way from Zywave:
+    the run ends at once, the mirror is gone, and nothing that comes back after is written."""
+    conn = connection(dana.user, zywave)
+    SyncRun.objects.all().delete()
+    # Accounts come at once; every contact page is held 5 s at the sandbox, so the run is
+    # certainly in flight when the person disconnects.
+    inject_fault(zywave, r"^/accounts/v2\.0/contact$", count=HELD_PAGES, delay_ms=5000)
+    assert dana.post("/zywave/sync/").status_code == 302
+
+    def mid_run() -> bool:
+        run = SyncRun.objects.filter(connection=conn).first()
+        running = run is not None and run.state == "running" and run.pages_done >= 1
+        return running and held_at_the_sandbox(zywave) >= 1
+
+    wait_for(mid_run, what="the worker's run past its accounts, a contact page asked")
+    assert Account.objects.filter(connection=conn).exists()
+    response = dana.post("/zywave/disconnect/")
+    assert response.status_code == 302 and response["Location"] == "/"
+    run = SyncRun.objects.get(connection=conn)
+    assert (run.state, run.error, run.lease_until) == ("failed", "disconnected", None)
+    assert not Account.objects.filter(connection=conn).exists()
+    assert not Contact.objects.filter(connection=conn).exists()
+    # The worker notices when the held page comes back; its task ends.
+    ended = re.compile(r"sync_connection\[[0-9a-f-]+\] (succeeded|raised|failed)")
+    try:
+        wait_for(
+            lambda: bool(ended.search(worker.log_path.read_text(errors="replace"))),
+            what="the worker's sync task to end",
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{worker.log_tail()}") from None
+    after = SyncRun.objects.get(pk=run.pk)
+    assert after.pages_done == run.pages_done and after.records_done == run.records_done
+    assert not Account.objects.exists() and not Contact.objects.exists()
+    assert (after.state, after.error) == ("failed", "disconnected"), worker.log_tail()
 
 
 def test_changing_the_profile_mid_run_stops_the_old_run_before_its_next_page(
@@ -355,3 +410,172 @@ def test_the_operators_command_syncs_one_user_or_all(
     assert "omar: skipped (status reauth_required" in out and "dana: succeeded" in out
     with pytest.raises(CommandError, match="nobody has no Zywave connection"):
         call_command("sync_zywave", user="nobody")
+
+
+# --- A list route that answers 404 (hardening item 10) ----------------------------------------
+
+CONTACTS_ROUTE = r"^/accounts/v2\.0/contact$"
+
+
+def test_a_resource_whose_list_answers_404_is_skipped_and_the_run_still_succeeds(
+    dana: Person, zywave: Sandbox
+) -> None:
+    conn = connection(dana.user, zywave)
+    inject_fault(zywave, CONTACTS_ROUTE, count=5, status=404)
+    finished = run(conn, full=True)
+    assert (finished.state, finished.error) == ("succeeded", "")
+    expected = sandbox_counts(zywave, conn)
+    assert Account.objects.filter(connection=conn).count() == expected["accounts"]
+    conn.refresh_from_db()
+    assert list(conn.unavailable_resources) == ["contacts"]
+    page = dana.get("/").content.decode()
+    assert "does not offer your contacts" in page
+
+
+def test_an_unavailable_resource_is_not_asked_again_within_a_day_then_is(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave)
+    inject_fault(zywave, CONTACTS_ROUTE, count=1, status=404)
+    assert run(conn, full=True).state == "succeeded"
+    zywave.control("POST", "counters/reset")
+    assert run(conn).state == "succeeded"
+    assert api_requests(zywave, "contact") == 0  # skipped, not asked
+    conn.refresh_from_db()
+    aged = (timezone.now() - timedelta(days=1, minutes=1)).isoformat()
+    Connection.objects.filter(pk=conn.pk).update(unavailable_resources={"contacts": aged})
+    assert run(conn).state == "succeeded"
+    assert api_requests(zywave, "contact") >= 1  # asked again after a day, and it answered
+    conn.refresh_from_db()
+    assert conn.unavailable_resources == {}
+    assert (
+        Contact.objects.filter(connection=conn).count() == sandbox_counts(zywave, conn)["contacts"]
+    )
+
+
+def test_a_full_run_with_a_resource_unavailable_keeps_its_rows_and_removes_deleted_accounts(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave)
+    assert run(conn, full=True).state == "succeeded"
+    contacts = Contact.objects.filter(connection=conn).count()
+    assert contacts > 0
+    profile_id = conn.chosen_profile.zywave_id  # type: ignore[union-attr]
+    deleted = zywave.control("POST", "accounts/delete", profile_id=profile_id, count=2)["ids"]
+    inject_fault(zywave, CONTACTS_ROUTE, count=1, status=404)
+    assert run(conn, full=True).state == "succeeded"
+    remaining = set(Account.objects.filter(connection=conn).values_list("zywave_id", flat=True))
+    assert not remaining & {str(i) for i in deleted}
+    # Contacts were not asked, so nothing says they are gone: none is removed.
+    assert Contact.objects.filter(connection=conn).count() == contacts
+
+
+# --- The lease has an owner (hardening item 5) -------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_run_whose_lease_lapsed_is_taken_over_and_the_slow_worker_stops_cleanly(
+    staff: User, zywave: Sandbox, tmp_path: Path
+) -> None:
+    """Two real workers. The first page the first worker asks for is held by the sandbox past
+    the lease (5 s for the tests' workers); the reconciler hands the run to the other worker,
+    whose pages are slow too, so the first worker's page comes back while the second still
+    runs. Only the lease's owner may write: the run's counts are exact, not one page too many,
+    and the first worker says it stopped."""
+    use_test_broker()
+    conn = connection(staff, zywave)
+    SyncRun.objects.all().delete()
+    expected = sandbox_counts(zywave, conn)
+    # Held 10 s (the lease is 5 s); every other page 2 s, so the second worker, which takes
+    # over at about 6 s, is still running when the held page comes back.
+    inject_fault(zywave, r"^/accounts/v2\.0/account$", count=1, delay_ms=10_000)
+    inject_fault(zywave, r"^/accounts/v2\.0/(account|contact)$", count=200, delay_ms=2000)
+    first = Worker(zywave, tmp_path / "first.log").start()
+    zywave.control("POST", "counters/reset")
+    second = None
+    try:
+        queue_run(conn, full=True, trigger="test")
+        from integrations.tasks import sync_connection
+
+        sync_connection.delay(conn.pk, True)
+        wait_for(lambda: SyncRun.objects.filter(state="running").exists(), what="the claim")
+        owner = SyncRun.objects.get().lease_owner
+        second = Worker(zywave, tmp_path / "second.log").start()
+        wait_for(
+            lambda: (SyncRun.objects.get().lease_until or timezone.now()) < timezone.now(),
+            timeout=30,
+            what="the first worker's lease to lapse on its held page",
+        )
+        assert sync_due_connections()["resumed"] == 1
+        wait_for(lambda: SyncRun.objects.get().lease_owner != owner, what="the takeover")
+        wait_for(lambda: SyncRun.objects.get().state == "succeeded", timeout=120, what="the run")
+        wait_for(
+            lambda: "no longer ours"
+            in first.log_path.read_text(errors="replace")
+            + (second.log_path.read_text(errors="replace")),
+            timeout=30,
+            what="the first worker to give up its run",
+        )
+    finally:
+        first.stop()
+        if second is not None:
+            second.stop()
+    done = SyncRun.objects.get()
+    # The first worker stopped at its first write after the takeover: beyond the pages the
+    # run needs, only what it had in flight then (its held page and one asked ahead). Had it
+    # gone on advancing the run beside the other worker, it would have asked for every page
+    # again.
+    pages = -(-expected["accounts"] // 100) + -(-expected["contacts"] // 100)
+    asked = api_requests(zywave, "account") + api_requests(zywave, "contact")
+    assert pages <= asked <= pages + 3
+    assert done.records_done == expected["accounts"] + expected["contacts"]
+    assert Account.objects.filter(connection=conn).count() == expected["accounts"]
+    assert Contact.objects.filter(connection=conn).count() == expected["contacts"]
+
+
+# --- Zywave ids the mirror cannot use (hardening item 9) ---------------------------------------
+
+
+def accounts_page_answering(zywave: Sandbox, records: list[dict[str, Any]]) -> None:
+    """The next accounts list page is this body (a stand-in page: the sandbox's own data has
+    only good ids), in the envelope the sandbox uses by default."""
+    import json
+
+    inject_fault(
+        zywave,
+        r"^/accounts/v2\.0/account$",
+        status=200,
+        body=json.dumps({"items": records, "totalCount": len(records)}),
+        content_type="application/json",
+    )
+
+
+def test_records_with_unusable_ids_are_skipped_counted_and_shown(
+    dana: Person, zywave: Sandbox
+) -> None:
+    conn = connection(dana.user, zywave)
+    accounts_page_answering(
+        zywave, [{"id": "a/b", "name": "Slash"}, {"id": "x" * 70}, {"id": "ok-1", "name": "Ok"}]
+    )
+    finished = run(conn, full=True)
+    assert finished.state == "succeeded"
+    assert finished.records_skipped == 2
+    assert Account.objects.filter(connection=conn, zywave_id="ok-1").exists()
+    assert not Account.objects.filter(connection=conn, zywave_id__contains="/").exists()
+    page = dana.get("/").content.decode()
+    assert "2 records from Zywave had an id the portal cannot use" in page
+    listing = dana.get("/zywave/accounts/?q=Ok")
+    assert listing.status_code == 200  # every stored id has a URL
+    assert dana.get("/zywave/accounts/ok-1/").status_code == 200
+
+
+def test_a_run_that_could_mirror_no_record_at_all_is_not_succeeded(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave)
+    accounts_page_answering(zywave, [{"id": "a/b"}, {"id": ""}, {"name": "no id"}])
+    zywave.add_fault(r"^/accounts/v2\.0/contact$", status=200, body='{"items": []}',
+                     content_type="application/json")  # fmt: skip
+    finished = run(conn, full=True)
+    assert finished.state == "failed"
+    assert finished.error == "Zywave sent 3 records, none with a usable id"

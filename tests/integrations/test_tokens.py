@@ -22,7 +22,7 @@ from integrations.models import Connection
 from integrations.tokens import ReauthRequired, RefreshFailed, access_token_for
 from tests.conftest import Person, connection
 from tests.integrations.flows import connect, inject_fault
-from tests.integrations.workers import database_url
+from tests.integrations.workers import database_url, wait_for
 from tests.sandboxserver import Sandbox
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -39,65 +39,128 @@ def token_counts(sandbox: Sandbox) -> dict[str, int]:
     return dict(sandbox.counters()["token"])
 
 
+# A caller in another process: it reports "ready" once set up, waits for the test's "go" on
+# stdin, reports "calling" just before it asks for a token, then prints the token.
 TOKEN_IN_ANOTHER_PROCESS = """
-import sys, time, django
+import sys, django
 django.setup()
 from integrations.models import Connection
 from integrations.tokens import access_token_for
-pk, start = int(sys.argv[1]), float(sys.argv[2])
-while time.time() < start:
-    time.sleep(0.002)
-print(access_token_for(Connection.objects.get(pk=pk)))
+connection = Connection.objects.get(pk=int(sys.argv[1]))
+print("ready", flush=True)
+sys.stdin.readline()
+print("calling", flush=True)
+print(access_token_for(connection), flush=True)
 """
+
+# How long the sandbox holds the one refresh it answers: the window in which every other caller
+# must be seen waiting for it. Far longer than they need to get there (milliseconds), far
+# shorter than the read timeout (30 s here) and SQLite's lock timeout (20 s).
+HOLD_MS = 5000
+
+
+def waiting_on_a_lock() -> int:
+    """Backends of this database blocked on a lock (PostgreSQL): callers at the row lock."""
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return int(cursor.fetchone()[0])
 
 
 @pytest.mark.django_db(transaction=True)
 def test_eight_threads_and_two_processes_cause_exactly_one_refresh(
-    staff: User, zywave: Sandbox
+    staff: User, zywave: Sandbox, settings: Any
 ) -> None:
+    """All ten callers are released at once; the sandbox holds the first refresh, and the test
+    sees the other nine inside `access_token_for` (on PostgreSQL: blocked on the row lock) while
+    it is held. So they did race, and still only one refresh reached Zywave."""
+    settings.ZYWAVE_HTTP_TIMEOUT = (2.0, 30.0)  # the held refresh must not time out
     conn = expired(staff, zywave)
     old = conn.access_token
     zywave.control("POST", "counters/reset")
-    start = time.time() + 3.0
+    inject_fault(zywave, "^/connect/token", delay_ms=HOLD_MS)
     env = {
         **os.environ,
         "DATABASE_URL": database_url(),
         "ZYWAVE_AUTH_URL": zywave.url,
         "ZYWAVE_API_URL": zywave.url,
+        "ZYWAVE_READ_TIMEOUT": "30",
         "DJANGO_SETTINGS_MODULE": "portal.settings",
     }
     processes = [
         subprocess.Popen(
-            [sys.executable, "-c", TOKEN_IN_ANOTHER_PROCESS, str(conn.pk), str(start)],
+            [sys.executable, "-c", TOKEN_IN_ANOTHER_PROCESS, str(conn.pk)],
             cwd=ROOT,
             env=env,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(2)
     ]
+    ready = threading.Barrier(8 + 1)  # the threads and the test
+    go = threading.Event()
+    calling: list[str] = []
     results: list[Any] = []
 
     def one_caller() -> None:
         try:
-            while time.time() < start:
-                time.sleep(0.002)
-            results.append(access_token_for(Connection.objects.get(pk=conn.pk)))
-        except Exception as exc:  # noqa: BLE001  (reported by the assertion below)
+            mine = Connection.objects.get(pk=conn.pk)
+            ready.wait(timeout=60)
+            go.wait(timeout=60)
+            calling.append(threading.current_thread().name)
+            results.append(access_token_for(mine))
+        except Exception as exc:  # noqa: BLE001  (reported by the assertions below)
             results.append(exc)
         finally:
             db.close()
 
+    def reported(process: subprocess.Popen[str], line: str) -> None:
+        assert process.stdout is not None
+        if process.stdout.readline().strip() != line:
+            process.kill()
+            raise AssertionError(f"a process did not report {line!r}: {process.communicate()}")
+
     threads = [threading.Thread(target=one_caller) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    for process in processes:
-        out, err = process.communicate(timeout=60)
-        assert process.returncode == 0, err
-        results.append(out.strip())
+    try:
+        for thread in threads:
+            thread.start()
+        ready.wait(timeout=60)
+        for process in processes:
+            reported(process, "ready")
+        go.set()
+        for process in processes:
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.flush()
+        for process in processes:
+            reported(process, "calling")
+        wait_for(lambda: len(calling) == 8, what="every thread to call")
+        # One refresh is at the sandbox, held; its answer has not been sent (the sandbox counts
+        # a token request once it answers it).
+        wait_for(
+            lambda: zywave.control("GET", "faults")["faults"][0]["remaining"] == 0,
+            what="the first refresh to reach the sandbox",
+        )
+        if db.vendor == "postgresql":  # SQLite has no view of who waits for its lock
+            wait_for(lambda: waiting_on_a_lock() == 9, what="nine callers blocked on the row lock")
+        assert token_counts(zywave) == {}, "the held refresh was answered before the race was seen"
+        assert results == []  # nobody has a token yet: all ten are in flight together
+        for thread in threads:
+            thread.join(timeout=60)
+        for process in processes:
+            out, err = process.communicate(timeout=60)
+            assert process.returncode == 0, err
+            results.append(out.strip())
+    finally:
+        go.set()
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     assert len(results) == 10
     assert len(set(results)) == 1, results
     new = results[0]
@@ -152,20 +215,36 @@ def test_a_rate_limited_refresh_carries_the_delay(staff: User, zywave: Sandbox) 
     assert Connection.objects.get(pk=conn.pk).status == Connection.Status.ACTIVE
 
 
-def test_a_lost_refresh_answer_ends_in_reauth_not_a_loop(staff: User, zywave: Sandbox) -> None:
-    # The sandbox rotates the token, but answers after our read timeout: the answer is lost.
+def test_a_lost_refresh_answer_ends_in_reauth_not_a_loop(
+    staff: User, zywave: Sandbox, settings: Any
+) -> None:
+    """The sandbox rotates the token but answers ten times later than our read timeout: the
+    answer is lost, recorded as a timeout, and the tokens kept. The retry, once the sandbox has
+    finished the lost request, presents the consumed token once and ends in reauth_required
+    instead of a loop."""
     conn = expired(staff, zywave)
     zywave.control("POST", "counters/reset")
-    inject_fault(zywave, "^/connect/token", delay_ms=4500)
-    with pytest.raises(RefreshFailed):
+    usual = settings.ZYWAVE_HTTP_TIMEOUT
+    settings.ZYWAVE_HTTP_TIMEOUT = (usual[0], 0.5)
+    inject_fault(zywave, "^/connect/token", delay_ms=5000)
+    started = time.monotonic()
+    with pytest.raises(RefreshFailed, match=r"^token refresh failed \(timeout\)$"):
         access_token_for(conn)
-    time.sleep(2)  # the retry comes later, after the sandbox finished the lost request
+    assert time.monotonic() - started < 5.0  # coarse: it gave up before the answer came
+    failure = conn.events.get(kind="refresh_failed")
+    assert failure.detail["reason"] == "token refresh failed (timeout)"
+    assert failure.detail["refresh_token"] == conn.refresh_token_fingerprint  # the kept token
+    settings.ZYWAVE_HTTP_TIMEOUT = usual
+    wait_for(
+        lambda: token_counts(zywave) == {"refresh_token:success": 1},
+        what="the sandbox to finish the lost refresh",
+    )
     with pytest.raises(ReauthRequired):
         access_token_for(Connection.objects.get(pk=conn.pk))
     with pytest.raises(ReauthRequired):
         access_token_for(Connection.objects.get(pk=conn.pk))
-    counts = token_counts(zywave)
-    assert sum(counts.values()) == 2  # the consumed token was presented once more, no more
+    # The consumed token was presented once more, no more.
+    assert token_counts(zywave) == {"refresh_token:success": 1, "refresh_token:invalid_grant": 1}
     assert Connection.objects.get(pk=conn.pk).status == Connection.Status.REAUTH_REQUIRED
 
 
@@ -230,3 +309,44 @@ def test_reconnect_from_the_banner_returns_active_with_the_same_profile(
     assert conn.status == Connection.Status.ACTIVE
     assert conn.chosen_profile is not None and conn.chosen_profile.zywave_id == profile_id
     assert b"Zywave needs you to sign in again" not in dana.get("/").content
+
+
+# --- The refresh margin follows the token's lifetime (hardening item 1) ------------------------
+
+
+@pytest.mark.parametrize(
+    ("lifetime", "margin"),
+    [(3600, timedelta(minutes=5)), (1200, timedelta(minutes=5)), (300, timedelta(seconds=75)),
+     (5, timedelta(seconds=1.25)), (None, timedelta(minutes=5))],
+)  # fmt: skip
+def test_the_margin_is_the_smaller_of_five_minutes_and_a_quarter_of_the_lifetime(
+    staff: User, lifetime: int | None, margin: timedelta
+) -> None:
+    from integrations.tokens import margin_for
+
+    conn = connection(staff)
+    conn.access_token_lifetime = lifetime
+    assert margin_for(conn) == margin
+
+
+def test_a_short_lived_token_is_handed_out_until_three_quarters_of_its_life(
+    staff: User, zywave: Sandbox
+) -> None:
+    """With 60-second tokens (a fixed 5-minute margin made such a token never fresh, so every
+    call refreshed), calls in the first 45 seconds reuse the token: one refresh, no more."""
+    zywave.control("POST", "settings", access_token_lifetime=60)
+    conn = connection(staff, zywave)
+    assert conn.access_token_lifetime == 60
+    zywave.control("POST", "counters/reset")
+    first = access_token_for(conn)
+    for _ in range(20):
+        assert access_token_for(Connection.objects.get(pk=conn.pk)) == first
+    assert zywave.counters()["token"] == {}
+    # Past three quarters of its life (aged in the database: no test waits 45 s), one refresh.
+    Connection.objects.filter(pk=conn.pk).update(
+        access_token_expires_at=timezone.now() + timedelta(seconds=14)
+    )
+    second = access_token_for(Connection.objects.get(pk=conn.pk))
+    assert second != first
+    assert access_token_for(Connection.objects.get(pk=conn.pk)) == second
+    assert zywave.counters()["token"] == {"refresh_token:success": 1}

@@ -306,13 +306,35 @@ def test_disconnect_revokes_the_tokens_at_zywave_then_deletes_them(
     assert event.detail["revoked"] is True and event.actor == dana.user
 
 
-def test_disconnect_deletes_the_profiles_and_the_mirror(dana: Person, zywave: Sandbox) -> None:
+def test_disconnect_deletes_the_profiles_and_the_mirror_and_stops_the_running_sync(
+    dana: Person, omar: Person, zywave: Sandbox
+) -> None:
     conn = connection(dana.user, zywave)
     account(conn, "a1", "Acme")
     Contact.objects.create(connection=conn, zywave_id="c1", account_zywave_id="a1", raw={})
+    now = timezone.now()
+    done = SyncRun.objects.create(
+        connection=conn, state=SyncRun.State.SUCCEEDED, queued_at=now - timedelta(hours=1)
+    )
+    running = SyncRun.objects.create(
+        connection=conn,
+        state=SyncRun.State.RUNNING,
+        pages_done=1,
+        lease_until=now + timedelta(minutes=5),
+    )
+    others = connection(omar.user)
+    account(others, "a1", "Omar's client")
+    others_run = SyncRun.objects.create(connection=others, state=SyncRun.State.RUNNING)
     dana.post("/zywave/disconnect/")
     assert not conn.profiles.exists()
     assert not conn.accounts.exists() and not conn.contacts.exists()
+    running.refresh_from_db()
+    assert (running.state, running.error, running.lease_until) == ("failed", "disconnected", None)
+    assert running.finished_at is not None
+    assert SyncRun.objects.get(pk=done.pk).state == SyncRun.State.SUCCEEDED  # history kept
+    # Another person's mirror and sync are untouched.
+    assert others.accounts.count() == 1
+    assert SyncRun.objects.get(pk=others_run.pk).state == SyncRun.State.RUNNING
 
 
 def test_disconnect_still_deletes_the_tokens_when_zywave_does_not_confirm(

@@ -262,9 +262,6 @@ MALFORMED = {
     "items-an-object": ('{"items": {"id": 1}}', "application/json"),
     "items-of-numbers": ('{"items": [1, 2, 3], "totalCount": 3}', "application/json"),
     "items-of-strings": ('{"value": ["a", "b"]}', "application/json"),
-    "record-without-id": ('{"items": [{"name": "x"}], "totalCount": 1}', "application/json"),
-    "nested-id": ('{"items": [{"id": {"value": 1}}]}', "application/json"),
-    "boolean-id": ('{"items": [{"id": true}]}', "application/json"),
     "unknown-envelope": ('{"data": {"accounts": []}}', "application/json"),
 }
 
@@ -327,6 +324,31 @@ def test_a_malformed_page_ends_the_sync_with_a_named_error(
     assert not Account.objects.filter(connection=danas_connection).exists()
     assert not Contact.objects.filter(connection=danas_connection).exists()
     assert dana.get("/").status_code == 200
+
+
+# Records whose id the mirror cannot key on: each is skipped and counted, the page and the run
+# go on (hardening item 9: a `/` in an id used to turn the accounts page into a 500).
+UNUSABLE_ID_PAGES = {
+    "record-without-id": '{"items": [{"name": "x"}], "totalCount": 1}',
+    "nested-id": '{"items": [{"id": {"value": 1}}]}',
+    "boolean-id": '{"items": [{"id": true}]}',
+    "slash-id": '{"items": [{"id": "a/b"}]}',
+    "overlong-id": '{"items": [{"id": "%s"}]}' % ("9" * 65),
+}
+
+
+@pytest.mark.parametrize("case", sorted(UNUSABLE_ID_PAGES))
+def test_a_record_with_an_unusable_id_is_skipped_and_counted(
+    case: str, danas_connection: Connection, zywave: Sandbox, dana: Person
+) -> None:
+    plant(zywave, UNUSABLE_ID_PAGES[case], "application/json")
+    run = sync_now(danas_connection, full=True)
+    assert run is not None
+    assert (run.state, run.records_skipped) == (SyncRun.State.SUCCEEDED, 1)
+    assert not Account.objects.filter(connection=danas_connection).exists()
+    assert run.records_done == Contact.objects.filter(connection=danas_connection).count() > 0
+    assert dana.get("/").status_code == 200
+    assert dana.get("/zywave/accounts/").status_code == 200
 
 
 # What each odd page comes to: read (the one account stored, as these columns) or refused as
