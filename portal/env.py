@@ -6,6 +6,7 @@ contents are the value. A malformed value stops start-up with an error that name
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -61,6 +62,21 @@ def get_int(name: str, default: int, minimum: int = 0) -> int:
 def get_list(name: str, default: str = "") -> list[str]:
     value = get(name, default) or ""
     return [item.strip() for item in value.split(",") if item.strip()]
+
+
+def get_addresses(name: str, default: str) -> list[str]:
+    """Comma-separated IP addresses (not networks: gunicorn 23 compares exactly), or `*`."""
+    addresses = get_list(name, default)
+    for address in addresses:
+        if address == "*":
+            continue
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name} must list IP addresses (or *), comma-separated, not {address!r}"
+            ) from None
+    return addresses
 
 
 def get_choice(name: str, default: str, choices: tuple[str, ...]) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 
+from portal import env
 from portal.logs import logging_config
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
@@ -23,8 +24,11 @@ keepalive = 5
 # connections, and a client that sends on one at that moment gets a reset instead of an answer
 # (the pages-under-load drill counted 82 in 18,649 pages). No leak has been seen to need it.
 max_requests = 0
-# The reverse proxy in front sets X-Forwarded-Proto; trust it from anywhere inside the network.
-forwarded_allow_ips = os.environ.get("FORWARDED_ALLOW_IPS", "*")
+# Whose X-Forwarded-Proto decides the scheme Django sees (Django itself trusts no header:
+# settings.py has no SECURE_PROXY_SSL_HEADER). Only the reverse proxy's address, as this process
+# sees it: anyone else could claim HTTPS. The same list, read the same way, decides whose
+# X-Forwarded-For names the client for login throttling (settings.FORWARDED_ALLOW_IPS).
+forwarded_allow_ips = ",".join(env.get_addresses("FORWARDED_ALLOW_IPS", "127.0.0.1"))
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
 
 accesslog = "-"

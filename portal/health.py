@@ -10,6 +10,7 @@ URL, a host name or a version.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from urllib.parse import urlsplit
@@ -24,10 +25,15 @@ log = logging.getLogger(__name__)
 
 # Seconds each outside check may take: a load balancer probe must answer quickly.
 TIMEOUT = 2.0
-# A worker ping is a broadcast every worker answers; remember a success this long so that
-# frequent probes from several load balancers do not flood the workers' control queue.
-WORKER_CACHE_SECONDS = 10.0
-_last_worker_ok = 0.0
+# A worker ping is a broadcast every worker answers, and with no worker up it waits the whole
+# TIMEOUT. /health/ is anonymous, so its answer is remembered: a success this long, so that
+# frequent probes do not flood the workers' control queue, and a failure briefly, so that a flood
+# of probes while workers are down costs one broadcast and a worker coming back is seen soon.
+WORKER_OK_SECONDS = 10.0
+WORKER_FAIL_SECONDS = 3.0
+# The last ping in this process: (monotonic time it ended, why it failed or None).
+_worker_probe: tuple[float, str | None] | None = None
+_worker_lock = threading.Lock()
 
 
 class CheckFailed(Exception):
@@ -63,16 +69,40 @@ def check_redis() -> None:
         client.close()
 
 
-def check_worker() -> None:
-    global _last_worker_ok
-    if time.monotonic() - _last_worker_ok < WORKER_CACHE_SECONDS:
-        return
+def _ping_workers() -> str | None:
     from portal.celery import app
 
-    replies = app.control.ping(timeout=TIMEOUT)
-    if not replies:
-        raise CheckFailed(f"no Celery worker answered a ping within {TIMEOUT:.0f}s")
-    _last_worker_ok = time.monotonic()
+    try:
+        replies = app.control.ping(timeout=TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 (an unreachable broker fails the probe like silence)
+        return type(exc).__name__  # the class name only, as in run_checks
+    return None if replies else f"no Celery worker answered a ping within {TIMEOUT:.0f}s"
+
+
+def _fresh(ended: float, reason: str | None) -> bool:
+    return time.monotonic() - ended < (WORKER_OK_SECONDS if reason is None else WORKER_FAIL_SECONDS)
+
+
+def check_worker() -> None:
+    """At most one ping per period and process, whatever the number of requests.
+
+    Requests that arrive while a ping is under way wait on the lock for it and then read its
+    result, instead of each sending a broadcast of its own (the race this lock closes). The
+    wait is bounded, so a ping that hangs past its timeout cannot pile up every web thread.
+    """
+    global _worker_probe
+    if not _worker_lock.acquire(timeout=TIMEOUT + 1):
+        raise CheckFailed("a worker ping is still under way")
+    try:
+        probe = _worker_probe
+        if probe is None or not _fresh(*probe):
+            reason = _ping_workers()
+            probe = _worker_probe = (time.monotonic(), reason)
+        reason = probe[1]
+    finally:
+        _worker_lock.release()
+    if reason:
+        raise CheckFailed(reason)
 
 
 def check_encryption() -> None:

@@ -2,15 +2,21 @@
 
 The defaults run on a fresh machine with no configuration (SQLite and a broker under `var/`,
 the local sandbox as Zywave, development secrets generated into `var/`). With DEBUG off,
-start-up refuses the unsafe defaults instead of silently using them.
+start-up refuses the unsafe defaults instead of silently using them, and refuses the
+placeholders this repository ships.
 """
 
 from __future__ import annotations
 
+import base64
+import ipaddress
+import re
 import secrets
 import socket
+import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import dj_database_url
@@ -21,10 +27,46 @@ from django.core.exceptions import ImproperlyConfigured
 from portal import env
 from portal.logs import logging_config
 
+if TYPE_CHECKING:
+    from django.http import HttpRequest
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env.get("PORTAL_VAR_DIR") or BASE_DIR / "var")
 
 DEBUG = env.get_bool("DEBUG", default=True)
+
+# The image's `collectstatic` step (docker/Dockerfile) needs production settings but has no real
+# secrets: it sets PORTAL_BUILD_ONLY and throwaway values. The marker lets those values through
+# for that one command and refuses to start anything else (web, worker, beat, any other
+# command), so an image run with the build's environment cannot serve.
+BUILD_ONLY = env.get_bool("PORTAL_BUILD_ONLY", default=False)
+if BUILD_ONLY and sys.argv[1:2] != ["collectstatic"]:
+    raise ImproperlyConfigured(
+        "PORTAL_BUILD_ONLY is set: it is for the image's `manage.py collectstatic` step only; "
+        "unset it (and its throwaway values) to run the portal"
+    )
+
+# Values this repository ships as examples (docker/.env.example, the READMEs) or for the image
+# build (docker/Dockerfile, all marked `build-only`). tests/portal/test_settings.py finds every
+# shipped value with `git grep` and starts production with it, so a new placeholder that these
+# markers miss fails the tests.
+PLACEHOLDER = re.compile(
+    r"change-?me|replace-?me|placeholder|not-a-secret|build-only|<[^<>]*>", re.IGNORECASE
+)
+# Django's own bar for a SECRET_KEY (check security.W009): "aaaa..." is no secret at any length.
+SECRET_KEY_MIN_UNIQUE_CHARACTERS = 5
+
+
+def _refuse_placeholder(name: str, value: str | None) -> None:
+    """With DEBUG off (outside the image build), refuse a placeholder; never echo the value."""
+    if DEBUG or BUILD_ONLY or not value:
+        return
+    if PLACEHOLDER.search(value):
+        raise ImproperlyConfigured(
+            f"{name} is a placeholder (from docker/.env.example, a README or the Dockerfile's "
+            "build step): set the real value when DEBUG is off"
+        )
+
 
 # --- Secrets -------------------------------------------------------------------------------
 
@@ -33,11 +75,16 @@ if not SECRET_KEY:
     if not DEBUG:
         raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
     SECRET_KEY = env.dev_secret(VAR_DIR, "secret_key", lambda: "dev-" + secrets.token_urlsafe(50))
-elif not DEBUG and (len(SECRET_KEY) < 32 or SECRET_KEY.startswith(("django-insecure", "dev-"))):
+elif not DEBUG and (
+    len(SECRET_KEY) < 32
+    or len(set(SECRET_KEY)) < SECRET_KEY_MIN_UNIQUE_CHARACTERS
+    or SECRET_KEY.startswith(("django-insecure", "dev-"))
+):
     raise ImproperlyConfigured(
-        "SECRET_KEY is a development or default value (or shorter than 32 characters); "
-        "set a long random value when DEBUG is off"
+        "SECRET_KEY is a development or default value (or shorter than 32 characters, or of "
+        "fewer than 5 distinct characters); set a long random value when DEBUG is off"
     )
+_refuse_placeholder("SECRET_KEY", SECRET_KEY)
 
 
 def _fernet_keys(raw: str) -> list[str]:
@@ -52,6 +99,13 @@ def _fernet_keys(raw: str) -> list[str]:
                 f"FIELD_ENCRYPTION_KEY: key #{position} is not a Fernet key "
                 "(32 url-safe base64-encoded bytes, e.g. from Fernet.generate_key())"
             ) from None
+        # 32 random bytes hold about 30 distinct values; fewer than 16 is a made-up key (the
+        # Dockerfile's build-only key is 32 zero bytes).
+        if not DEBUG and not BUILD_ONLY and len(set(base64.urlsafe_b64decode(key))) < 16:
+            raise ImproperlyConfigured(
+                f"FIELD_ENCRYPTION_KEY: key #{position} is not random (too few distinct bytes); "
+                "generate one with the command in docker/.env.example"
+            )
     return keys
 
 
@@ -68,6 +122,7 @@ FIELD_ENCRYPTION_KEY = _fernet_keys(_field_keys)
 ALLOWED_HOSTS = env.get_list("ALLOWED_HOSTS")
 if not DEBUG and not ALLOWED_HOSTS:
     raise ImproperlyConfigured("ALLOWED_HOSTS must list the portal's host names when DEBUG is off")
+_refuse_placeholder("ALLOWED_HOSTS", ",".join(ALLOWED_HOSTS))
 CSRF_TRUSTED_ORIGINS = env.get_list("CSRF_TRUSTED_ORIGINS")
 
 # --- Applications --------------------------------------------------------------------------
@@ -155,6 +210,7 @@ def _database(url: str | None) -> dict[str, object]:
     return dict(config)
 
 
+_refuse_placeholder("DATABASE_URL", env.get("DATABASE_URL"))
 DATABASES = {"default": _database(env.get("DATABASE_URL"))}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
@@ -177,13 +233,81 @@ LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
 
+# The proxies whose forwarding headers are believed, as gunicorn sees them (portal/gunicorn.conf.py
+# reads the same variable the same way): gunicorn takes the scheme from their X-Forwarded-Proto,
+# `client_address` below the client from their X-Forwarded-For. Anyone else's are ignored.
+FORWARDED_ALLOW_IPS = env.get_addresses("FORWARDED_ALLOW_IPS", "127.0.0.1")
+
+
+def client_address(request: HttpRequest) -> str:
+    """The address a login attempt comes from (django-axes's AXES_CLIENT_IP_CALLABLE).
+
+    The peer's address, unless the peer is a trusted proxy: then the address that proxy added to
+    X-Forwarded-For. Each proxy appends the address it saw, so reading from the right and
+    stepping over our own proxies gives the client; entries further left are whatever the
+    client sent, and are never read. Anything unusable falls back to the peer.
+    """
+    from django.conf import settings
+
+    trusted = settings.FORWARDED_ALLOW_IPS
+    peer = request.META.get("REMOTE_ADDR", "")
+    if "*" not in trusted and peer not in trusted:
+        return peer
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR", "")
+    client = peer
+    for hop in reversed([hop.strip() for hop in forwarded.split(",") if hop.strip()]):
+        client = hop
+        if hop not in trusted:
+            break
+    try:
+        return str(ipaddress.ip_address(client))
+    except ValueError:
+        return peer
+
+
+def lockout_parameters(request: HttpRequest, credentials: dict[str, Any] | None) -> list[Any]:
+    """What django-axes counts failures by (AXES_LOCKOUT_PARAMETERS): the (username, address)
+    pair, or the username alone once it is past its ceiling (AXES_USERNAME_FAILURE_LIMIT).
+
+    Towards the ceiling, each address counts at most AXES_FAILURE_LIMIT failures (what it takes
+    to lock its own pair), so no single address, however long it keeps trying, can lock a
+    username for everyone: that takes AXES_USERNAME_FAILURE_LIMIT / AXES_FAILURE_LIMIT addresses.
+    django-axes 8 compares every parameter with one AXES_FAILURE_LIMIT, hence this callable.
+    """
+    from axes.helpers import get_client_username
+    from axes.models import AccessAttempt
+    from django.conf import settings
+    from django.db.models import Sum
+    from django.utils import timezone
+
+    pair: list[Any] = [["username", "ip_address"]]
+    username = get_client_username(request, credentials)
+    if not username:
+        return pair
+    now = getattr(request, "axes_attempt_time", None) or timezone.now()
+    since = now - settings.AXES_COOLOFF_TIME
+    per_address = (
+        AccessAttempt.objects.filter(username=username, attempt_time__gte=since)
+        .values("ip_address")
+        .annotate(failures=Sum("failures_since_start"))
+    )
+    counted = sum(min(row["failures"], settings.AXES_FAILURE_LIMIT) for row in per_address)
+    return ["username"] if counted >= settings.AXES_USERNAME_FAILURE_LIMIT else pair
+
+
 # Login throttling (django-axes): after AXES_FAILURE_LIMIT wrong passwords for one username from
-# one address, that pair is refused for AXES_COOLOFF_MINUTES. Keyed on the pair, so a stranger
-# guessing cannot lock a colleague out from another address. Behind a proxy the address is
-# REMOTE_ADDR, the proxy's, which makes the lock per username (see docker/README.md).
+# one client address, that pair is refused for AXES_COOLOFF_MINUTES. Keyed on the pair, so a
+# stranger guessing cannot lock a colleague out from another address. The address is the
+# client's even behind a proxy (`client_address`: the trusted proxy's X-Forwarded-For), not the
+# proxy's, which would make every lock a lock of the username for everyone. A guesser spread
+# over many addresses meets a ceiling per username instead (`lockout_parameters`).
 AXES_FAILURE_LIMIT = env.get_int("AXES_FAILURE_LIMIT", 5, minimum=1)
+AXES_USERNAME_FAILURE_LIMIT = env.get_int(
+    "AXES_USERNAME_FAILURE_LIMIT", 10 * AXES_FAILURE_LIMIT, minimum=AXES_FAILURE_LIMIT
+)
 AXES_COOLOFF_TIME = timedelta(minutes=env.get_int("AXES_COOLOFF_MINUTES", 15, minimum=1))
-AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_CLIENT_IP_CALLABLE = client_address
+AXES_LOCKOUT_PARAMETERS = lockout_parameters
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
 AXES_HTTP_RESPONSE_CODE = 429
@@ -221,6 +345,7 @@ EMAIL_HOST = env.get("EMAIL_HOST", "localhost")
 EMAIL_PORT = env.get_int("EMAIL_PORT", 25)
 EMAIL_HOST_USER = env.get("EMAIL_HOST_USER", "")
 EMAIL_HOST_PASSWORD = env.get("EMAIL_HOST_PASSWORD", "")
+_refuse_placeholder("EMAIL_HOST_PASSWORD", EMAIL_HOST_PASSWORD)
 EMAIL_USE_TLS = env.get_bool("EMAIL_USE_TLS", default=False)
 # For django.core.mail.backends.filebased.EmailBackend (browser tests read the worker's mail).
 EMAIL_FILE_PATH = env.get("EMAIL_FILE_PATH", str(VAR_DIR / "mail"))
@@ -245,6 +370,9 @@ if not CELERY_BROKER_URL:
     # Development: Redis when one answers locally, else a broker made of files under var/,
     # so `make run` works on a machine without Redis.
     CELERY_BROKER_URL = "redis://127.0.0.1:6379/0" if _redis_answers() else "filesystem://"
+_refuse_placeholder(
+    "REDIS_URL" if REDIS_URL == CELERY_BROKER_URL else "CELERY_BROKER_URL", CELERY_BROKER_URL
+)
 if urlsplit(CELERY_BROKER_URL).scheme not in {"redis", "rediss", "filesystem", "memory"}:
     raise ImproperlyConfigured(
         "CELERY_BROKER_URL must be a redis://, rediss:// or filesystem:// URL, "
@@ -312,6 +440,8 @@ if not DEBUG and not (ZYWAVE_CLIENT_ID and ZYWAVE_CLIENT_SECRET):
     raise ImproperlyConfigured(
         "ZYWAVE_CLIENT_ID and ZYWAVE_CLIENT_SECRET must be set when DEBUG is off"
     )
+_refuse_placeholder("ZYWAVE_CLIENT_ID", ZYWAVE_CLIENT_ID)
+_refuse_placeholder("ZYWAVE_CLIENT_SECRET", ZYWAVE_CLIENT_SECRET)
 ZYWAVE_SCOPES = (
     env.get("ZYWAVE_SCOPES") or "openid profile email offline_access api.profiles api.accounts:read"
 ).split()
@@ -373,7 +503,9 @@ SECURE_REFERRER_POLICY = "same-origin"
 SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
 if not DEBUG:
-    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    # No SECURE_PROXY_SSL_HEADER: Django would believe X-Forwarded-Proto from any client.
+    # gunicorn believes it from FORWARDED_ALLOW_IPS only and passes its verdict as the WSGI
+    # scheme, which is what request.is_secure() reads without that setting.
     SECURE_SSL_REDIRECT = env.get_bool("SECURE_SSL_REDIRECT", default=True)
     # A load balancer probes over plain HTTP inside the network.
     SECURE_REDIRECT_EXEMPT = [r"^health/$"]

@@ -7,11 +7,16 @@ A worker answering is the one thing patched here (`app.control.ping`): the smoke
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import pytest
 import redis
 from cryptography.fernet import Fernet
+from django.db import connections
 from django.test import Client
 
 from integrations.checks import ensure_canary
@@ -21,9 +26,9 @@ from portal.celery import app
 
 @pytest.fixture(autouse=True)
 def forget_the_last_ping() -> Iterator[None]:
-    health._last_worker_ok = 0.0
+    health._worker_probe = None
     yield
-    health._last_worker_ok = 0.0
+    health._worker_probe = None
 
 
 @pytest.fixture
@@ -170,3 +175,70 @@ def test_it_says_the_redis_check_was_skipped_on_the_file_broker(  # type: ignore
     response = client.get("/health/")
     assert response.status_code == 200
     assert response.json()["checks"]["redis"] == "skipped"
+
+
+def test_a_burst_of_health_requests_while_workers_are_down_costs_one_broadcast(
+    db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 anonymous requests at once, no worker up. `app.control.ping` is a counting stand-in
+    for Celery's broadcast: like the real one when no worker answers, it answers nothing after
+    a wait (0.5 s here, TIMEOUT in production), which is when unshared probes would pile up."""
+    calls: list[float] = []
+
+    def ping(timeout: float) -> list[dict[str, object]]:
+        calls.append(timeout)
+        time.sleep(0.5)
+        return []
+
+    monkeypatch.setattr(app.control, "ping", ping)
+    burst = threading.Barrier(50)
+
+    def probe(_: int) -> Any:
+        burst.wait()
+        try:
+            return Client().get("/health/")
+        finally:
+            connections.close_all()  # this thread's own database connection
+
+    with ThreadPoolExecutor(max_workers=50) as pool:
+        responses = list(pool.map(probe, range(50)))
+    assert len(calls) == 1
+    assert {response.status_code for response in responses} == {503}
+    assert {response.json()["checks"]["worker"] for response in responses} == {"fail"}
+
+
+def test_a_failed_ping_is_remembered_only_for_a_few_seconds(
+    client: Client, db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    answers: list[list[dict[str, object]]] = [[], [{"w@host": {"ok": "pong"}}]]
+    calls: list[float] = []
+
+    def ping(timeout: float) -> list[dict[str, object]]:
+        calls.append(timeout)
+        return answers[len(calls) - 1]
+
+    monkeypatch.setattr(app.control, "ping", ping)
+    assert client.get("/health/").json()["checks"]["worker"] == "fail"
+    assert client.get("/health/").json()["checks"]["worker"] == "fail"
+    assert len(calls) == 1  # the failure was remembered
+    assert health.WORKER_FAIL_SECONDS <= 5
+    ended, reason = health._worker_probe  # type: ignore[misc]
+    health._worker_probe = (ended - health.WORKER_FAIL_SECONDS, reason)  # its seconds are up
+    assert client.get("/health/").json()["checks"]["worker"] == "ok"  # the worker is back
+    assert len(calls) == 2
+
+
+def test_a_broker_that_cannot_be_reached_is_a_remembered_failure(
+    client: Client, db: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[float] = []
+
+    def ping(timeout: float) -> list[dict[str, object]]:
+        calls.append(timeout)
+        raise ConnectionRefusedError("redis://:secret@broker.internal:6379")
+
+    monkeypatch.setattr(app.control, "ping", ping)
+    responses = [client.get("/health/") for _ in range(3)]
+    assert [r.json()["checks"]["worker"] for r in responses] == ["fail"] * 3
+    assert len(calls) == 1
+    assert b"broker.internal" not in responses[0].content

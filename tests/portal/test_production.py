@@ -1,12 +1,22 @@
-"""Production: check --deploy is clean, security headers, login throttling, the docker/ files."""
+"""Production: check --deploy is clean, security headers, login throttling, whose forwarding
+headers gunicorn and the portal believe (gunicorn run for real), the docker/ files."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
+import runpy
+import shutil
+import socket
+import sqlite3
 import subprocess
 import sys
+import time
+import urllib.parse
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -26,7 +36,8 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not re.match(
             r"(DEBUG|SECRET_KEY|ALLOWED_HOSTS|FIELD_ENCRYPTION|ZYWAVE_|DATABASE_|REDIS_|CELERY_|"
-            r"PORTAL_|LOG_|SECURE_|SOCIAL_AUTH_|EMAIL_|AXES_|DJANGO_ALLOW_ASYNC_UNSAFE)",
+            r"PORTAL_|LOG_|SECURE_|SOCIAL_AUTH_|EMAIL_|AXES_|DJANGO_ALLOW_ASYNC_UNSAFE|"
+            r"FORWARDED_ALLOW_IPS|GUNICORN_|WEB_CONCURRENCY)",
             k,
         )
     }
@@ -291,14 +302,16 @@ def _settings_the_code_reads() -> set[str]:
         *DOCKER.glob("*.py"),
     ]
     calls = re.compile(
-        r"""(?:env\.get(?:_bool|_int|_list|_choice)?|os\.environ\.get|os\.getenv|"""
+        r"""(?:env\.get(?:_[a-z]+)?|os\.environ\.get|os\.getenv|"""
         r"""os\.environ\[)\(?\s*["']([A-Z][A-Z0-9_]+)["']"""
     )
     for path in sources:
         names |= set(calls.findall(path.read_text()))
     for path in (DOCKER / "entrypoint.sh", DOCKER / "compose.yaml"):
         names |= set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", path.read_text()))
-    # Read by the helper itself (`NAME_FILE`) or set by the image, not by an operator.
+    # `NAME_FILE` is documented once, in .env.example's header, for every NAME.
+    names = {n for n in names if not (n.endswith("_FILE") and n.removesuffix("_FILE") in names)}
+    # Set by the image, not by an operator.
     return names - {"DJANGO_SETTINGS_MODULE"}
 
 
@@ -313,6 +326,11 @@ def test_every_setting_the_code_reads_is_in_env_example() -> None:
         "CELERY_CONCURRENCY",
         "POSTGRES_PASSWORD",
         "AXES_FAILURE_LIMIT",
+        "AXES_USERNAME_FAILURE_LIMIT",
+        "FORWARDED_ALLOW_IPS",
+        "PORTAL_ALLOW_DEBUG",
+        "PORTAL_BUILD_ONLY",
+        "PORTAL_PUBLISH_ADDRESS",
     } <= read
     example = (DOCKER / ".env.example").read_text()
     listed = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", example, re.MULTILINE))
@@ -378,3 +396,322 @@ def test_production_refuses_to_create_demo_users(tmp_path: Path) -> None:
         "from django.contrib.auth.models import User; print(User.objects.count())",
     )
     assert users.stdout.strip().splitlines()[-1] == "0"
+
+
+# --- Forwarding headers: gunicorn for real ---------------------------------------------------
+#
+# gunicorn with portal/gunicorn.conf.py and the production environment on 127.0.0.1, one worker,
+# each on a copy of one migrated database. The test is the client, so the peer gunicorn sees is
+# 127.0.0.1: a direct client when FORWARDED_ALLOW_IPS names another address (10.9.9.9, a proxy
+# that is not us), the proxy when it names 127.0.0.1. Thresholds are lowered (2 failures per
+# pair, 6 per username) so that a lockout takes a few requests.
+
+HOST = "portal.example.com"
+PASSWORD = {"dana": "dana-password", "omar": "omar-password"}
+
+
+@pytest.fixture(scope="module")
+def portal_database(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A migrated database with dana and omar, and the environment it needs (its key, and a
+    PORTAL_VAR_DIR with the static files production's manifest storage asks for)."""
+    tmp_path = tmp_path_factory.mktemp("forwarding")
+    env = production_env(tmp_path)
+    assert run(env, "manage.py", "migrate", "--no-input").returncode == 0
+    assert run(env, "manage.py", "collectstatic", "--no-input", "-v0").returncode == 0
+    script = "".join(
+        f"User.objects.create_user({name!r}, password={password!r}); "
+        for name, password in PASSWORD.items()
+    )
+    users = run(
+        env, "manage.py", "shell", "-c", f"from django.contrib.auth.models import User; {script}"
+    )
+    assert users.returncode == 0, users.stderr
+    return tmp_path / "portal.sqlite3", env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class Portal:
+    """A running gunicorn and its database."""
+
+    def __init__(self, port: int, database: Path) -> None:
+        self.port, self.database = port, database
+
+    def request(
+        self, method: str, path: str, headers: dict[str, str], body: str | None = None
+    ) -> http.client.HTTPResponse:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        connection.request(method, path, body=body, headers={"Host": HOST, **headers})
+        response = connection.getresponse()
+        response.read()
+        connection.close()
+        return response
+
+    def login(self, username: str, password: str, headers: dict[str, str]) -> int:
+        """POST the login form as a browser would (its CSRF cookie sent by hand: it is a Secure
+        cookie, which a client sends only over HTTPS); the answer's status."""
+        page = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        page.request("GET", "/login/", headers={"Host": HOST, **headers})
+        response = page.getresponse()
+        html = response.read().decode()
+        assert response.status == 200, response.status
+        cookie = next(
+            value.split(";", 1)[0]
+            for value in response.headers.get_all("Set-Cookie") or []
+            if value.startswith("csrftoken=")
+        )
+        page.close()
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html)
+        assert token
+        form = urllib.parse.urlencode(
+            {"username": username, "password": password, "csrfmiddlewaretoken": token.group(1)}
+        )
+        answer = self.request(
+            "POST",
+            "/login/",
+            {
+                **headers,
+                "Cookie": cookie,
+                "Content-Type": "application/x-www-form-urlencoded",
+                "Referer": f"https://{HOST}/login/",
+            },
+            form,
+        )
+        return answer.status
+
+    def attempts(self, username: str) -> dict[str, int]:
+        """django-axes's record of failures for `username`: address -> failures."""
+        with sqlite3.connect(self.database) as db:
+            rows = db.execute(
+                "SELECT ip_address, failures_since_start FROM axes_accessattempt "
+                "WHERE username = ?",
+                (username,),
+            ).fetchall()
+        return dict(rows)
+
+
+@contextmanager
+def gunicorn(
+    tmp_path: Path, portal_database: tuple[Path, dict[str, str]], **env: str
+) -> Iterator[Portal]:
+    template, base = portal_database
+    database = tmp_path / "portal.sqlite3"
+    for part in template.parent.glob(template.name + "*"):  # with any -wal / -shm left
+        shutil.copy(part, tmp_path / part.name)
+    port = free_port()
+    environment = {
+        **base,
+        "DATABASE_URL": f"sqlite:///{database}",
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": "1",
+        "AXES_FAILURE_LIMIT": "2",
+        "AXES_USERNAME_FAILURE_LIMIT": "6",
+        **env,
+    }
+    log = tmp_path / "gunicorn.log"
+    with log.open("w") as output:
+        process = subprocess.Popen(
+            [str(BIN / "gunicorn"), "-c", "portal/gunicorn.conf.py", "portal.wsgi:application"],
+            cwd=ROOT,
+            env=environment,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert process.poll() is None, log.read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.2)
+        yield Portal(port, database)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_a_direct_clients_forged_https_header_changes_nothing(
+    tmp_path: Path, portal_database: tuple[Path, dict[str, str]]
+) -> None:
+    """Each header gunicorn would take for HTTPS from a trusted proxy (its
+    secure_scheme_headers)."""
+    forgeries = [
+        {"X-Forwarded-Proto": "https"},
+        {"X-Forwarded-Ssl": "on"},
+        {"X-Forwarded-Protocol": "ssl"},
+    ]
+    with gunicorn(tmp_path, portal_database, FORWARDED_ALLOW_IPS="10.9.9.9") as portal:
+        for forged in forgeries:
+            response = portal.request("GET", "/login/", forged)
+            assert response.status == 301, forged  # still plain HTTP to the portal
+            assert response.headers["Location"] == f"https://{HOST}/login/"
+            assert "Strict-Transport-Security" not in response.headers
+
+
+@pytest.mark.slow
+def test_a_direct_clients_forged_address_is_not_what_throttling_counts(
+    tmp_path: Path, portal_database: tuple[Path, dict[str, str]]
+) -> None:
+    """Plain HTTP allowed (as in the Docker demo), so that the login form is reached at all."""
+    forged = {"X-Forwarded-For": "198.51.100.1", "X-Forwarded-Proto": "https"}
+    with gunicorn(
+        tmp_path, portal_database, FORWARDED_ALLOW_IPS="10.9.9.9", SECURE_SSL_REDIRECT="false"
+    ) as portal:
+        page = portal.request("GET", "/login/", forged)
+        assert page.status == 200
+        assert "Strict-Transport-Security" not in page.headers  # not taken for HTTPS
+        assert portal.login("dana", "wrong", forged) == 200
+        assert portal.attempts("dana") == {"127.0.0.1": 1}
+
+
+@pytest.mark.slow
+def test_behind_the_trusted_proxy_each_client_is_locked_out_alone(
+    tmp_path: Path, portal_database: tuple[Path, dict[str, str]]
+) -> None:
+    def via_proxy(client: str, forged: str = "") -> dict[str, str]:
+        # What a proxy sends: X-Forwarded-For as the client wrote it, plus the client's address.
+        return {
+            "X-Forwarded-For": f"{forged}, {client}" if forged else client,
+            "X-Forwarded-Proto": "https",
+        }
+
+    with gunicorn(tmp_path, portal_database, FORWARDED_ALLOW_IPS="127.0.0.1") as portal:
+        page = portal.request("GET", "/login/", via_proxy("198.51.100.1"))
+        assert page.status == 200  # the proxy's X-Forwarded-Proto is believed: no redirect
+        assert "Strict-Transport-Security" in page.headers
+        # The attacker names dana's address in the header it writes; only what the proxy
+        # appended counts.
+        attacker = via_proxy("198.51.100.66", forged="198.51.100.2")
+        assert [portal.login("dana", "wrong", attacker) for _ in range(3)] == [200, 429, 429]
+        assert portal.login("dana", "dana-password", attacker) == 429
+        assert portal.attempts("dana") == {"198.51.100.66": 4}
+        assert portal.login("dana", "dana-password", via_proxy("198.51.100.2")) == 302
+
+
+@pytest.mark.slow
+def test_behind_the_trusted_proxy_a_username_has_a_ceiling_one_address_cannot_reach(
+    tmp_path: Path, portal_database: tuple[Path, dict[str, str]]
+) -> None:
+    """AXES_FAILURE_LIMIT 2 per pair, AXES_USERNAME_FAILURE_LIMIT 6: each address counts at most
+    2 towards the ceiling, so it takes three addresses to lock omar for everyone."""
+
+    def via_proxy(client: str) -> dict[str, str]:
+        return {"X-Forwarded-For": client, "X-Forwarded-Proto": "https"}
+
+    with gunicorn(tmp_path, portal_database, FORWARDED_ALLOW_IPS="127.0.0.1") as portal:
+        one = via_proxy("203.0.113.10")
+        assert [portal.login("omar", "wrong", one) for _ in range(8)] == [200] + [429] * 7
+        assert portal.login("omar", "omar-password", via_proxy("203.0.113.20")) == 302
+        for address in ("203.0.113.11", "203.0.113.12"):
+            assert portal.login("omar", "wrong", via_proxy(address)) == 200
+            assert portal.login("omar", "wrong", via_proxy(address)) == 429
+        assert portal.login("omar", "omar-password", via_proxy("203.0.113.21")) == 429
+        # Another username is untouched.
+        assert portal.login("dana", "dana-password", via_proxy("203.0.113.21")) == 302
+
+
+def test_gunicorn_believes_forwarding_headers_from_127_0_0_1_only_by_default(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("FORWARDED_ALLOW_IPS", raising=False)
+    config = runpy.run_path(str(ROOT / "portal" / "gunicorn.conf.py"))
+    assert config["forwarded_allow_ips"] == "127.0.0.1"
+
+
+def test_compose_publishes_ports_on_the_loopback_only() -> None:
+    from ruamel.yaml import YAML  # installed with check-jsonschema
+
+    services = YAML(typ="safe").load((DOCKER / "compose.yaml").read_text())["services"]
+    published = [port for service in services.values() for port in service.get("ports", [])]
+    assert published
+    for port in published:
+        address = re.sub(r"\$\{[A-Z0-9_]+:-([^}]*)\}", r"\1", str(port)).rsplit(":", 2)[0]
+        assert address == "127.0.0.1", port
+
+
+# --- docker/entrypoint.sh --------------------------------------------------------------------
+
+
+def entrypoint(tmp_path: Path, role: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run the image's entrypoint with `env`, gunicorn and celery replaced by stubs that only say
+    they were started (`python`, for `check --deploy`, is the real one). No Docker needed."""
+    stubs = tmp_path / "stubs"
+    stubs.mkdir(exist_ok=True)
+    for name in ("gunicorn", "celery"):
+        stub = stubs / name
+        stub.write_text(f'#!/bin/sh\necho "started {name} $*"\n')
+        stub.chmod(0o755)
+    return subprocess.run(
+        ["sh", str(DOCKER / "entrypoint.sh"), role],
+        cwd=ROOT,
+        env={**env, "PATH": f"{stubs}:{BIN}:/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("role", ["web", "worker", "beat"])
+@pytest.mark.parametrize("debug", [None, "", "true", "1"])
+def test_the_entrypoint_refuses_to_serve_unless_debug_is_explicitly_false(
+    tmp_path: Path, role: str, debug: str | None
+) -> None:
+    env = production_env(tmp_path)
+    del env["DEBUG"]
+    if debug is not None:
+        env["DEBUG"] = debug
+    result = entrypoint(tmp_path, role, env)
+    assert result.returncode == 78
+    assert f"refusing to start {role}: DEBUG is" in result.stderr
+    assert "started" not in result.stdout
+
+
+def test_the_entrypoint_reads_debug_from_a_file_as_the_settings_do(tmp_path: Path) -> None:
+    (tmp_path / "debug").write_text("true\n")
+    env = production_env(tmp_path, DEBUG_FILE=str(tmp_path / "debug"))  # DEBUG=false as well
+    result = entrypoint(tmp_path, "web", env)
+    assert result.returncode == 78
+    assert "started" not in result.stdout
+
+
+@pytest.mark.parametrize("role", ["web", "worker", "beat"])
+def test_the_entrypoint_refuses_the_image_builds_marker(tmp_path: Path, role: str) -> None:
+    result = entrypoint(tmp_path, role, production_env(tmp_path, PORTAL_BUILD_ONLY="1"))
+    assert result.returncode == 78
+    assert "PORTAL_BUILD_ONLY" in result.stderr
+    assert "started" not in result.stdout
+
+
+@pytest.mark.slow
+def test_the_entrypoint_runs_check_deploy_then_serves_with_debug_false(tmp_path: Path) -> None:
+    result = entrypoint(tmp_path, "web", production_env(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "System check identified no issues" in result.stdout
+    assert result.stdout.strip().endswith(
+        "started gunicorn -c portal/gunicorn.conf.py portal.wsgi:application"
+    )
+
+
+@pytest.mark.slow
+def test_a_failing_check_deploy_stops_the_start(tmp_path: Path) -> None:
+    env = production_env(tmp_path, SECRET_KEY="change-me-to-a-long-random-value-of-at-least-32")
+    result = entrypoint(tmp_path, "worker", env)
+    assert result.returncode != 0
+    assert "SECRET_KEY is a placeholder" in result.stderr
+    assert "started" not in result.stdout
+
+
+@pytest.mark.slow
+def test_debug_on_starts_only_when_allowed_explicitly(tmp_path: Path) -> None:
+    env = production_env(tmp_path, DEBUG="true", PORTAL_ALLOW_DEBUG="true")
+    result = entrypoint(tmp_path, "beat", env)
+    assert result.returncode == 0, result.stderr
+    assert "started celery -A portal --quiet beat" in result.stdout
