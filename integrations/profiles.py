@@ -25,6 +25,11 @@ class ProfileRefused(Exception):
     """The submitted profile is not one Zywave listed for this connection."""
 
 
+class ConnectionChanged(Exception):
+    """While Zywave was asked, the connection was disconnected, re-linked or its profiles
+    replaced: nothing is stored, the person starts again from what is there now."""
+
+
 def _text(record: dict[str, Any], *keys: str) -> str:
     for key in keys:
         value = record.get(key)
@@ -56,6 +61,8 @@ def refresh_profiles(connection: Connection, client: ZywaveClient) -> list[Profi
     now = timezone.now()
     with transaction.atomic():
         locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        if locked.status == Connection.Status.DISCONNECTED:
+            raise ConnectionChanged(f"connection {locked.pk} was disconnected meanwhile")
         chosen = locked.chosen_profile
         for (code, zywave_id), record in records.items():
             Profile.objects.update_or_create(
@@ -102,14 +109,25 @@ def choose_profile(
         raise MalformedResponse("Zywave's profile answer has no ProfileToken")
     with transaction.atomic():
         locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        # Zywave was asked outside the lock: a disconnect (or a reconnect as another identity)
+        # may have run meanwhile. Store nothing then, and never with save(): on a row the
+        # disconnect deleted, save() would INSERT it again, ProfileToken and all.
+        if (
+            locked.status != Connection.Status.ACTIVE
+            or locked.zywave_subject != connection.zywave_subject
+        ):
+            raise ConnectionChanged(f"connection {locked.pk} is {locked.status}")
+        stored = token if isinstance(token, str) and token else None
+        if not Profile.objects.filter(pk=profile.pk, connection=locked).update(
+            profile_token=stored, profile_token_fingerprint=token_fingerprint(stored)
+        ):
+            raise ConnectionChanged(f"profile {profile.pk} was replaced while Zywave was asked")
+        profile.refresh_from_db()
         previous = locked.chosen_profile
         # Only the chosen profile keeps a token: forget the others'.
         locked.profiles.exclude(pk=profile.pk).update(
             profile_token=None, profile_token_fingerprint=""
         )
-        profile.profile_token = token if isinstance(token, str) and token else None
-        profile.profile_token_fingerprint = token_fingerprint(profile.profile_token)
-        profile.save()
         locked.chosen_profile = profile
         locked.save(update_fields=["chosen_profile", "updated_at"])
         if previous is not None and previous.pk != profile.pk:
@@ -138,8 +156,14 @@ def refetch_profile_token(connection: Connection, client: ZywaveClient) -> str |
     token = detail.get("profiletoken")
     if not isinstance(token, str) or not token:
         return None
-    Profile.objects.filter(pk=profile.pk).update(
-        profile_token=token, profile_token_fingerprint=token_fingerprint(token)
-    )
+    with transaction.atomic():
+        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        # Only for the profile that is still the chosen one of a live connection: the person
+        # may have chosen another, or disconnected, while Zywave was asked.
+        if locked.status != Connection.Status.ACTIVE or locked.chosen_profile_id != profile.pk:
+            return None
+        Profile.objects.filter(pk=profile.pk, connection=locked).update(
+            profile_token=token, profile_token_fingerprint=token_fingerprint(token)
+        )
     connection.refresh_from_db()
     return connection.profile_header()

@@ -21,7 +21,7 @@ from social_django import views as social_views
 from .client import SAFE_ID, ZywaveClient, ZywaveError
 from .models import Account, Connection, ConnectionEvent, Contact, SyncRun
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
-from .profiles import ProfileRefused, choose_profile, refresh_profiles
+from .profiles import ConnectionChanged, ProfileRefused, choose_profile, refresh_profiles
 from .sync import queue_run
 from .tasks import sync_connection
 from .tokens import ReauthRequired, RefreshFailed, client_for, revoke_and_disconnect
@@ -254,6 +254,9 @@ def profiles(request: HttpRequest) -> HttpResponse:
         had_choice = connection.chosen_profile_id is not None
         try:
             refresh_profiles(connection, client)
+        except ConnectionChanged:
+            messages.error(request, "Your Zywave connection was disconnected meanwhile.")
+            return redirect("dashboard")
         except (ZywaveError, ReauthRequired, RefreshFailed) as exc:
             log.warning("Listing profiles failed for connection %s: %s", connection.pk, exc)
             messages.error(request, _zywave_problem(exc))
@@ -318,6 +321,13 @@ def _choose(
         profile = choose_profile(connection, client, zywave_id, actor=request.user)
     except ProfileRefused:
         return _refuse(request)
+    except ConnectionChanged:
+        messages.error(
+            request,
+            "Your Zywave connection changed while the profile was being fetched (it was "
+            "disconnected or reconnected meanwhile). Nothing was chosen.",
+        )
+        return redirect("dashboard")
     except (ZywaveError, ReauthRequired, RefreshFailed) as exc:
         log.warning("Choosing a profile failed for connection %s: %s", connection.pk, exc)
         messages.error(request, _zywave_problem(exc))

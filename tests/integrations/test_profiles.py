@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -9,9 +10,11 @@ from django.contrib.auth.models import User
 from django.db import connection as db
 from django.test import Client
 
+from integrations.client import ZywaveClient
 from integrations.models import Connection, Profile
-from integrations.tokens import client_for
-from tests.conftest import Person
+from integrations.profiles import ConnectionChanged, choose_profile, refetch_profile_token
+from integrations.tokens import client_for, revoke_and_disconnect
+from tests.conftest import Person, connection
 from tests.integrations.flows import connect, inject_fault
 from tests.sandboxserver import Sandbox
 
@@ -241,3 +244,60 @@ def test_the_picker_needs_a_login(client: Client) -> None:
 
 def test_the_picker_sends_someone_never_connected_to_the_dashboard(olga: Person) -> None:
     assert olga.get("/zywave/profiles/")["Location"] == "/"
+
+
+# --- Races with a disconnect (hardening item 4) -------------------------------------------------
+
+
+class DuringTheProfileCall:
+    """The real client, with `work` run after Zywave answered the profile call and before the
+    portal stores anything: the interleaving of two requests (choose, disconnect) that no
+    timing can produce reliably, produced exactly."""
+
+    def __init__(self, client: ZywaveClient, work: Callable[[], object]) -> None:
+        self.client, self.work = client, work
+
+    def profile(self, type_code: str, zywave_id: str) -> dict[str, Any]:
+        answer = self.client.profile(type_code, zywave_id)
+        self.work()
+        return answer
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.client, name)
+
+
+def test_a_disconnect_while_a_profile_is_fetched_brings_no_profile_token_back(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave)
+    second = zywave.profiles()[1]["id"]
+    meanwhile = DuringTheProfileCall(
+        client_for(conn), lambda: revoke_and_disconnect(conn, actor=staff)
+    )
+    with pytest.raises(ConnectionChanged):
+        choose_profile(conn, meanwhile, second, actor=staff)  # type: ignore[arg-type]
+    conn.refresh_from_db()
+    assert conn.status == Connection.Status.DISCONNECTED
+    assert conn.chosen_profile_id is None
+    assert not Profile.objects.filter(connection=conn).exists()  # no row came back
+    stored = Profile.objects.exclude(profile_token_fingerprint="").count()
+    assert stored == 0
+
+
+def test_a_profile_token_fetched_again_is_stored_only_for_the_profile_still_chosen(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave)
+    first = conn.chosen_profile
+    assert first is not None
+    other = zywave.profiles()[1]["id"]
+
+    def person_chooses_another() -> None:
+        choose_profile(Connection.objects.get(pk=conn.pk), client_for(conn), other, actor=staff)
+
+    meanwhile = DuringTheProfileCall(client_for(conn), person_chooses_another)
+    assert refetch_profile_token(conn, meanwhile) is None  # type: ignore[arg-type]
+    first.refresh_from_db()
+    assert first.profile_token is None and first.profile_token_fingerprint == ""
+    conn.refresh_from_db()
+    assert conn.chosen_profile is not None and conn.chosen_profile.zywave_id == other
