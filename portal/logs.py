@@ -1,11 +1,12 @@
 """Logs: one JSON object per line in production, the ids that matter, and no secrets.
 
 * `RedactFilter` sits on every handler (see LOGGING in settings). It masks bearer tokens,
-  `access_token` / `refresh_token` / `id_token` / `client_secret` / `code` values in query
-  strings, form bodies, JSON and Python reprs, the `Profile: Token ...` header and `ProfileToken`
-  values, passwords in URLs, and the literal values of our own secrets (the Zywave client
-  secret, SECRET_KEY, the field encryption keys), wherever they are in a record: the message,
-  its arguments, the exception text, the stack and any `extra` field.
+  `access_token` / `refresh_token` / `id_token` / `client_secret` / `token` / `code` values in
+  query strings (also URL-encoded, once or more), form bodies, JSON and Python reprs, the
+  `Profile: Token ...` header and `ProfileToken` values, passwords in URLs, and the literal
+  values of our own secrets (the Zywave client secret, SECRET_KEY, the field encryption keys),
+  wherever they are in a record: the message, its arguments, the exception text, the stack and
+  any `extra` field.
 * `JsonFormatter` writes time, level, logger, event and the context ids: `user_id` and
   `request_id` (bound by `RequestContextMiddleware`), `task_id`, `task` and `connection_id`
   (bound for each Celery task), and anything else bound with `bind()` or passed as `extra=`.
@@ -29,31 +30,76 @@ from django.http import HttpRequest, HttpResponse
 
 REDACTED = "[redacted]"
 
+# Every pattern must take time linear in the text: every log record goes through all of them,
+# and a client chooses much of what is logged (paths, query strings, Host headers). So every
+# unbounded repeat is possessive (`*+`, `++`: it never gives back what it took, and nothing after
+# it could match what it gave back), each repeated piece matches a character in one way only, and
+# a pattern that scans a run of characters starts at the run's beginning only, not again at
+# every character inside it. tests/portal/test_logs.py runs them on 1 MB of each worst case.
+
 # Names whose values are secrets, in `name=value` (query strings, form bodies), `"name": "value"`
 # (JSON) and `'name': 'value'` (Python reprs of dicts).
 _SECRET_NAMES = (
     r"access_token|refresh_token|id_token|client_secret|code_verifier|ProfileToken|password"
 )
+# URL-encoded delimiters at any depth: `=` is `%3D` encoded once and `%253D` twice (each level
+# turns `%` into `%25`), as in `/login/?next=/oauth/complete/zywave/%3Fcode%3D...`.
+_ENCODED_EQUALS = r"%(?:25)*+3D"
+_PARAMETER_START = r"(?:[?&](?:amp;)?+|%(?:25)*+(?:3F|26))"  # ? & &amp; and encoded ? &
+_VALUE = r"""[^\s"'&,;}\\]++"""
+# An encoded value also ends at an encoded space, quote, # or & (`...%26state%3D...`).
+_ENCODED_VALUE = r"""(?:[^\s"'&#,;}\\%]++|%(?!(?:25)*+2[0236]))++"""
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Authorization: Bearer <token>, also inside reprs of header dicts.
-    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9\-._~+/]+=*"), r"\1" + REDACTED),
+    (re.compile(r"(?i)\b(bearer\s++)[A-Za-z0-9\-._~+/]++=*+"), r"\1" + REDACTED),
     # Profile: Token <ProfileToken> (header line, dict repr, JSON).
     (
-        re.compile(r"""(?i)(\bprofile\b["']?\s*[:=]\s*["']?token\s+)[^\s"',;}&]+"""),
+        re.compile(r"""(?i)(\bprofile\b["']?+\s*+[:=]\s*+["']?+token\s++)[^\s"',;}&]++"""),
         r"\1" + REDACTED,
     ),
     # "access_token": "value" / 'access_token': 'value' / access_token=value / access_token: value
     (
         re.compile(
-            rf"""(?i)((?:\\?["'])?\b(?:{_SECRET_NAMES})\b(?:\\?["'])?\s*[:=]\s*(?:\\?["'])?)"""
-            r"""[^\s"'&,;}\\]+"""
+            rf"""(?i)((?:\\?["'])?+\b(?:{_SECRET_NAMES})\b(?:\\?["'])?+\s*+[:=]\s*+(?:\\?["'])?+)"""
+            + _VALUE
         ),
         r"\1" + REDACTED,
     ),
-    # The authorization code in a callback URL (?code=... or &code=...): single use, but still.
-    (re.compile(r"([?&]code=)[^\s&#\"']+"), r"\1" + REDACTED),
-    # scheme://user:password@host (database and broker URLs).
-    (re.compile(r"(\b[a-z][a-z0-9+.\-]*://[^:/\s@]*:)[^@\s/]+(@)", re.IGNORECASE), r"\1***\2"),
+    # RFC 7009's form field (`token=...&token_type_hint=refresh_token`), also as `"token": ...`
+    # and `{'token': ...}`; but not a bare `token: value`, which is prose ("no refresh token:
+    # once the access token ends").
+    (
+        re.compile(
+            r"""(?i)((?:\\?["']token\\?["']\s*+[:=]|\btoken\s*+=)\s*+(?:\\?["'])?+)""" + _VALUE
+        ),
+        r"\1" + REDACTED,
+    ),
+    # The same names URL-encoded, once or more: `%26refresh_token%3D...`, `token%253D...`.
+    (
+        re.compile(
+            rf"(?i)((?:{_PARAMETER_START}|\b)(?:{_SECRET_NAMES}|token){_ENCODED_EQUALS})"
+            + _ENCODED_VALUE
+        ),
+        r"\1" + REDACTED,
+    ),
+    # The authorization code in a callback URL: single use, but still. `?code=`, `&code=`,
+    # `&amp;code=` (an escaped link), and the callback URL encoded in another URL's parameter.
+    (re.compile(rf"""(?i)({_PARAMETER_START}code=)[^\s&#"']++"""), r"\1" + REDACTED),
+    (
+        re.compile(rf"(?i)({_PARAMETER_START}code{_ENCODED_EQUALS})" + _ENCODED_VALUE),
+        r"\1" + REDACTED,
+    ),
+    # scheme://user:password@host (database and broker URLs). The scheme is matched from the
+    # start of its run of scheme characters: matched from any `\b`, as it was, every `a` of a
+    # `Host: a.a.a.…` header rescanned the rest of the run (0.1 to 0.7 s of CPU for 8 KB, and
+    # 16,000 times that for 1 MB: the time grew with the square of the length). Starting after a
+    # non-letter too (`-postgres://`) keeps every URL the `\b` version found.
+    (
+        re.compile(
+            r"(?i)((?<![a-z0-9+.\-])[0-9+.\-]*+[a-z][a-z0-9+.\-]*+://[^:/\s@]*+:)[^@\s/]++(@)"
+        ),
+        r"\1***\2",
+    ),
 ]
 
 # Secrets shorter than this are not searched for literally: they would mask ordinary words.

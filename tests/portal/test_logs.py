@@ -6,7 +6,7 @@ import io
 import json
 import logging
 import logging.config
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -122,6 +122,112 @@ def test_it_masks_passwords_in_urls_and_leaves_ordinary_text_alone() -> None:
     )
     ordinary = "Sync run 4 of connection 2 succeeded: 3 pages, 300 records"
     assert logs.redact(ordinary) == ordinary
+
+
+CODE = "ac_Hq2LmN9pQ4rS8tU1vW3xY5z7"
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (  # the callback URL in `next`, encoded once
+            f"GET /login/?next=/oauth/complete/zywave/%3Fcode%3D{CODE}%26state%3Ds1 302",
+            "GET /login/?next=/oauth/complete/zywave/%3Fcode%3D[redacted]%26state%3Ds1 302",
+        ),
+        (  # ... and twice, through a second login redirect
+            f"GET /login/?next=/login/%3Fnext%3D/oauth/complete/zywave/%253Fcode%253D{CODE}"
+            "%2526state%253Ds1",
+            "GET /login/?next=/login/%3Fnext%3D/oauth/complete/zywave/%253Fcode%253D[redacted]"
+            "%2526state%253Ds1",
+        ),
+        (  # an escaped link in a rendered page
+            f'<a href="/oauth/complete/zywave/?state=s1&amp;code={CODE}">',
+            '<a href="/oauth/complete/zywave/?state=s1&amp;code=[redacted]">',
+        ),
+        (  # any case, the hex digits too
+            f"GET /oauth/complete/zywave/?STATE=s1&Code%3d{CODE}",
+            "GET /oauth/complete/zywave/?STATE=s1&Code%3d[redacted]",
+        ),
+        (  # RFC 7009 revocation
+            f"POST /connect/revocation token={REFRESH}&token_type_hint=refresh_token",
+            "POST /connect/revocation token=[redacted]&token_type_hint=refresh_token",
+        ),
+        (
+            f"revocation body token%3D{REFRESH}%26token_type_hint%3Drefresh_token",
+            "revocation body token%3D[redacted]%26token_type_hint%3Drefresh_token",
+        ),
+        (
+            f"next=/revoke/%3Fx%3D1%2526TOKEN%253D{REFRESH}",
+            "next=/revoke/%3Fx%3D1%2526TOKEN%253D[redacted]",
+        ),
+        (f"revocation data {{'token': '{REFRESH}'}}", "revocation data {'token': '[redacted]'}"),
+        (
+            f"next=/oauth/complete/zywave/%3Fstate%3Ds1%26access_token%3D{ACCESS}",
+            "next=/oauth/complete/zywave/%3Fstate%3Ds1%26access_token%3D[redacted]",
+        ),
+    ],
+)
+def test_it_redacts_encoded_codes_and_the_revocation_token(
+    captured: io.StringIO, message: str, expected: str
+) -> None:
+    logging.getLogger("django.server").info(message)
+    (line,) = lines(captured)
+    assert line["event"] == expected
+    assert CODE not in captured.getvalue() and REFRESH not in captured.getvalue()
+
+
+def test_it_leaves_the_word_token_and_other_parameters_alone() -> None:
+    ordinary = (
+        "Without offline_access Zywave gives no refresh token: once the access token ends, "
+        "status code: 401, token_type_hint=refresh_token, /accounts/?page=2&codes=3&x=%3D"
+    )
+    assert logs.redact(ordinary) == ordinary
+
+
+MB = 1 << 20
+
+
+def _same(text: str) -> tuple[str, str]:
+    return text, text
+
+
+def _megabyte(unit: str) -> str:
+    return unit * (MB // len(unit))
+
+
+def _each(unit: str, redacted: str) -> tuple[str, str]:
+    """1 MB of `unit`, and what each copy must become."""
+    return _megabyte(unit), redacted * (MB // len(unit))
+
+
+# One worst case for each pattern, 1 MB each, built when its test runs: text the pattern can
+# begin to match almost anywhere and then scan far without finishing. The URL pattern as it was
+# needs from half an hour to hours for the first two (0.1 to 0.7 s for 8 KB, and 16,000 times
+# that for 1 MB).
+WORST_CASES: dict[str, Callable[[], tuple[str, str]]] = {
+    "url: a Host header of a.a.a.": lambda: _same("Host: " + _megabyte("a.")),
+    "url: a.a.a.://user: with no @": lambda: _same(_megabyte("a.") + "://user:" + "p" * MB),
+    "url: a password of colons with no @": lambda: _same("redis://user" + _megabyte(":")),
+    "url: a@a@a@": lambda: _same(_megabyte("a@")),
+    "bearer: every word": lambda: _each("Bearer Bearer ", "Bearer [redacted] "),
+    "profile: no token": lambda: _same(_megabyte("Profile: ")),
+    "secret names: no separator": lambda: _same(_megabyte('"access_token" password\t')),
+    "token: no equals sign": lambda: _same(_megabyte("'token' token ")),
+    "encoded names: nested %25 with no =": lambda: _same(_megabyte("%26token%2525")),
+    "code: no equals sign": lambda: _same(_megabyte("?code&amp;code")),
+    "encoded code: nested %25 with no =": lambda: _same(_megabyte("%253Fcode%25")),
+    "encoded code: a value of %25%25%25": lambda: (
+        "?code%3D" + _megabyte("%25") + "%26state%3Ds1",
+        "?code%3D[redacted]%26state%3Ds1",
+    ),
+}
+
+
+@pytest.mark.timeout(10)  # no clock in the assertion: a quadratic pattern would run for hours
+@pytest.mark.parametrize("case", list(WORST_CASES))
+def test_it_redacts_a_megabyte_of_each_worst_case(case: str) -> None:
+    text, expected = WORST_CASES[case]()
+    assert logs.redact(text) == expected
 
 
 def test_a_json_line_has_time_level_event_and_bound_ids(captured: io.StringIO) -> None:
