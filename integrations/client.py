@@ -1,8 +1,9 @@
 """The one place that speaks HTTP to Zywave's API.
 
-A pooled session per process and thread, connect and read timeouts on every call, the bearer
-token plus an explicit `Profile` header on v2 calls, validation of what comes back, and named
-exceptions that carry what the caller needs and never a secret.
+A pooled session per process and thread, connect and read timeouts on every call, a size cap
+and a total deadline on every answer, the bearer token plus an explicit `Profile` header on v2
+calls, validation of what comes back, and named exceptions that carry what the caller needs and
+never a secret.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 import os
 import re
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -22,6 +24,7 @@ from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
 
 import requests
+import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
@@ -41,6 +44,8 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 100
 # Pages in flight while one is written (`ZywaveClient.pages`).
 PREFETCH_PAGES = 2
+# The most of a body asked of the socket at once (`read_chunk`).
+READ_CHUNK = 64 * 1024
 
 
 class ZywaveError(Exception):
@@ -92,6 +97,10 @@ class MalformedResponse(ZywaveError):
     """Zywave answered 2xx with something we cannot read."""
 
 
+class ResponseTooLarge(MalformedResponse):
+    """Zywave's answer is larger than ZYWAVE_MAX_RESPONSE_BYTES, refused once that is known."""
+
+
 # Zywave's ids go into request headers, URLs and our unique keys: accept only what cannot
 # inject anything and fits the column whole (an over-long id is refused, never cut: two cut
 # ids could collide). Not only dots either: `/zywave/accounts/../` is not a path to a record.
@@ -124,6 +133,25 @@ def session() -> requests.Session:
         current.headers["Accept"] = "application/json"
         _local.session, _local.pid = current, os.getpid()
     return current
+
+
+def read_chunk(response: requests.Response, most: int) -> bytes:
+    """Up to `most` bytes of a streamed body, as soon as any arrive; b"" at its end.
+
+    `read1` makes at most one socket read, where `iter_content` waits until a whole chunk has
+    come: a server dripping bytes inside one chunk would never let the deadline be checked.
+    urllib3's errors become the requests errors `_send` maps (as `iter_content` does), except
+    that a read timeout stays a timeout, never taken for a lost connection and asked again.
+    """
+    try:
+        data: bytes = response.raw.read1(most, decode_content=True)
+    except urllib3.exceptions.ReadTimeoutError as exc:
+        raise requests.ReadTimeout(exc) from None
+    except urllib3.exceptions.DecodeError as exc:
+        raise requests.exceptions.ContentDecodingError(exc) from None
+    except (urllib3.exceptions.ProtocolError, urllib3.exceptions.SSLError) as exc:
+        raise requests.exceptions.ChunkedEncodingError(exc) from None
+    return data
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -221,6 +249,9 @@ class ZywaveClient:
     # Called once when Zywave refuses the ProfileToken (403): returns a fresh header or None.
     refetch_profile: Callable[[], str | None] | None = None
     timeout: tuple[float, float] = field(default_factory=lambda: settings.ZYWAVE_HTTP_TIMEOUT)
+    max_response_bytes: int = field(default_factory=lambda: settings.ZYWAVE_MAX_RESPONSE_BYTES)
+    # Seconds one call may take in all, however steadily Zywave keeps sending.
+    deadline: float = field(default_factory=lambda: settings.ZYWAVE_HTTP_DEADLINE_SECONDS)
 
     def get(self, path: str, params: dict[str, Any] | None = None, *, v2: bool = True) -> Any:
         """GET a JSON document. On a 401 it refreshes the token once and retries once."""
@@ -260,15 +291,42 @@ class ZywaveClient:
     def _send(
         self, path: str, params: dict[str, Any] | None, headers: dict[str, str], token: str
     ) -> requests.Response:
+        """GET `path` and read a 2xx body whole, under the size cap and within the deadline.
+
+        The answer comes back read and its connection back in the pool, so the helper threads
+        of `pages` read bodies ahead under the same cap and deadline. A GET whose connection
+        was lost is sent once more, within what is left of the same deadline. A call lasts at
+        most the deadline plus one read timeout (the last wait for bytes that never came).
+        """
         url = f"{settings.ZYWAVE_API_URL}{path}"
+        ends_at = time.monotonic() + self.deadline
 
         def send() -> requests.Response:
-            return session().get(
+            left = ends_at - time.monotonic()
+            if left <= 0:
+                raise self._too_slow(path)
+            connect, read = self.timeout
+            response = session().get(
                 url,
                 params=params,
                 headers={**headers, "Authorization": f"Bearer {token}"},
-                timeout=self.timeout,
+                # No single wait outlasts the deadline, not even for the answer's head.
+                timeout=(min(connect, left), min(read, left)),
+                stream=True,
+                # requests would read a redirect's body whole, outside the cap. Zywave's API is
+                # not known to redirect (docs/zywave.md §4): a 3xx is an answer we cannot read.
+                allow_redirects=False,
             )
+            try:
+                if 200 <= response.status_code < 300:
+                    # What `response.content` holds when requests reads it, read here instead.
+                    response._content = self._body(response, path, ends_at)
+                    response.raw.release_conn()  # read to its end: the connection is reusable
+                else:
+                    response._content = b""  # no error is read from its body
+            finally:
+                response.close()  # and with it the connection of a body not read to its end
+            return response
 
         try:
             try:
@@ -288,6 +346,42 @@ class ZywaveClient:
             raise ZywaveTimeout(
                 f"{path}: Zywave could not be reached ({type(exc).__name__})", path=path
             ) from None
+
+    def _body(self, response: requests.Response, path: str, ends_at: float) -> bytes:
+        """A 2xx body as it arrives, refused past `max_response_bytes` (before any of it is
+        read when its Content-Length says so) and cut when the call's deadline has passed.
+
+        No read asks for more than one byte past the cap, so a body too large, however large
+        or endless, costs at most cap + 1 bytes before it is refused.
+        """
+        cap, status = self.max_response_bytes, response.status_code
+        declared = response.headers.get("Content-Length", "").strip()
+        if declared.isdigit() and int(declared) > cap:
+            raise ResponseTooLarge(
+                f"{path}: Zywave's answer of {declared} bytes (its Content-Length) is larger "
+                f"than ZYWAVE_MAX_RESPONSE_BYTES ({cap})",
+                path=path,
+                status=status,
+            )
+        body = bytearray()
+        while chunk := read_chunk(response, min(READ_CHUNK, cap + 1 - len(body))):
+            body += chunk
+            if len(body) > cap:
+                raise ResponseTooLarge(
+                    f"{path}: Zywave's answer is larger than ZYWAVE_MAX_RESPONSE_BYTES ({cap})",
+                    path=path,
+                    status=status,
+                )
+            if time.monotonic() > ends_at:
+                raise self._too_slow(path)
+        return bytes(body)
+
+    def _too_slow(self, path: str) -> ZywaveTimeout:
+        return ZywaveTimeout(
+            f"{path}: Zywave's answer took longer than ZYWAVE_HTTP_DEADLINE_SECONDS "
+            f"({self.deadline:g} s)",
+            path=path,
+        )
 
     def _read(self, response: requests.Response, path: str) -> Any:
         status = response.status_code
@@ -358,10 +452,10 @@ class ZywaveClient:
 
         Stops on `hasMoreResults: false`, on `skip >= totalCount`, or on a short or empty page,
         whichever envelope Zywave sends. Pages are requested ahead, in helper threads that only
-        do HTTP, while the caller writes the current one: the next page always, and up to
-        PREFETCH_PAGES when Zywave's `totalCount` shows they exist (so nothing is asked that
-        a one-page answer would not need). Tokens, refreshes and retries stay in the calling
-        thread.
+        do HTTP (`_send`: sent and read under the same size cap and deadline), while the caller
+        writes the current one: the next page always, and up to PREFETCH_PAGES when Zywave's
+        `totalCount` shows they exist (so nothing is asked that a one-page answer would not
+        need). Tokens, refreshes and retries stay in the calling thread.
         """
         top = min(top, PAGE_SIZE)
         headers = self._headers(path, v2=True)

@@ -116,6 +116,13 @@ CONNECT_ERRORS = {
         "Zywave sent an answer we could not understand. Nothing was connected; please try "
         "again, and tell your administrator if it keeps happening."
     ),
+    # discovery.IdentityUnverified: an id_token that fails validation, or a discovery document
+    # that names another issuer.
+    "identity_unverified": (
+        "We could not verify that this sign-in came from Zywave, so nothing was connected. "
+        "Start again from the dashboard with Connect Zywave, and tell your administrator if it "
+        "keeps happening."
+    ),
 }
 SCOPE_ERROR = (
     "Zywave refused the access this portal asks for: the portal's registration at Zywave does "
@@ -174,12 +181,48 @@ def connect_complete(request: HttpRequest, backend: str) -> HttpResponse:
             return _connect_error(request, SCOPE_ERROR)
         return _connect_error(request, CONNECT_ERRORS.get(exc.code, GENERIC_ERROR))
     if isinstance(response, HttpResponseRedirect):
-        # Always pass through the picker: it re-lists the profiles of this (re)connection and
-        # either keeps the chosen one, chooses the only one, or asks.
-        target = safe_next(request, response.url, "/")
         messages.success(request, "Your Zywave account is connected.")
-        return HttpResponseRedirect(f"{reverse('profiles')}?{urlencode({'next': target})}")
+        return _after_connect(request, safe_next(request, response.url, "/"))
     return response
+
+
+def picker_url(next_url: str) -> str:
+    """The picker, carrying where to go once a profile is chosen (when that is not home)."""
+    base = reverse("profiles")
+    return base if next_url == "/" else f"{base}?{urlencode({'next': next_url})}"
+
+
+def _after_connect(request: HttpRequest, target: str) -> HttpResponse:
+    """List the profiles of this (re)connection, here in the callback (the picker's GET only
+    reads): keep the chosen profile when Zywave still offers it, choose the only one when there
+    is exactly one (and start the first sync), otherwise send the person to the picker."""
+    connection = connection_for(request.user)
+    assert connection is not None  # the pipeline has just stored it
+    picker = picker_url(target)
+    had_choice = connection.chosen_profile_id is not None
+    client = client_for(connection)
+    try:
+        listed = refresh_profiles(connection, client)
+    except (ZywaveError, ReauthRequired, RefreshFailed, ConnectionChanged) as exc:
+        log.warning("Listing profiles after connect failed for %s: %s", connection.pk, exc)
+        messages.error(
+            request,
+            "Zywave did not list your profiles just now. Refresh the list on this page in a "
+            "moment.",
+        )
+        return HttpResponseRedirect(picker)
+    if connection.chosen_profile is not None:
+        messages.info(request, f"Still acting as {connection.chosen_profile.name}.")
+        return HttpResponseRedirect(target)
+    if had_choice:
+        messages.warning(
+            request,
+            "Zywave no longer offers the profile you had chosen. Syncing is paused until you "
+            "choose another one.",
+        )
+    elif len(listed) == 1:
+        return _choose(request, connection, client, listed[0].zywave_id, target, auto=True)
+    return HttpResponseRedirect(picker)
 
 
 def _requested_scopes() -> list[str]:
@@ -238,7 +281,8 @@ def _zywave_problem(exc: Exception) -> str:
 @require_http_methods(["GET", "POST"])
 @login_required
 def profiles(request: HttpRequest) -> HttpResponse:
-    """List the connection's Zywave profiles and let the person choose one (POST, checked)."""
+    """The stored list of the connection's Zywave profiles. GET only reads; POST refreshes the
+    list from Zywave (`action=refresh`) or chooses one (`action=choose`, checked against it)."""
     connection = connection_for(request.user)
     if connection is None or connection.status != Connection.Status.ACTIVE:
         messages.info(request, "Connect your Zywave account first.")
@@ -246,11 +290,7 @@ def profiles(request: HttpRequest) -> HttpResponse:
     next_url = safe_next(request, request.GET.get("next") or request.POST.get("next"), "/")
     action = request.POST.get("action", "") if request.method == "POST" else ""
     client = client_for(connection)
-    stale = connection.profiles_listed_at is None or (
-        connection.authorized_at is not None
-        and connection.profiles_listed_at < connection.authorized_at
-    )
-    if action == "refresh" or (request.method == "GET" and stale):
+    if action == "refresh":
         had_choice = connection.chosen_profile_id is not None
         try:
             refresh_profiles(connection, client)
@@ -267,14 +307,8 @@ def profiles(request: HttpRequest) -> HttpResponse:
                     "Zywave no longer offers the profile you had chosen. "
                     "Syncing is paused until you choose another one.",
                 )
-            elif request.method == "GET" and connection.chosen_profile is not None:
-                messages.info(request, f"Still acting as {connection.chosen_profile.name}.")
-                return redirect(next_url)
-        if action == "refresh":
-            return redirect(reverse("profiles"))
+        return redirect(picker_url(next_url))
     listed = list(connection.profiles.all())
-    if request.method == "GET" and connection.chosen_profile_id is None and len(listed) == 1:
-        return _choose(request, connection, client, listed[0].zywave_id, next_url, auto=True)
     if action == "choose":
         chosen_id = request.POST.get("profile", "")
         if not SAFE_ID.fullmatch(chosen_id):  # before any lookup: PostgreSQL refuses NUL in text
@@ -293,10 +327,14 @@ def profiles(request: HttpRequest) -> HttpResponse:
                 {"connection": connection, "candidate": candidate, "next": next_url},
             )
         return _choose(request, connection, client, chosen_id, next_url, auto=False)
+    stale = connection.profiles_listed_at is None or (
+        connection.authorized_at is not None
+        and connection.profiles_listed_at < connection.authorized_at
+    )
     return render(
         request,
         "integrations/profiles.html",
-        {"connection": connection, "profiles": listed, "next": next_url},
+        {"connection": connection, "profiles": listed, "next": next_url, "stale": stale},
     )
 
 

@@ -468,6 +468,14 @@ ZYWAVE_HTTP_TIMEOUT = (
     float(env.get_int("ZYWAVE_CONNECT_TIMEOUT", 5, minimum=1)),
     float(env.get_int("ZYWAVE_READ_TIMEOUT", 30, minimum=1)),
 )
+# Every answer of Zywave's is read streamed, refused past a size and cut past a total time
+# (integrations/client.py), so one answer cannot grow a worker or hold its task. 8 MiB: a page
+# of 100 records (PAGE_SIZE) with the 15 fields docs/zywave.md §4 lists is about 40 KB (the
+# sandbox's), and still 2 MB at 20 KB a record (at least 64 KiB: a cap given in MB by mistake
+# fails at start). 60 s: twice the read timeout, which bounds each wait; this bounds a server
+# that keeps sending a byte just inside it.
+ZYWAVE_MAX_RESPONSE_BYTES = env.get_int("ZYWAVE_MAX_RESPONSE_BYTES", 8 * 1024 * 1024, minimum=65536)
+ZYWAVE_HTTP_DEADLINE_SECONDS = env.get_int("ZYWAVE_HTTP_DEADLINE_SECONDS", 60, minimum=1)
 
 # social-auth: the `zywave` backend reads these. Tokens never go to extra_data (see backends).
 SOCIAL_AUTH_ZYWAVE_KEY = ZYWAVE_CLIENT_ID

@@ -59,6 +59,8 @@ SANDBOX_DEFAULTS: dict[str, object] = {
     # How a client must authenticate at /connect/token and /connect/revocation: "any", or only
     # "client_secret_post" (secret in the body) or "client_secret_basic" (HTTP Basic).
     "token_auth_method": os.environ.get("SANDBOX_TOKEN_AUTH_METHOD", "any"),
+    # One thing wrong in every id_token issued (zywave.oauth.spoiled_id_token), or "none".
+    "id_token_fault": "none",
 }
 
 INSTALLED_APPS = [

@@ -19,6 +19,7 @@ rows, sync runs, events) is built inline by the test that needs it.
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -31,11 +32,24 @@ from integrations.fields import token_fingerprint
 from integrations.models import Connection, Profile
 from integrations.profiles import choose_profile, refresh_profiles
 from integrations.tokens import client_for
+from tests.netguard import sitecustomize as netguard
 
 if TYPE_CHECKING:  # imported by pytest as a plugin, below: importing it first stops its rewrite
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from tests.integrations.workers import Worker
     from tests.sandboxserver import Sandbox
 
 pytest_plugins = ["tests.sandboxserver"]
+
+# Loopback only (tests/netguard/sitecustomize.py): in this process, and through PYTHONPATH in
+# every child, also when pytest runs without tests.services (`make check`).
+netguard.install()
+if netguard.HERE not in os.environ.get("PYTHONPATH", "").split(os.pathsep):
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [netguard.HERE, os.environ.get("PYTHONPATH")])
+    )
 
 # What the portal asks Zywave for, as a connection built in the database holds it.
 SCOPES = "api.accounts:read api.profiles email offline_access openid profile"
@@ -201,3 +215,17 @@ def zywave(sandbox_clean: Sandbox, settings: Any) -> Sandbox:
     settings.ZYWAVE_API_URL = sandbox_clean.url
     settings.ZYWAVE_HTTP_TIMEOUT = (2.0, 3.0)
     return sandbox_clean
+
+
+@pytest.fixture
+def worker(zywave: Sandbox, tmp_path: Path) -> Iterator[Worker]:
+    """A real Celery worker process on the run's Redis, against the sandbox (for tests marked
+    `django_db(transaction=True)`, so that what they commit is what the worker reads)."""
+    from tests.integrations.workers import Worker, use_test_broker
+
+    use_test_broker()
+    started = Worker(zywave, tmp_path / "worker.log").start()
+    try:
+        yield started
+    finally:
+        started.stop()

@@ -273,7 +273,8 @@ def sandbox_env(var_dir: Path) -> dict[str, str]:
             "SANDBOX_CONTROL_KEY": CONTROL_KEY,
             "SANDBOX_ISSUED_TOKENS_FILE": str(var_dir / "issued-tokens.txt"),
             "DJANGO_SETTINGS_MODULE": "sandbox.settings",
-            "PYTHONPATH": str(REPO_ROOT),
+            # tests/netguard first: its sitecustomize refuses any address outside loopback.
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests" / "netguard"), str(REPO_ROOT)]),
         }
     )
     return env

@@ -14,7 +14,10 @@ machine, not only in CI:
   and the end, so an aborted run leaves nothing for a later worker to consume.
 
 The command gets `DATABASE_URL`, `REDIS_URL` and `PORTAL_TEST_PG_ADMIN` (a URL of the
-server's `postgres` database, for tools that create databases of their own) in its environment.
+server's `postgres` database, for tools that create databases of their own) in its environment,
+and `tests/netguard` first on `PYTHONPATH`: its `sitecustomize` makes every Python process of
+the run (workers and subprocesses included) refuse any address outside loopback before
+connecting, so no test reaches a real Zywave host by accident.
 """
 
 from __future__ import annotations
@@ -36,6 +39,10 @@ from urllib.parse import urlsplit
 import psycopg
 import redis
 
+NETGUARD = Path(__file__).resolve().parent / "netguard"
+# The partition drill's veth pair (tests/drills/netfaults.py): a network that exists only on
+# this machine, for as long as the drill runs.
+NETGUARD_ALLOW = "10.213.0.0/16"
 RUN_DATABASES = range(1, 13)
 LOCK_SECONDS = 3 * 3600
 
@@ -201,6 +208,10 @@ def main(argv: list[str]) -> int:
             "DATABASE_URL": database_url,
             "PORTAL_TEST_PG_ADMIN": admin,
             "REDIS_URL": redis_url,
+            "PYTHONPATH": os.pathsep.join(
+                [str(NETGUARD), *filter(None, [os.environ.get("PYTHONPATH")])]
+            ),
+            "NETGUARD_ALLOW": os.environ.get("NETGUARD_ALLOW", NETGUARD_ALLOW),
         }
         env.pop("CELERY_BROKER_URL", None)  # REDIS_URL is the broker: one source of truth
         print(f"tests.services: database {urlsplit(database_url).path[1:]}, Redis {redis_url}")

@@ -22,6 +22,7 @@ from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from oauth2_provider.models import get_access_token_model, get_application_model
 
+from sandbox.zywave.middleware import STREAMS
 from sandbox.zywave.models import (
     Account,
     Authorization,
@@ -46,6 +47,15 @@ SETTING_CHOICES = {
     "key_case": {"pascal", "camel"},
     "refresh_mode": {"one-time", "reuse"},
     "token_auth_method": {"any", "client_secret_post", "client_secret_basic"},
+    "id_token_fault": {
+        "none",
+        "wrong_nonce",
+        "wrong_aud",
+        "wrong_iss",
+        "wrong_sub",
+        "expired",
+        "bad_signature",
+    },
 }
 INT_SETTINGS = {"access_token_lifetime", "refresh_token_lifetime", "refresh_grace_seconds"}
 
@@ -200,6 +210,16 @@ def faults(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
         status = data.get("status")
         if status is None and not data.get("delay_ms"):
             raise ControlError("A fault needs a status or a delay_ms")
+        content_type = str(data.get("content_type") or "")
+        stream = data.get("stream")
+        if stream is not None:
+            # A streamed body (see middleware.STREAMS): its kind is kept as the content type.
+            if stream not in STREAMS:
+                raise ControlError(f"stream must be one of {sorted(STREAMS)}")
+            body = data.get("body")
+            if status is None or not body or not isinstance(body, str) or content_type:
+                raise ControlError("A stream needs a status and a body, and takes no content_type")
+            content_type = STREAMS[stream]
         fault = Fault.objects.create(
             path=str(data["path"]),
             method=str(data.get("method") or "").upper(),
@@ -208,7 +228,7 @@ def faults(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
             retry_after=str(data.get("retry_after") or ""),
             delay_ms=int(data.get("delay_ms") or 0),
             body=data.get("body"),
-            content_type=str(data.get("content_type") or ""),
+            content_type=content_type,
         )
         return JsonResponse({"id": fault.pk, "remaining": fault.remaining}, status=201)
     rows = Fault.objects.order_by("id").values(

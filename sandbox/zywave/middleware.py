@@ -9,22 +9,31 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 
 from sandbox.zywave.models import Counter, Fault
 
-Handler = Callable[[HttpRequest], HttpResponse]
+Handler = Callable[[HttpRequest], HttpResponseBase]
 
 API_PATH = re.compile(r"^/(profiles|accounts|industries)/", re.IGNORECASE)
 CONTROL_PATH = "/_sandbox/"
+
+# Faults whose body is streamed (POST /_sandbox/faults with `stream`), without Content-Length:
+# "drip" sends the body a byte at a time, each after `delay_ms`; "endless" repeats it until the
+# client hangs up. The Fault model has no column for this, so the kind is kept in
+# `content_type` as a reserved value that no answer is sent with (streamed answers are JSON).
+STREAMS = {"drip": "x-sandbox-stream/drip", "endless": "x-sandbox-stream/endless"}
+# However a client reads, a streamed answer ends: it must not hold a sandbox thread for ever.
+STREAM_SECONDS = 120
 
 
 def counters(get_response: Handler) -> Handler:
     """Count token requests by grant type and outcome, API requests by path and status."""
 
-    def middleware(request: HttpRequest) -> HttpResponse:
+    def middleware(request: HttpRequest) -> HttpResponseBase:
         response = get_response(request)
         if request.path.lower() == "/connect/token" and request.method == "POST":
             grant_type = request.POST.get("grant_type", "") or "none"
@@ -36,10 +45,10 @@ def counters(get_response: Handler) -> Handler:
     return middleware
 
 
-def token_outcome(response: HttpResponse) -> str:
+def token_outcome(response: HttpResponseBase) -> str:
     if response.status_code == 200:
         return "success"
-    if response.status_code not in {400, 401}:
+    if response.status_code not in {400, 401} or not isinstance(response, HttpResponse):
         return str(response.status_code)  # an injected fault, not an OAuth error
     try:
         return str(json.loads(response.content)["error"])
@@ -50,12 +59,16 @@ def token_outcome(response: HttpResponse) -> str:
 def faults(get_response: Handler) -> Handler:
     """Answer (or delay) the requests a fault set through POST /_sandbox/faults matches."""
 
-    def middleware(request: HttpRequest) -> HttpResponse:
+    def middleware(request: HttpRequest) -> HttpResponseBase:
         if request.path.startswith(CONTROL_PATH):
             return get_response(request)
         fault = Fault.claim_for(request.method or "GET", request.path)
         if fault is None:
             return get_response(request)
+        if fault.status is not None and fault.content_type in STREAMS.values():
+            return StreamingHttpResponse(
+                streamed(fault), status=fault.status, content_type="application/json"
+            )
         if fault.delay_ms:
             time.sleep(fault.delay_ms / 1000)
         if fault.status is None:
@@ -72,3 +85,19 @@ def faults(get_response: Handler) -> Handler:
         return response
 
     return middleware
+
+
+def streamed(fault: Fault) -> Iterator[bytes]:
+    """A streamed fault's body: dripped byte by byte or repeated, for STREAM_SECONDS at most."""
+    body = (fault.body or "").encode()
+    ends_at = time.monotonic() + STREAM_SECONDS
+    if fault.content_type == STREAMS["drip"]:
+        for byte in body:
+            time.sleep(fault.delay_ms / 1000)
+            if time.monotonic() > ends_at:
+                return
+            yield bytes([byte])
+        return
+    piece = body * max(1, 65536 // len(body))  # big writes: a client reads as fast as it can
+    while time.monotonic() < ends_at:
+        yield piece

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 from urllib.parse import unquote_plus
@@ -25,6 +26,8 @@ from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
+from jwcrypto import jwk, jwt
+from jwcrypto.common import base64url_decode
 from oauth2_provider.exceptions import OAuthToolkitError
 from oauth2_provider.models import (
     get_access_token_model,
@@ -216,6 +219,13 @@ class SandboxValidator(OAuth2Validator):
         scheme = headers.get("wsgi.url_scheme", "http")
         return issuer_for(f"{scheme}://{headers.get('HTTP_HOST', 'localhost')}")
 
+    def finalize_id_token(self, id_token, token, token_handler, request):  # type: ignore[no-untyped-def]
+        signed = super().finalize_id_token(id_token, token, token_handler, request)
+        fault = str(RuntimeSetting.get("id_token_fault"))
+        return (
+            signed if fault == "none" else spoiled_id_token(signed, fault, request.client.jwk_key)
+        )
+
     def get_additional_claims(self, request):  # type: ignore[no-untyped-def]
         user = request.user
         return {
@@ -224,6 +234,27 @@ class SandboxValidator(OAuth2Validator):
             "given_name": user.first_name,
             "family_name": user.last_name,
         }
+
+
+def spoiled_id_token(signed: str, fault: str, key: Any) -> str:
+    """`signed` with the one thing wrong that the `id_token_fault` setting names, signed again
+    with the sandbox's key (a throwaway key of the same `kid` for `bad_signature`)."""
+    header, claims = (json.loads(base64url_decode(part)) for part in signed.split(".")[:2])
+    now = int(time.time())
+    claims.update(
+        {
+            "wrong_nonce": {"nonce": "not-the-nonce-the-client-sent"},
+            "wrong_aud": {"aud": "another-client"},
+            "wrong_iss": {"iss": "https://impostor.invalid"},
+            "wrong_sub": {"sub": "someone-else"},
+            "expired": {"iat": now - 4200, "exp": now - 3600},
+        }.get(fault, {})
+    )
+    if fault == "bad_signature":
+        key = jwk.JWK.generate(kty="RSA", size=2048)
+    spoiled = jwt.JWT(header=json.dumps(header), claims=json.dumps(claims))
+    spoiled.make_signed_token(key)
+    return str(spoiled.serialize())
 
 
 def oauth_error(error: str, description: str, status: int = 400) -> JsonResponse:

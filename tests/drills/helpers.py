@@ -378,12 +378,17 @@ def connect_flow(stack: Stack, i: int) -> dict[str, Any]:
         )
         landed = browser.get(callback, timeout=60)
         statuses.extend([r.status_code for r in landed.history] + [landed.status_code])
-        if urlsplit(landed.url).path != "/zywave/profiles/":
+        path = urlsplit(landed.url).path
+        if path == "/":
+            # One profile: the callback chose it and started the first sync.
+            chosen = landed
+        elif path == "/zywave/profiles/":
+            chosen, profile_id = choose_first_profile(browser, landed, timeout=60)
+            if profile_id is None:
+                raise DrillError("no profile offered")
+            statuses.extend([r.status_code for r in chosen.history] + [chosen.status_code])
+        else:
             raise DrillError(f"landed on {landed.url}")
-        chosen, profile_id = choose_first_profile(browser, landed, timeout=60)
-        if profile_id is None:
-            raise DrillError("no profile offered")
-        statuses.extend([r.status_code for r in chosen.history] + [chosen.status_code])
         result["ok"] = chosen.status_code == 200 and "profile" in chosen.text.lower()
         if not result["ok"]:
             result["error"] = f"choosing a profile answered {chosen.status_code}"

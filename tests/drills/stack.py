@@ -307,6 +307,9 @@ class Stack:
             ZYWAVE_CLIENT_ID=CLIENT_ID,
             WEB_CONCURRENCY="2",
             GUNICORN_THREADS="8",
+            # The network guard (tests/netguard) lets these processes reach the partition
+            # drill's sandbox, on a veth pair that exists only on this machine, and nothing else.
+            NETGUARD_ALLOW="10.213.0.0/16",
             **DRILL_SETTINGS,
         )
         self.env = env

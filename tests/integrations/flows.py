@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from django.test import Client
 
+from integrations.models import Connection
 from tests.sandboxserver import Sandbox
 
 
@@ -52,3 +53,16 @@ def inject_fault(sandbox: Sandbox, path: str, count: int = 1, **fault: Any) -> N
         timeout=10,
     )
     response.raise_for_status()
+
+
+def sandbox_counts(sandbox: Sandbox, conn: Connection) -> dict[str, int]:
+    assert conn.chosen_profile is not None
+    return sandbox.control("GET", "accounts/count", profile_id=conn.chosen_profile.zywave_id)
+
+
+def api_requests(sandbox: Sandbox, resource: str) -> int:
+    return sum(
+        n
+        for key, n in sandbox.counters()["api"].items()
+        if key.startswith(f"/accounts/v2.0/{resource}:")
+    )

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 from django.contrib.auth.models import User
+from requests.adapters import HTTPAdapter
 
 from integrations.client import (
     ACCOUNTS,
@@ -28,6 +29,7 @@ from integrations.client import (
     NoProfileChosen,
     NotFound,
     RateLimited,
+    ResponseTooLarge,
     ServerError,
     Unauthorized,
     ZywaveClient,
@@ -36,6 +38,7 @@ from integrations.client import (
     lower_keys,
     parse_envelope,
     parse_retry_after,
+    read_chunk,
     session,
 )
 from integrations.models import Connection
@@ -148,37 +151,63 @@ def test_pages_are_asked_ahead_only_when_zywave_says_they_exist(
     staff: User, zywave: Sandbox, monkeypatch: pytest.MonkeyPatch, shape: str, in_flight: int
 ) -> None:
     """With a total in the envelope, PREFETCH_PAGES requests run at once and none goes past the
-    last page; a bare array has no total, so only the next page is asked, one at a time."""
+    last page; a bare array has no total, so only the next page is asked, one at a time.
+
+    Pages 2 and 3 of each list wait for each other at a barrier before they are sent. With a
+    total both are asked together, so the barrier is met with both in flight. Without one,
+    page 3 is asked only once page 2 is read: page 2 waits alone and the barrier breaks, after
+    half a second in which a page 3 asked with it would have arrived."""
+    assert PREFETCH_PAGES == 2  # the barrier below pairs two pages
     conn = connection(staff, zywave)
     zywave.control("POST", "settings", envelope=shape)
     zywave.control("POST", "counters/reset")
+    expected = sandbox_counts(zywave, conn)
+    counts = {ACCOUNTS: expected["accounts"], CONTACTS: expected["contacts"]}
+    wait = 10.0 if in_flight > 1 else 0.5
+    barriers = {
+        path: threading.Barrier(2, timeout=wait)
+        for path, count in counts.items()
+        if count > 2 * PAGE_SIZE
+    }
+    assert barriers, counts  # else no list has a page 3, and nothing below runs at once
+    met: list[str] = []
     busy, most = 0, 0
     lock = threading.Lock()
     send = ZywaveClient._send
 
-    def counting_send(self: ZywaveClient, *args: Any) -> requests.Response:
+    def counting_send(
+        self: ZywaveClient, path: str, params: dict[str, Any], *args: Any
+    ) -> requests.Response:
         # A spy on our own client (not a mock): it counts requests in flight, then sends.
         nonlocal busy, most
         with lock:
             busy += 1
             most = max(most, busy)
         try:
-            time.sleep(0.01)  # long enough for a second request to start, if one is asked
-            return send(self, *args)
+            if path in barriers and params["$skip"] in (PAGE_SIZE, 2 * PAGE_SIZE):
+                try:
+                    barriers[path].wait()
+                    met.append(path)
+                except threading.BrokenBarrierError:
+                    pass
+            return send(self, path, params, *args)
         finally:
             with lock:
                 busy -= 1
 
     monkeypatch.setattr(ZywaveClient, "_send", counting_send)
     client = client_for(conn)
-    expected = sandbox_counts(zywave, conn)
-    for path, count in ((ACCOUNTS, expected["accounts"]), (CONTACTS, expected["contacts"])):
+    for path, count in counts.items():
         records = [item["id"] for page in client.pages(path) for item in page.items]
         assert len(records) == len(set(records)) == count
         pages = -(-count // PAGE_SIZE)
         # Without a total, a last page that happens to be full needs one empty page after it.
         extra = 1 if shape == "array" and count % PAGE_SIZE == 0 else 0
         assert api_requests(zywave, path) == pages + extra
+    if in_flight > 1:
+        assert sorted(met) == sorted([*barriers] * 2)  # pages 2 and 3 were in flight at once
+    else:
+        assert met == []  # page 2 waited alone: no page 3 came while it was in flight
     assert most == in_flight
 
 
@@ -276,6 +305,123 @@ def test_an_unreachable_zywave_is_reported_as_a_timeout(
     settings.ZYWAVE_API_URL = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     with pytest.raises(ZywaveTimeout, match="could not be reached"):
         client_for(conn).get(LIST, v2=False)
+
+
+# --- Size cap and deadline ------------------------------------------------------------------
+
+
+@pytest.fixture
+def bytes_read(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The size of each piece of a body the client read (a spy on `read_chunk`: it reads on)."""
+    sizes: list[int] = []
+
+    def counting(response: requests.Response, most: int) -> bytes:
+        chunk = read_chunk(response, most)
+        sizes.append(len(chunk))
+        return chunk
+
+    monkeypatch.setattr("integrations.client.read_chunk", counting)
+    return sizes
+
+
+def test_an_endless_answer_is_refused_one_byte_past_the_cap(
+    staff: User, zywave: Sandbox, settings: Any, bytes_read: list[int]
+) -> None:
+    """The sandbox sends the body without end and without Content-Length, so only the cap can
+    end the call before its deadline (cut short here, so a missing cap fails as a timeout)."""
+    settings.ZYWAVE_HTTP_DEADLINE_SECONDS = 10
+    cap = settings.ZYWAVE_MAX_RESPONSE_BYTES  # the shipped default: the cap as deployed
+    conn = connection(staff, zywave, profile=False)
+    inject_fault(zywave, LIST_PATTERN, status=200, stream="endless", body='{"items": [{}, ')
+    bytes_read.clear()  # of the calls that linked the connection
+    with pytest.raises(ResponseTooLarge) as caught:
+        client_for(conn).get(LIST, v2=False)
+    assert str(caught.value) == (
+        f"{LIST}: Zywave's answer is larger than ZYWAVE_MAX_RESPONSE_BYTES ({cap})"
+    )
+    assert (caught.value.path, caught.value.status) == (LIST, 200)
+    assert sum(bytes_read) == cap + 1  # read up to the first byte too many, then hung up
+
+
+def test_an_answer_whose_content_length_is_over_the_cap_is_refused_unread(
+    staff: User, zywave: Sandbox, settings: Any, bytes_read: list[int]
+) -> None:
+    # The sandbox's own pages carry a Content-Length; a page of 100 accounts is over 1 KiB.
+    conn = connection(staff, zywave)
+    settings.ZYWAVE_MAX_RESPONSE_BYTES = 1024
+    bytes_read.clear()  # of the calls that linked the connection
+    with pytest.raises(ResponseTooLarge, match=r"\d+ bytes \(its Content-Length\) is larger"):
+        next(client_for(conn).pages(ACCOUNTS))
+    assert bytes_read == []
+
+
+def test_an_answer_dripping_bytes_is_cut_at_the_deadline(
+    staff: User, zywave: Sandbox, settings: Any, bytes_read: list[int]
+) -> None:
+    """A byte every 0.2 s, each well inside the 3 s read timeout, 60 s for the whole body:
+    no read times out, and only the call's deadline (2 s here) ends it."""
+    settings.ZYWAVE_HTTP_DEADLINE_SECONDS = 2
+    conn = connection(staff, zywave, profile=False)
+    inject_fault(zywave, LIST_PATTERN, status=200, stream="drip", delay_ms=200, body=" " * 300)
+    bytes_read.clear()  # of the calls that linked the connection
+    started = time.monotonic()
+    with pytest.raises(ZywaveTimeout) as caught:
+        client_for(conn).get(LIST, v2=False)
+    assert str(caught.value) == (
+        f"{LIST}: Zywave's answer took longer than ZYWAVE_HTTP_DEADLINE_SECONDS (2 s)"
+    )
+    # Each byte was read as it came (the deadline is checked between reads).
+    assert len(bytes_read) >= 3 and set(bytes_read) == {1}
+    assert time.monotonic() - started < 20  # a coarse guard only: the drip alone lasts 60 s
+
+
+@pytest.mark.parametrize(
+    ("fault", "error"),
+    [
+        ({"stream": "drip", "delay_ms": 200, "body": " " * 300}, ZywaveTimeout),
+        ({"stream": "endless", "body": '{"items": [{}, '}, ResponseTooLarge),
+    ],
+    ids=["drip", "endless"],
+)
+def test_pages_asked_ahead_obey_the_cap_and_the_deadline(
+    staff: User,
+    zywave: Sandbox,
+    settings: Any,
+    fault: dict[str, Any],
+    error: type[ZywaveError],
+) -> None:
+    """The first page is served as it is (a 1 ms delay takes the first request); the pages
+    asked ahead with it, in the helper threads, meet the fault."""
+    settings.ZYWAVE_HTTP_DEADLINE_SECONDS = 2
+    conn = connection(staff, zywave)
+    inject_fault(zywave, r"^/accounts/v2\.0/account$", delay_ms=1)
+    inject_fault(zywave, r"^/accounts/v2\.0/account$", count=2, status=200, **fault)
+    pages = client_for(conn).pages(ACCOUNTS)
+    assert len(next(pages).items) == PAGE_SIZE
+    with pytest.raises(error):
+        next(pages)
+
+
+def test_a_page_within_the_cap_is_read_whole_and_its_connection_kept(
+    staff: User, zywave: Sandbox, settings: Any, bytes_read: list[int]
+) -> None:
+    conn = connection(staff, zywave)
+    client = client_for(conn)
+    total = sandbox_counts(zywave, conn)["accounts"]
+    client.get(ACCOUNTS, {"$top": 1})  # this thread's connection to the sandbox, opened
+    adapter = session().get_adapter(zywave.url)
+    assert isinstance(adapter, HTTPAdapter)
+    pool = adapter.poolmanager.connection_from_url(zywave.url)
+    opened = pool.num_connections
+    bytes_read.clear()
+    for _ in range(3):
+        items, listed, _ = parse_envelope(client.get(ACCOUNTS))
+        assert len(items) == PAGE_SIZE and listed == total
+    # Read as a stream; the default cap is over a hundred such pages (see portal/settings.py).
+    page = sum(bytes_read) // 3
+    assert 0 < page * 100 < settings.ZYWAVE_MAX_RESPONSE_BYTES, page
+    # Each body was read to its end, so its connection went back to the pool and was reused.
+    assert pool.num_connections == opened
 
 
 # --- Errors, named ------------------------------------------------------------------------

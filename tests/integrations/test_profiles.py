@@ -87,11 +87,33 @@ def test_the_id_form_of_the_profile_header_works_too(
 def test_one_profile_is_chosen_automatically_and_the_person_is_told(
     dana: Person, staff: User, zywave: Sandbox
 ) -> None:
-    page = dana.get(connected(dana, zywave, "solo@example.com"), follow=True)
+    # The callback lists the profiles and chooses the only one: straight home, first sync queued.
+    assert connected(dana, zywave, "solo@example.com") == "/"
     conn = Connection.objects.get(user=staff)
     assert conn.chosen_profile is not None
-    assert b"Zywave offers you one profile" in page.content
-    assert page.redirect_chain[-1][0] == "/"
+    assert conn.sync_runs.filter(full=True, trigger="profile").count() == 1
+    assert b"Zywave offers you one profile" in dana.get("/").content
+
+
+def test_a_get_of_the_picker_changes_nothing_even_when_its_list_is_stale(
+    dana: Person, staff: User, zywave: Sandbox
+) -> None:
+    """GET only reads: no call to Zywave, no choice, no sync, even for one stale profile."""
+    conn = connection(staff, zywave, zywave_user="solo@example.com", chosen_profile=None)
+    Connection.objects.filter(pk=conn.pk).update(profiles_listed_at=None)
+    conn.sync_runs.all().delete()
+    zywave.control("POST", "counters/reset")
+    page = dana.get("/zywave/profiles/")
+    assert page.status_code == 200
+    assert b"has not been read yet" in page.content and b"Refresh list from Zywave" in page.content
+    assert zywave.counters()["api"] == {}
+    conn.refresh_from_db()
+    assert conn.chosen_profile_id is None and conn.profiles_listed_at is None
+    assert not conn.sync_runs.exists()
+    # The refresh is a POST, answered by a redirect back to the picker (which still reads only).
+    assert dana.post("/zywave/profiles/", {"action": "refresh"})["Location"] == "/zywave/profiles/"
+    conn.refresh_from_db()
+    assert conn.profiles_listed_at is not None and conn.chosen_profile_id is None
 
 
 def test_no_profile_explains_whom_to_ask_and_syncing_stays_off(

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from integrations.sync import claim, queue_run, run_sync, sync_now
 from integrations.tasks import sync_due_connections
 from integrations.tokens import client_for
 from tests.conftest import Person, connection
-from tests.integrations.flows import inject_fault
+from tests.integrations.flows import api_requests, inject_fault, sandbox_counts
 from tests.integrations.workers import Worker, use_test_broker, wait_for
 from tests.sandboxserver import Sandbox
 
@@ -31,19 +30,6 @@ from tests.sandboxserver import Sandbox
 def quick_retries(settings: Any) -> None:
     settings.ZYWAVE_SYNC_BACKOFF_SECONDS = 0
     settings.ZYWAVE_SYNC_LEASE_SECONDS = 5
-
-
-def sandbox_counts(sandbox: Sandbox, conn: Connection) -> dict[str, int]:
-    assert conn.chosen_profile is not None
-    return sandbox.control("GET", "accounts/count", profile_id=conn.chosen_profile.zywave_id)
-
-
-def api_requests(sandbox: Sandbox, resource: str) -> int:
-    return sum(
-        n
-        for key, n in sandbox.counters()["api"].items()
-        if key.startswith(f"/accounts/v2.0/{resource}:")
-    )
 
 
 def run(conn: Connection, full: bool = False) -> SyncRun:
@@ -216,16 +202,6 @@ def test_syncs_skip_connections_needing_reauth_or_a_profile(
 
 
 # --- With a real Celery worker ----------------------------------------------------------------
-
-
-@pytest.fixture
-def worker(zywave: Sandbox, tmp_path: Path) -> Iterator[Worker]:
-    use_test_broker()
-    started = Worker(zywave, tmp_path / "worker.log").start()
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 @pytest.mark.django_db(transaction=True)

@@ -23,7 +23,7 @@ from integrations.tasks import (
 )
 from portal.celery import app
 from tests.conftest import connection
-from tests.integrations.flows import inject_fault
+from tests.integrations.flows import api_requests, inject_fault, sandbox_counts
 from tests.sandboxserver import Sandbox
 
 pytestmark = pytest.mark.django_db
@@ -145,19 +145,6 @@ def test_upkeep_warns_nobody_before_the_last_week(
 @pytest.fixture
 def quick_retries(settings: Any) -> None:
     settings.ZYWAVE_SYNC_BACKOFF_SECONDS = 0
-
-
-def sandbox_counts(sandbox: Sandbox, conn: Connection) -> dict[str, int]:
-    assert conn.chosen_profile is not None
-    return sandbox.control("GET", "accounts/count", profile_id=conn.chosen_profile.zywave_id)
-
-
-def api_requests(sandbox: Sandbox, resource: str) -> int:
-    return sum(
-        n
-        for key, n in sandbox.counters()["api"].items()
-        if key.startswith(f"/accounts/v2.0/{resource}:")
-    )
 
 
 @pytest.mark.usefixtures("quick_retries")

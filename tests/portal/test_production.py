@@ -49,8 +49,10 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         REDIS_URL="redis://127.0.0.1:1/0",  # nothing answers: the checks must not need it
         ZYWAVE_CLIENT_ID="portal",
         ZYWAVE_CLIENT_SECRET="a-client-secret-value",
-        ZYWAVE_AUTH_URL="https://auth.zywave.com",
-        ZYWAVE_API_URL="https://api.zywave.com",
+        # Zywave's real hosts would be https://auth.zywave.com and https://api.zywave.com; tests
+        # use names that can never resolve (and the network guard refuses any name anyway).
+        ZYWAVE_AUTH_URL="https://auth.zywave.invalid",
+        ZYWAVE_API_URL="https://api.zywave.invalid",
         DATABASE_URL=f"sqlite:///{tmp_path / 'portal.sqlite3'}",
         PORTAL_VAR_DIR=str(tmp_path / "var"),
         DJANGO_SETTINGS_MODULE="portal.settings",
@@ -145,7 +147,7 @@ def test_the_content_security_policy_allows_no_inline_script_or_third_party(
     assert policy["object-src"] == "'none'"
     assert "unsafe" not in headers["Content-Security-Policy"]
     # The one outside origin: the Connect form's redirect to Zywave's authorize page.
-    assert policy["form-action"] == "'self' https://auth.zywave.com"
+    assert policy["form-action"] == "'self' https://auth.zywave.invalid"
 
 
 def test_the_oauth_callback_page_loads_nothing_third_party(

@@ -97,6 +97,68 @@ def test_a_delay_fault_delays_one_request_then_is_spent(
     assert sandbox_clean.counters()["api"] == {f"{ACCOUNTS}:200": 2}
 
 
+def test_a_drip_fault_sends_its_body_a_byte_at_a_time(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    body = '{"items": []}'
+    sandbox_clean.control(
+        "POST", "faults", path="^/accounts/", status=200, stream="drip", delay_ms=50, body=body
+    )
+    started = time.monotonic()
+    with requests.get(
+        f"{sandbox_clean.url}{ACCOUNTS}",
+        headers={"Authorization": f"Bearer {agent_token}", "Profile": PROFILE},
+        stream=True,
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200 and "Content-Length" not in response.headers
+        chunks = list(response.iter_content(chunk_size=None))  # one per HTTP chunk
+    assert b"".join(chunks) == body.encode() and {len(chunk) for chunk in chunks} == {1}
+    assert time.monotonic() - started >= len(body) * 0.05  # a lower bound: it dripped
+    assert call(sandbox_clean, agent_token, ACCOUNTS, PROFILE).json()["items"]  # spent
+
+
+def test_an_endless_fault_repeats_its_body_for_as_long_as_it_is_read(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    body = '{"items": [{}, '
+    sandbox_clean.control(
+        "POST", "faults", path="^/accounts/", status=200, stream="endless", body=body
+    )
+    read = b""
+    with requests.get(
+        f"{sandbox_clean.url}{ACCOUNTS}",
+        headers={"Authorization": f"Bearer {agent_token}", "Profile": PROFILE},
+        stream=True,
+        timeout=30,
+    ) as response:
+        assert response.status_code == 200 and "Content-Length" not in response.headers
+        for chunk in response.iter_content(chunk_size=65536):
+            read += chunk
+            if len(read) > 4 * 1024 * 1024:  # more than any answer sent whole
+                break
+    whole = len(read) // len(body)
+    assert read[: whole * len(body)] == body.encode() * whole
+    assert call(sandbox_clean, agent_token, ACCOUNTS, PROFILE).json()["items"]  # spent
+
+
+def test_a_stream_fault_needs_a_known_kind_a_status_and_a_body(sandbox_clean: Sandbox) -> None:
+    for fault in [
+        {"stream": "trickle", "status": 200, "body": "x"},
+        {"stream": "drip", "delay_ms": 50, "body": "x"},
+        {"stream": "endless", "status": 200},
+        {"stream": "endless", "status": 200, "body": "x", "content_type": "text/plain"},
+    ]:
+        response = requests.post(
+            f"{sandbox_clean.url}/_sandbox/faults",
+            json={"path": "^/accounts/", **fault},
+            headers={"X-Sandbox-Key": sandbox_clean.control_key},
+            timeout=30,
+        )
+        assert response.status_code == 400, fault
+    assert sandbox_clean.control("GET", "faults") == {"faults": []}
+
+
 def test_a_fault_on_the_token_endpoint_answers_refreshes(sandbox_clean: Sandbox) -> None:
     tokens = sandbox_clean.obtain_tokens()
     sandbox_clean.control("POST", "faults", path="^/connect/token$", count=1, status=503)

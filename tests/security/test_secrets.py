@@ -12,7 +12,6 @@ import logging
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +30,7 @@ from integrations.tasks import heartbeat
 from integrations.tokens import ReauthRequired, access_token_for, refresh
 from portal.celery import app
 from tests.integrations.flows import connect
-from tests.integrations.workers import TEST_BROKER, Worker, use_test_broker, wait_for
+from tests.integrations.workers import TEST_BROKER, Worker, wait_for
 from tests.sandboxserver import Sandbox
 
 # Transactional: the on-commit Celery messages and the on-commit email really go out.
@@ -61,16 +60,6 @@ def issued(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     monkeypatch.setattr(ZywaveOAuth2, "request_access_token", spy_exchange)
     monkeypatch.setattr(ZywaveOAuth2, "process_refresh_token_response", spy_renewal)
     return seen
-
-
-@pytest.fixture
-def worker(zywave: Sandbox, tmp_path: Path) -> Iterator[Worker]:
-    use_test_broker()
-    started = Worker(zywave, tmp_path / "worker.log").start()
-    try:
-        yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture

@@ -161,7 +161,8 @@ def production_env(
         GUNICORN_BIND=f"127.0.0.1:{web_port}",
         WEB_CONCURRENCY="2",
         DJANGO_SETTINGS_MODULE="portal.settings",
-        PYTHONPATH=str(REPO_ROOT),
+        # tests/netguard first: its sitecustomize refuses any address outside loopback.
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "tests" / "netguard"), str(REPO_ROOT)]),
     )
     return env
 
