@@ -222,6 +222,16 @@ REVIEW_FINDINGS = [
     "(`client_secret_post` | `client_secret_basic`) drives the code exchange, the refresh and "
     "the revocation; the sandbox's `token_auth_method` refuses the other method "
     "(`tests/integrations/test_backends.py`).",
+    "**The ID token was ignored**: with `openid` granted it is validated (RS256 signature "
+    "from the JWKS, `iss`, `aud`, `exp`, the nonce sent, `sub` equal to userinfo's) before "
+    "anything is stored; discovery is read on connect and refresh only, with the documented "
+    "paths as fallback and a foreign `issuer` refused; every test process refuses any address "
+    "outside loopback (`tests/integrations/test_backends.py`, `test_discovery.py`, "
+    "`tests/netguard`).",
+    "**Zywave answers were read whole, with no cap** (a 196 MB page grew a worker by 426 MB): "
+    "bodies are streamed with `ZYWAVE_MAX_RESPONSE_BYTES` and a per-call deadline, so a server "
+    "dripping bytes cannot hold a task (`tests/integrations/test_client.py`, against the "
+    "sandbox's `endless` and `drip` faults).",
     "**Choosing a profile during a disconnect brought the ProfileToken back** (`save()` "
     "re-inserted the deleted row): the choice re-checks status and identity under the lock and "
     "stores with a conditional UPDATE; a re-fetched token is stored only for the profile still "
