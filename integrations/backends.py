@@ -65,6 +65,10 @@ class ZywaveOAuth2(BaseOAuth2PKCE):
         return self.endpoint("token_endpoint")
 
     def revoke_token_url(self, token: str, uid: str) -> str:
+        # Disconnects may run in a process that never connected anyone: read discovery (cached)
+        # rather than trust a per-process empty cache. A refused document: the documented path.
+        with contextlib.suppress(IdentityUnverified):
+            self._discovered = discovery.endpoints(self, fetch=True, stage="disconnect")
         return self.endpoint("revocation_endpoint")
 
     def userinfo_url(self) -> str:

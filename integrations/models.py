@@ -222,7 +222,7 @@ class Connection(models.Model):
         except (TypeError, ValueError):
             seconds = 3600
         self.access_token_expires_at = now + timedelta(seconds=max(seconds, 0))
-        self.access_token_lifetime = max(seconds, 0)
+        self.access_token_lifetime = min(max(seconds, 0), 2**31 - 1)  # the column's range
         scope = response.get("scope")
         if isinstance(scope, list):
             scope = " ".join(str(item) for item in scope)

@@ -61,8 +61,13 @@ def refresh_profiles(connection: Connection, client: ZywaveClient) -> list[Profi
     now = timezone.now()
     with transaction.atomic():
         locked = Connection.objects.select_for_update().get(pk=connection.pk)
-        if locked.status == Connection.Status.DISCONNECTED:
-            raise ConnectionChanged(f"connection {locked.pk} was disconnected meanwhile")
+        if (
+            locked.status == Connection.Status.DISCONNECTED
+            or locked.zywave_subject != connection.zywave_subject
+        ):
+            # Disconnected, or re-linked to another identity, while the list was asked: these
+            # are the old identity's profiles.
+            raise ConnectionChanged(f"connection {locked.pk} changed while Zywave was asked")
         chosen = locked.chosen_profile
         for (code, zywave_id), record in records.items():
             Profile.objects.update_or_create(

@@ -142,6 +142,15 @@ def _write(run: SyncRun, **fields: Any) -> None:
         setattr(run, name, value)
 
 
+def _lock_if_ours(run: SyncRun) -> None:
+    """Lock the run's row for this transaction if this worker still holds it, else Cancelled."""
+    ours = SyncRun.objects.select_for_update().filter(
+        pk=run.pk, state=SyncRun.State.RUNNING, lease_owner=run.lease_owner
+    )
+    if ours.values_list("pk", flat=True).first() is None:
+        raise Cancelled(f"run {run.pk} is no longer ours (cancelled, or its lease was taken)")
+
+
 def previous_marks(connection: Connection) -> dict[str, str]:
     last = (
         SyncRun.objects.filter(connection=connection, state=SyncRun.State.SUCCEEDED)
@@ -217,7 +226,11 @@ def _run(
             connection.set_resource_available(resource, True)
         if run.full:
             skipped = [r for r in RESOURCES if connection.skips_resource(r)]
-            mirror.remove_unseen(run.connection_id, run.pk, keep=skipped)
+            with transaction.atomic():
+                # Delete only while the run is still ours, holding its row: a cancel (profile
+                # changed) waits, and no newer run's rows can be taken for unseen ones.
+                _lock_if_ours(run)
+                mirror.remove_unseen(run.connection_id, run.pk, keep=skipped)
     except Cancelled as exc:
         log.info("Sync run %s stopped: %s", run.pk, exc, extra=log_ids(run))
         run.refresh_from_db()

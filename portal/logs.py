@@ -40,7 +40,8 @@ REDACTED = "[redacted]"
 # Names whose values are secrets, in `name=value` (query strings, form bodies), `"name": "value"`
 # (JSON) and `'name': 'value'` (Python reprs of dicts).
 _SECRET_NAMES = (
-    r"access_token|refresh_token|id_token|client_secret|code_verifier|ProfileToken|password"
+    r"access_token|refresh_token|id_token|client_secret|code_verifier|ProfileToken|"
+    r"profile_token|nonce|password"
 )
 # URL-encoded delimiters at any depth: `=` is `%3D` encoded once and `%253D` twice (each level
 # turns `%` into `%25`), as in `/login/?next=/oauth/complete/zywave/%3Fcode%3D...`.
@@ -52,6 +53,8 @@ _ENCODED_VALUE = r"""(?:[^\s"'&#,;}\\%]++|%(?!(?:25)*+2[0236]))++"""
 _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # Authorization: Bearer <token>, also inside reprs of header dicts.
     (re.compile(r"(?i)\b(bearer\s++)[A-Za-z0-9\-._~+/]++=*+"), r"\1" + REDACTED),
+    # Authorization: Basic <base64 of client id:secret> (ZYWAVE_TOKEN_AUTH_METHOD=basic).
+    (re.compile(r"(?i)\b(basic\s++)[A-Za-z0-9+/]{8,}+=*+"), r"\1" + REDACTED),
     # Profile: Token <ProfileToken> (header line, dict repr, JSON).
     (
         re.compile(r"""(?i)(\bprofile\b["']?+\s*+[:=]\s*+["']?+token\s++)[^\s"',;}&]++"""),

@@ -51,7 +51,10 @@ if BUILD_ONLY and sys.argv[1:2] != ["collectstatic"]:
 # shipped value with `git grep` and starts production with it, so a new placeholder that these
 # markers miss fails the tests.
 PLACEHOLDER = re.compile(
-    r"change-?me|replace-?me|placeholder|not-a-secret|build-only|<[^<>]*>", re.IGNORECASE
+    # `<your host>`, `<new>`: a lower-case word or two in angle brackets, not any `<...>` (a
+    # real secret may contain angle brackets).
+    r"change-?me|replace-?me|placeholder|not-a-secret|build-only|(?-i:<[a-z][a-z _-]{0,40}>)",
+    re.IGNORECASE,
 )
 # Django's own bar for a SECRET_KEY (check security.W009): "aaaa..." is no secret at any length.
 SECRET_KEY_MIN_UNIQUE_CHARACTERS = 5

@@ -12,7 +12,12 @@ from django.test import Client
 
 from integrations.client import ZywaveClient
 from integrations.models import Connection, Profile
-from integrations.profiles import ConnectionChanged, choose_profile, refetch_profile_token
+from integrations.profiles import (
+    ConnectionChanged,
+    choose_profile,
+    refetch_profile_token,
+    refresh_profiles,
+)
 from integrations.tokens import client_for, revoke_and_disconnect
 from tests.conftest import Person, connection
 from tests.integrations.flows import connect, inject_fault
@@ -323,3 +328,27 @@ def test_a_profile_token_fetched_again_is_stored_only_for_the_profile_still_chos
     assert first.profile_token is None and first.profile_token_fingerprint == ""
     conn.refresh_from_db()
     assert conn.chosen_profile is not None and conn.chosen_profile.zywave_id == other
+
+
+class DuringTheListCall(DuringTheProfileCall):
+    """The same, around the list call."""
+
+    def profiles(self, type_code: str) -> list[dict[str, Any]]:
+        answer = self.client.profiles(type_code)
+        self.work()
+        return answer
+
+
+def test_a_profile_list_read_for_one_identity_is_not_stored_after_a_relink_to_another(
+    staff: User, zywave: Sandbox
+) -> None:
+    conn = connection(staff, zywave)
+    kept = set(conn.profiles.values_list("pk", flat=True))
+
+    def relinked_meanwhile() -> None:  # disconnected and connected again as someone else
+        Connection.objects.filter(pk=conn.pk).update(zywave_subject="another-identity")
+
+    meanwhile = DuringTheListCall(client_for(conn), relinked_meanwhile)
+    with pytest.raises(ConnectionChanged):
+        refresh_profiles(conn, meanwhile)  # type: ignore[arg-type]
+    assert set(Profile.objects.filter(connection=conn).values_list("pk", flat=True)) == kept

@@ -555,3 +555,24 @@ def test_a_run_that_could_mirror_no_record_at_all_is_not_succeeded(
     finished = run(conn, full=True)
     assert finished.state == "failed"
     assert finished.error == "Zywave sent 3 records, none with a usable id"
+
+
+def test_a_full_run_cancelled_after_its_last_page_removes_nothing(
+    staff: User, zywave: Sandbox
+) -> None:
+    """The profile changes (the run is cancelled) between the last page and the removal of
+    unseen rows: the removal must not run, or it would delete the rows of the run after it."""
+    conn = connection(staff, zywave)
+    queue_run(conn, full=True, trigger="test")
+    sync_run = claim(conn.pk)
+    assert sync_run is not None
+    newer = Account.objects.create(connection=conn, zywave_id="newer-run", raw={})
+    contacts = sandbox_counts(zywave, conn)["contacts"]
+
+    def cancelled_after_the_last_page(current: SyncRun) -> None:
+        if current.resource == "contacts" and current.skip >= contacts:
+            SyncRun.objects.filter(pk=current.pk).update(state=SyncRun.State.FAILED)
+
+    result = run_sync(sync_run, on_page=cancelled_after_the_last_page)
+    assert result.state == SyncRun.State.FAILED
+    assert Account.objects.filter(pk=newer.pk).exists()

@@ -293,3 +293,22 @@ def test_every_handler_filters_and_django_logs_through_it() -> None:
     config: dict[str, Any] = settings.LOGGING
     assert all(handler["filters"] == ["redact"] for handler in config["handlers"].values())
     assert config["loggers"]["django"]["handlers"] == ["console"]
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        (
+            "Authorization: Basic cG9ydGFsLWRldjpzM2NyM3Qtc2VjcmV0",
+            "cG9ydGFsLWRldjpzM2NyM3Qtc2VjcmV0",
+        ),
+        ("{'Authorization': 'Basic cG9ydGFsOnNlY3JldHZhbHVl'}", "cG9ydGFsOnNlY3JldHZhbHVl"),
+        ("profile_token=pt-0123456789abcdef&x=1", "pt-0123456789abcdef"),
+        ("{'profile_token': 'pt-fedcba9876543210'}", "pt-fedcba9876543210"),
+        ('{"nonce": "n-0123456789abcdefghij"}', "n-0123456789abcdefghij"),
+    ],
+)
+def test_basic_credentials_profile_tokens_and_nonces_are_masked(text: str, secret: str) -> None:
+    """HTTP Basic carries the client secret (ZYWAVE_TOKEN_AUTH_METHOD=client_secret_basic)."""
+    masked = logs.redact(text)
+    assert secret not in masked and logs.REDACTED in masked
