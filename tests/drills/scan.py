@@ -128,6 +128,16 @@ BUDGETS = {
 SCAN_USER = {"short": 9, "full": 100}
 
 
+def without_network_guard() -> dict[str, str]:
+    """The environment minus tests/netguard (which refuses every address outside loopback):
+    installing the scanner is not a test, and the package registry is the one outside host
+    this project may reach. Only pip runs this way; wapiti itself runs guarded."""
+    env = dict(os.environ)
+    paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and "netguard" not in p]
+    env["PYTHONPATH"] = os.pathsep.join(paths)
+    return env
+
+
 def install_scanner() -> tuple[Path, float]:
     """The wapiti executable, installed into its own venv unless the marker says the pinned
     version is already there. Returns (path, seconds spent installing)."""
@@ -153,6 +163,7 @@ def install_scanner() -> tuple[Path, float]:
         capture_output=True,
         text=True,
         timeout=600,
+        env=without_network_guard(),
     )
     if pip.returncode != 0 or not wapiti.exists():
         raise DrillError(f"installing the scanner failed: {pip.stdout[-1500:]}{pip.stderr[-1500:]}")
