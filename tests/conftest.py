@@ -229,3 +229,13 @@ def worker(zywave: Sandbox, tmp_path: Path) -> Iterator[Worker]:
         yield started
     finally:
         started.stop()
+
+
+@pytest.fixture
+def fresh_discovery() -> Iterator[None]:
+    """No discovery document or JWKS cached by an earlier test, and none left for a later one."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()

@@ -66,3 +66,10 @@ def api_requests(sandbox: Sandbox, resource: str) -> int:
         for key, n in sandbox.counters()["api"].items()
         if key.startswith(f"/accounts/v2.0/{resource}:")
     )
+
+
+def nothing_connected() -> bool:
+    """No connection and no identity link anywhere: what a refused connect leaves."""
+    from social_django.models import UserSocialAuth
+
+    return not Connection.objects.exists() and not UserSocialAuth.objects.exists()

@@ -8,7 +8,6 @@ server would, so each test below fails if any of the three calls authenticates t
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -18,12 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from django.contrib.sessions.models import Session
 from django.core.cache import cache
 from jwt.algorithms import RSAAlgorithm
-from social_django.models import UserSocialAuth
 
 from integrations.models import Connection
 from integrations.tokens import RefreshFailed, refresh, revoke_tokens
 from tests.conftest import Person
-from tests.integrations.flows import begin, callback_path, connect
+from tests.integrations.flows import begin, callback_path, connect, nothing_connected
 from tests.integrations.test_connect import all_text_in_the_database
 from tests.sandboxserver import Sandbox
 
@@ -105,18 +103,6 @@ def test_the_sandbox_refuses_basic_when_it_requires_the_body_and_the_reverse(
 
 
 # --- The id_token, validated when openid is granted (hardening item 3) -------------------------
-
-
-@pytest.fixture
-def fresh_discovery() -> Iterator[None]:
-    """No discovery document or JWKS cached by an earlier test, and none left for a later one."""
-    cache.clear()
-    yield
-    cache.clear()
-
-
-def nothing_connected() -> bool:
-    return not Connection.objects.exists() and not UserSocialAuth.objects.exists()
 
 
 def last_id_token(sandbox: Sandbox) -> str:

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +17,12 @@ import pytest
 import requests
 from django.core.cache import cache
 from django.core.management import call_command
-from social_django.models import UserSocialAuth
 
 from integrations import discovery
 from integrations.models import Connection
 from integrations.tokens import RefreshFailed, refresh
 from tests.conftest import Person, connection
-from tests.integrations.flows import connect, inject_fault
+from tests.integrations.flows import connect, inject_fault, nothing_connected
 from tests.sandboxserver import Sandbox
 
 pytestmark = pytest.mark.django_db
@@ -32,18 +30,6 @@ pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parent.parent.parent
 DISCOVERY = r"^/\.well-known/openid-configuration/?$"  # not .../jwks
 IMPOSTOR = "https://impostor.invalid"
-
-
-@pytest.fixture
-def fresh_discovery() -> Iterator[None]:
-    """No discovery document or JWKS cached by an earlier test, and none left for a later one."""
-    cache.clear()
-    yield
-    cache.clear()
-
-
-def nothing_connected() -> bool:
-    return not Connection.objects.exists() and not UserSocialAuth.objects.exists()
 
 
 def discovery_fault_remaining(sandbox: Sandbox) -> int:
