@@ -221,8 +221,11 @@ class Connection(models.Model):
             seconds = int(expires_in) if expires_in is not None else 3600
         except (TypeError, ValueError):
             seconds = 3600
-        self.access_token_expires_at = now + timedelta(seconds=max(seconds, 0))
-        self.access_token_lifetime = min(max(seconds, 0), 2**31 - 1)  # the column's range
+        # Between 0 and the column's range (68 years): a huge `expires_in` would otherwise
+        # overflow the date, or the integer column on PostgreSQL.
+        seconds = min(max(seconds, 0), 2**31 - 1)
+        self.access_token_expires_at = now + timedelta(seconds=seconds)
+        self.access_token_lifetime = seconds
         scope = response.get("scope")
         if isinstance(scope, list):
             scope = " ".join(str(item) for item in scope)

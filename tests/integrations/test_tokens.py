@@ -350,3 +350,13 @@ def test_a_short_lived_token_is_handed_out_until_three_quarters_of_its_life(
     assert second != first
     assert access_token_for(Connection.objects.get(pk=conn.pk)) == second
     assert zywave.counters()["token"] == {"refresh_token:success": 1}
+
+
+def test_an_absurd_expires_in_is_clamped_to_what_the_column_holds(staff: User) -> None:
+    """A PositiveIntegerField: PostgreSQL refuses more than 2**31 - 1 (SQLite would not)."""
+    conn = connection(staff)
+    conn.set_tokens({"access_token": "a", "expires_in": 10**12})
+    assert conn.access_token_lifetime == 2**31 - 1
+    conn.save()
+    conn.refresh_from_db()
+    assert conn.access_token_lifetime == 2**31 - 1
