@@ -206,6 +206,15 @@ def test_production_refuses_every_placeholder_the_repository_ships(
     assert value not in result.stderr  # the value may be a real secret: never echoed
 
 
+def test_a_real_secret_with_angle_brackets_is_not_taken_for_a_placeholder(
+    tmp_path: Path,
+) -> None:
+    """Only `<a word or two>` is a placeholder: a vendor-issued secret may contain `<...>`."""
+    result = start(tmp_path, **production(ZYWAVE_CLIENT_SECRET="Zq<7#Kp>v9T!x2"))
+    assert result.returncode == 0, result.stderr
+    assert "started" in result.stdout
+
+
 @pytest.mark.parametrize(
     ("name", "value"),
     [(k, v) for k, v in build_values().items() if k not in {"DEBUG", "PORTAL_BUILD_ONLY"}],
