@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
 
 import orjson
+from django.conf import settings
 from django.db import connection as db
-from django.db.models import Model
+from django.db.models import Model, QuerySet
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -104,6 +105,8 @@ def account_row(
         "raw": record,
         "seen_in_run": run_id,
         "synced_at": now,
+        "changed_at": now,
+        "deleted_at": None,
     }
 
 
@@ -129,6 +132,8 @@ def contact_row(
         "raw": record,
         "seen_in_run": run_id,
         "synced_at": now,
+        "changed_at": now,
+        "deleted_at": None,
     }
 
 
@@ -169,7 +174,8 @@ def upsert(
     if db.vendor == "postgresql":
         _upsert_postgresql(model, list(rows.values()))
     else:
-        model._default_manager.bulk_create(
+        _keep_unchanged_since(model, connection_id, rows)
+        model._base_manager.bulk_create(
             [model(**row) for row in rows.values()],
             update_conflicts=True,
             unique_fields=["connection", "zywave_id"],
@@ -179,6 +185,26 @@ def upsert(
 
 
 KEY_FIELDS = {"connection_id", "zywave_id"}
+# `changed_at` moves only when the row's content changed (or it comes back from a tombstone):
+# a full sync that finds nothing new leaves every `changed_at` alone, so an incremental API
+# pull after it returns nothing.
+CHANGED = (
+    "CASE WHEN t.raw IS DISTINCT FROM EXCLUDED.raw OR t.deleted_at IS NOT NULL "
+    "THEN EXCLUDED.changed_at ELSE t.changed_at END"
+)
+
+
+def _keep_unchanged_since(
+    model: type[Model], connection_id: int, rows: dict[str, dict[str, Any]]
+) -> None:
+    """SQLite (`make check`): the CASE above, worked out in Python with one query."""
+    existing = model._base_manager.filter(  # type: ignore[attr-defined]
+        connection_id=connection_id, zywave_id__in=list(rows)
+    ).values_list("zywave_id", "raw", "changed_at", "deleted_at")
+    for zywave_id, raw, changed_at, deleted_at in existing:
+        row = rows[zywave_id]
+        if deleted_at is None and raw == row["raw"]:
+            row["changed_at"] = changed_at
 
 
 def _upsert_postgresql(model: type[Model], rows: list[dict[str, Any]]) -> None:
@@ -193,9 +219,13 @@ def _upsert_postgresql(model: type[Model], rows: list[dict[str, Any]]) -> None:
     types = [str(field.db_type(db)).split("(")[0] for field in fields]  # type: ignore[union-attr]
     names = ", ".join(quote(c) for c in columns)
     record_type = ", ".join(f"{quote(c)} {t}" for c, t in zip(columns, types, strict=True))
-    updates = ", ".join(f"{quote(c)} = EXCLUDED.{quote(c)}" for c in columns if c not in KEY_FIELDS)
+    updates = ", ".join(
+        f"{quote(c)} = {CHANGED if c == 'changed_at' else f'EXCLUDED.{quote(c)}'}"
+        for c in columns
+        if c not in KEY_FIELDS
+    )
     sql = (
-        f"INSERT INTO {quote(model._meta.db_table)} ({names}) "  # noqa: S608
+        f"INSERT INTO {quote(model._meta.db_table)} AS t ({names}) "  # noqa: S608
         f"SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS r({record_type}) "
         f"ON CONFLICT (connection_id, zywave_id) DO UPDATE SET {updates}"
     )
@@ -221,10 +251,53 @@ def _isoformat(value: Any) -> str:
 
 def remove_unseen(connection_id: int, run_id: int, keep: Collection[str] = ()) -> None:
     """After a full run, which saw every record Zywave has: what it did not see was deleted at
-    Zywave. Resources in `keep` were not asked (unavailable) and keep their rows."""
+    Zywave and becomes a tombstone. Resources in `keep` were not asked (unavailable) and keep
+    their rows. Tombstones older than ZYWAVE_TOMBSTONE_DAYS go for good."""
     for resource, (model, _build) in ROWS.items():
         if resource in keep:
             continue
-        model._default_manager.filter(connection_id=connection_id).exclude(
-            seen_in_run=run_id
-        ).delete()
+        tombstone(
+            model._default_manager.filter(connection_id=connection_id).exclude(seen_in_run=run_id)
+        )
+        purge_tombstones(model, connection_id)
+
+
+def tombstone(rows: QuerySet[Any]) -> int:
+    """Turn live rows into tombstones: the Zywave id and when, nothing of the record's content
+    (every other column back to its default), so a deleted record's data leaves the mirror."""
+    model = rows.model
+    now = timezone.now()
+    cleared = {
+        field.attname: field.get_default()
+        for field in model._meta.concrete_fields
+        if not field.primary_key and field.attname not in TOMBSTONE_KEEPS
+    }
+    return rows.filter(deleted_at__isnull=True).update(
+        **cleared, raw={}, deleted_at=now, changed_at=now
+    )
+
+
+# Kept by a tombstone (or set by `tombstone` itself); every other column is cleared.
+TOMBSTONE_KEEPS = {
+    "connection_id",
+    "zywave_id",
+    "seen_in_run",
+    "synced_at",
+    "changed_at",
+    "deleted_at",
+    "raw",
+}
+
+
+def tombstone_all(connection_id: int) -> None:
+    """Every live record of the connection becomes a tombstone (the profile changed)."""
+    for model, _build in ROWS.values():
+        tombstone(model._default_manager.filter(connection_id=connection_id))
+
+
+def purge_tombstones(model: type[Model], connection_id: int) -> int:
+    cutoff = timezone.now() - timedelta(days=settings.ZYWAVE_TOMBSTONE_DAYS)
+    deleted, _ = model._base_manager.filter(  # type: ignore[attr-defined]
+        connection_id=connection_id, deleted_at__lt=cutoff
+    ).delete()
+    return deleted

@@ -305,9 +305,9 @@ class Connection(models.Model):
         self.unavailable_resources = marks
 
     def clear_mirror(self) -> None:
-        """Delete the mirrored accounts and contacts (profile change, disconnect)."""
-        self.accounts.all().delete()
-        self.contacts.all().delete()
+        """Delete the mirrored accounts and contacts, tombstones too (disconnect)."""
+        Account.all_rows.filter(connection=self).delete()
+        Contact.all_rows.filter(connection=self).delete()
 
     def disconnect(self, actor: Any, revoked: bool, reason: str = "") -> None:
         """Forget the tokens (the caller revoked them at Zywave first), the profile token and
@@ -351,6 +351,8 @@ class ConnectionEvent(models.Model):
         REMINDER_SENT = "reminder_sent", "Reconnect reminder sent"
         OLD_GRANT_REVOKED = "old_grant_revoked", "Replaced grant revoked at Zywave"
         LINK_REMOVED = "link_removed", "Zywave identity link removed by an admin"
+        API_KEY_CREATED = "api_key_created", "API key created"
+        API_KEY_REVOKED = "api_key_revoked", "API key revoked"
 
     # The person the event concerns; the connection when one exists (a first connect that
     # failed has none).
@@ -511,7 +513,60 @@ class SyncRun(models.Model):
         return min(100, round(100 * self.records_done / self.total_reported))
 
 
-class Account(models.Model):
+class MirrorQuerySet(models.QuerySet):
+    def live(self) -> MirrorQuerySet:
+        return self.filter(deleted_at__isnull=True)
+
+    def tombstones(self) -> MirrorQuerySet:
+        return self.filter(deleted_at__isnull=False)
+
+
+# The portal's pages, the admin and related managers (`connection.accounts`) see live records
+# only; tombstones are for the API's incremental pulls (`all_rows`).
+LiveRecords = models.Manager.from_queryset(MirrorQuerySet)
+
+
+class LiveManager(LiveRecords):  # type: ignore[misc,valid-type]
+    def get_queryset(self) -> MirrorQuerySet:
+        return MirrorQuerySet(self.model, using=self._db).live()
+
+
+class MirrorRecord(models.Model):
+    """What every mirrored Zywave record has: its id, the raw record, and when the portal's
+    copy was seen, written and last changed. A record gone from Zywave stays a while as a
+    tombstone (`deleted_at` set, content cleared) so that incremental API pulls learn of it."""
+
+    zywave_id = models.CharField("Zywave id", max_length=64)
+    updated_at_zywave = models.DateTimeField(null=True, blank=True)
+    raw = models.JSONField(default=dict)
+    seen_in_run = models.BigIntegerField(null=True, blank=True)
+    synced_at = models.DateTimeField(default=timezone.now)
+    # When the portal's copy last changed (created, content changed, revived or deleted): the
+    # upsert leaves it alone on rows a sync saw unchanged. The API's cursor and `updated_since`.
+    changed_at = models.DateTimeField(default=timezone.now)
+    deleted_at = models.DateTimeField(null=True, blank=True)
+
+    objects = LiveManager()
+    all_rows = LiveRecords()
+
+    class Meta:
+        abstract = True
+        base_manager_name = "all_rows"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["connection", "zywave_id"], name="unique_%(class)s_per_connection"
+            )
+        ]
+        indexes = [
+            models.Index(fields=["connection", "changed_at", "id"], name="%(class)s_changes")
+        ]
+
+    @property
+    def is_tombstone(self) -> bool:
+        return self.deleted_at is not None
+
+
+class Account(MirrorRecord):
     """The mirror of one Zywave account, keyed by (connection, Zywave id)."""
 
     # No index of its own on `connection`: the unique (connection, zywave_id) index leads with
@@ -519,7 +574,6 @@ class Account(models.Model):
     connection = models.ForeignKey(
         Connection, on_delete=models.CASCADE, related_name="accounts", db_index=False
     )
-    zywave_id = models.CharField("Zywave id", max_length=64)
     name = models.CharField(max_length=255, blank=True)
     classification = models.CharField(max_length=100, blank=True)
     lines_of_business = models.CharField(max_length=500, blank=True)
@@ -529,31 +583,24 @@ class Account(models.Model):
     is_archived = models.BooleanField(default=False)
     city = models.CharField(max_length=100, blank=True)
     state = models.CharField(max_length=50, blank=True)
-    updated_at_zywave = models.DateTimeField(null=True, blank=True)
-    raw = models.JSONField(default=dict)
-    seen_in_run = models.BigIntegerField(null=True, blank=True)
-    synced_at = models.DateTimeField(default=timezone.now)
 
-    class Meta:
+    class Meta(MirrorRecord.Meta):
         ordering = ["name", "zywave_id"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["connection", "zywave_id"], name="unique_account_per_connection"
-            )
+        indexes = [
+            *MirrorRecord.Meta.indexes,
+            models.Index(fields=["connection", "name"]),
         ]
-        indexes = [models.Index(fields=["connection", "name"])]
 
     def __str__(self) -> str:
         return self.name or self.zywave_id
 
 
-class Contact(models.Model):
+class Contact(MirrorRecord):
     """The mirror of one Zywave contact, keyed by (connection, Zywave id)."""
 
     connection = models.ForeignKey(
         Connection, on_delete=models.CASCADE, related_name="contacts", db_index=False
     )
-    zywave_id = models.CharField("Zywave id", max_length=64)
     account_zywave_id = models.CharField("Zywave account id", max_length=64, blank=True)
     first_name = models.CharField(max_length=100, blank=True)
     last_name = models.CharField(max_length=100, blank=True)
@@ -564,19 +611,92 @@ class Contact(models.Model):
     is_primary = models.BooleanField(default=False)
     is_active = models.BooleanField(default=True)
     is_archived = models.BooleanField(default=False)
-    updated_at_zywave = models.DateTimeField(null=True, blank=True)
-    raw = models.JSONField(default=dict)
-    seen_in_run = models.BigIntegerField(null=True, blank=True)
-    synced_at = models.DateTimeField(default=timezone.now)
 
-    class Meta:
+    class Meta(MirrorRecord.Meta):
         ordering = ["-is_primary", "last_name", "first_name"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["connection", "zywave_id"], name="unique_contact_per_connection"
-            )
+        indexes = [
+            *MirrorRecord.Meta.indexes,
+            models.Index(fields=["connection", "account_zywave_id"]),
         ]
-        indexes = [models.Index(fields=["connection", "account_zywave_id"])]
 
     def __str__(self) -> str:
         return f"{self.first_name} {self.last_name}".strip() or self.zywave_id
+
+
+class ApiKeyQuerySet(models.QuerySet):
+    def usable(self, now: datetime | None = None) -> ApiKeyQuerySet:
+        """Neither revoked nor expired."""
+        now = now or timezone.now()
+        return self.filter(revoked_at__isnull=True).filter(
+            Q(expires_at__isnull=True) | Q(expires_at__gt=now)
+        )
+
+
+class ApiKey(models.Model):
+    """A key another system uses to call the integration API as its owner, and only as them.
+
+    Only a hash of the key is stored, with a short prefix in clear to tell keys apart; the key
+    itself is shown once, when it is made (`integrations.api.keys.issue`).
+    """
+
+    class Scope(models.TextChoices):
+        READ = "read", "read: the connection's status and the mirror"
+        SYNC = "sync", "sync: start syncs"
+        PROXY = "proxy", "proxy: GET requests to Zywave through the proxy"
+        PROXY_WRITE = "proxy:write", "proxy:write: other methods through the proxy"
+        WEBHOOKS = "webhooks", "webhooks: manage webhook subscriptions"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True)
+    hashed_key = models.CharField(max_length=64)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    objects = ApiKeyQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at is not None and self.expires_at <= timezone.now()
+
+    @property
+    def is_usable(self) -> bool:
+        return self.revoked_at is None and not self.is_expired
+
+    @property
+    def state(self) -> str:
+        if self.revoked_at is not None:
+            return "revoked"
+        return "expired" if self.is_expired else "active"
+
+    def revoke(self, actor: Any) -> bool:
+        """Revoke, audited; False when it already was. Effective on the key's next request."""
+        changed = ApiKey.objects.filter(pk=self.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now(), revoked_by=actor if actor is not None and actor.pk else None
+        )
+        if not changed:
+            return False
+        self.refresh_from_db(fields=["revoked_at", "revoked_by"])
+        ConnectionEvent.objects.create(
+            user_id=self.owner_id,
+            connection=Connection.objects.filter(user_id=self.owner_id).first(),
+            kind=ConnectionEvent.Kind.API_KEY_REVOKED,
+            actor=actor if actor is not None and actor.pk else None,
+            detail={"key": self.prefix, "name": self.name},
+        )
+        return True

@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from . import mirror
 from .client import SAFE_ID, ZywaveClient
 from .fields import token_fingerprint
 from .models import Connection, ConnectionEvent, Profile
@@ -138,8 +139,10 @@ def choose_profile(
         if previous is not None and previous.pk != profile.pk:
             # The mirror belongs to the old profile's agency: it must not mix with the new one.
             # Cancel first, so a sync running under the old profile writes no further page.
+            # Tombstones, not deletion: the API's incremental pulls learn that every record of
+            # the old profile is gone (a record the new profile has too comes back to life).
             locked.sync_runs.cancel("profile changed")
-            locked.clear_mirror()
+            mirror.tombstone_all(locked.pk)
             locked.record(ConnectionEvent.Kind.MIRROR_CLEARED, actor=actor, reason="profile")
         locked.record(
             ConnectionEvent.Kind.PROFILE_CHOSEN,

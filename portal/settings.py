@@ -140,6 +140,9 @@ INSTALLED_APPS = [
     "django.contrib.staticfiles",
     "social_django",
     "csp",
+    "rest_framework",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "integrations",
     "axes",  # last, as django-axes asks
 ]
@@ -382,6 +385,18 @@ if urlsplit(CELERY_BROKER_URL).scheme not in {"redis", "rediss", "filesystem", "
         f"not {urlsplit(CELERY_BROKER_URL).scheme}://"
     )
 
+# The cache (discovery documents, API throttling) is shared by every process through Redis
+# when the broker is Redis; a per-process memory cache otherwise (`make run` without Redis).
+if urlsplit(CELERY_BROKER_URL).scheme in {"redis", "rediss"}:
+    CACHES = {
+        "default": {
+            "BACKEND": "portal.cache.SharedRedisCache",
+            "LOCATION": CELERY_BROKER_URL,
+            "KEY_PREFIX": "portal-cache",
+            "TIMEOUT": 3600,
+        }
+    }
+
 CELERY_BROKER_TRANSPORT_OPTIONS: dict[str, object] = {}
 if CELERY_BROKER_URL.startswith("filesystem://"):
     _queue_dir = VAR_DIR / "celery" / "queue"
@@ -479,6 +494,57 @@ ZYWAVE_HTTP_TIMEOUT = (
 # that keeps sending a byte just inside it.
 ZYWAVE_MAX_RESPONSE_BYTES = env.get_int("ZYWAVE_MAX_RESPONSE_BYTES", 8 * 1024 * 1024, minimum=65536)
 ZYWAVE_HTTP_DEADLINE_SECONDS = env.get_int("ZYWAVE_HTTP_DEADLINE_SECONDS", 60, minimum=1)
+
+# Tombstones (records removed at Zywave) are kept this long for the API's incremental pulls:
+# a job that pulls less often than this misses deletions and should pull everything again.
+ZYWAVE_TOMBSTONE_DAYS = env.get_int("ZYWAVE_TOMBSTONE_DAYS", 30, minimum=1)
+# The proxy forwards paths under these prefixes only (after normalisation): docs/api.md.
+ZYWAVE_PROXY_ALLOW = env.get_list("ZYWAVE_PROXY_ALLOW", "profiles/,accounts/,industries/")
+# The largest request body the proxy forwards to Zywave (its answers are capped by
+# ZYWAVE_MAX_RESPONSE_BYTES).
+ZYWAVE_PROXY_MAX_REQUEST_BYTES = env.get_int(
+    "ZYWAVE_PROXY_MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024
+)
+
+# --- Integration API -----------------------------------------------------------------------
+
+# Requests per minute per API key, counted in the shared cache (all web processes together).
+API_RATE_LIMIT = env.get_int("API_RATE_LIMIT", 1200, minimum=1)
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["integrations.api.keys.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["integrations.api.keys.HasScope"],
+    "DEFAULT_THROTTLE_CLASSES": ["integrations.api.keys.KeyThrottle"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_CONTENT_NEGOTIATION_CLASS": "integrations.api.problems.JSONOnly",
+    "EXCEPTION_HANDLER": "integrations.api.problems.exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Zywave integration portal API",
+    "DESCRIPTION": (
+        "The agency's own systems use a person's Zywave connection and its mirror with an API "
+        "key (`Authorization: Bearer zwk_...`), without handling OAuth, refresh or profiles."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "SERVE_AUTHENTICATION": [],
+    "SCHEMA_PATH_PREFIX": "/api/v1",
+    "COMPONENT_SPLIT_REQUEST": True,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "APPEND_COMPONENTS": {
+        "securitySchemes": {
+            "ApiKey": {"type": "http", "scheme": "bearer", "bearerFormat": "zwk_..."}
+        }
+    },
+    "SECURITY": [{"ApiKey": []}],
+    "AUTHENTICATION_WHITELIST": [],
+}
 
 # social-auth: the `zywave` backend reads these. Tokens never go to extra_data (see backends).
 SOCIAL_AUTH_ZYWAVE_KEY = ZYWAVE_CLIENT_ID

@@ -22,6 +22,7 @@ urlpatterns = [
     path("oauth/", include(oauth_patterns)),
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
+    path("api/", include("integrations.api.urls")),
     path("", include("integrations.urls")),
 ]
 

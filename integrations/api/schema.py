@@ -1,0 +1,268 @@
+"""The OpenAPI description of each endpoint (drf-spectacular), built from the same field
+lists `records.py` renders with. The serializers here describe; they never render."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import (
+    OpenApiParameter,
+    OpenApiResponse,
+    PolymorphicProxySerializer,
+    extend_schema,
+    inline_serializer,
+)
+from rest_framework import serializers
+
+from .records import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Resource
+
+_KINDS: dict[type, type[serializers.Field]] = {
+    str: serializers.CharField,
+    int: serializers.IntegerField,
+    bool: serializers.BooleanField,
+    datetime: serializers.DateTimeField,
+}
+
+
+class Problem(serializers.Serializer):
+    """RFC 9457 problem details: every error of the API."""
+
+    type = serializers.CharField(help_text="urn:zywave-portal:problem:{code}")
+    title = serializers.CharField()
+    status = serializers.IntegerField()
+    detail = serializers.CharField()
+    code = serializers.CharField()
+
+
+class ActionProblem(Problem):
+    action = serializers.ChoiceField(
+        choices=["connect", "reconnect", "choose_profile"],
+        help_text="What the person must do on the portal before this can work.",
+    )
+
+
+class Tombstone(serializers.Serializer):
+    """A record removed at Zywave (returned to `updated_since` pulls only)."""
+
+    id = serializers.CharField()
+    deleted = serializers.BooleanField(help_text="Always true.")
+    changed_at = serializers.DateTimeField(help_text="When the portal learnt of the removal.")
+
+
+def _record(resource: Resource, name: str) -> type[serializers.Serializer]:
+    fields: dict[str, Any] = {}
+    for field in resource.fields:
+        fields[field.name] = _KINDS[field.kind](
+            allow_null=field.nullable, help_text=field.description or None
+        )
+    fields["deleted"] = serializers.BooleanField(help_text="Always false for a live record.")
+    fields["raw"] = serializers.JSONField(help_text="The record exactly as Zywave sent it.")
+    return type(name, (serializers.Serializer,), fields)
+
+
+RECORDS: dict[str, type[serializers.Serializer]] = {}
+
+
+def record_serializer(resource: Resource) -> type[serializers.Serializer]:
+    if resource.name not in RECORDS:
+        RECORDS[resource.name] = _record(resource, resource.name[:-1].title())
+    return RECORDS[resource.name]
+
+
+ERRORS = {
+    401: OpenApiResponse(
+        Problem, description="No key, or a malformed, unknown, revoked or expired one."
+    ),
+    403: OpenApiResponse(Problem, description="The key lacks the scope this request needs."),
+    429: OpenApiResponse(Problem, description="Too many requests for this key (see Retry-After)."),
+}
+
+
+def _page_parameters(resource: Resource) -> list[OpenApiParameter]:
+    return [
+        OpenApiParameter(
+            "page_size",
+            int,
+            description=f"Records per page, 1 to {MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE}).",
+        ),
+        OpenApiParameter("cursor", str, description="Given in `next`; do not build it yourself."),
+        OpenApiParameter(
+            "updated_since",
+            OpenApiTypes.DATETIME,
+            description="RFC 3339, exclusive: only records whose `changed_at` is later, "
+            "tombstones included.",
+        ),
+        *[
+            OpenApiParameter(name, str, description=text)
+            for name, text in resource.filter_params.items()
+        ],
+    ]
+
+
+def record_list(resource: Resource) -> Any:
+    item = PolymorphicProxySerializer(
+        component_name=f"{resource.name[:-1].title()}OrTombstone",
+        serializers=[record_serializer(resource), Tombstone],
+        resource_type_field_name=None,
+    )
+    page = inline_serializer(
+        f"{resource.name.title()}Page",
+        {
+            "results": serializers.ListField(child=item),
+            "next": serializers.URLField(allow_null=True),
+        },
+    )
+    return extend_schema(
+        operation_id=f"{resource.name}_list",
+        summary=f"List {resource.name}",
+        description=f"The mirror's {resource.name}, oldest change first, one page at a time.",
+        parameters=_page_parameters(resource),
+        responses={
+            200: page,
+            400: OpenApiResponse(Problem, description="A bad parameter."),
+            **ERRORS,
+        },
+        tags=["mirror"],
+    )
+
+
+_profile = inline_serializer(
+    "ChosenProfile",
+    {
+        "id": serializers.CharField(),
+        "type_code": serializers.CharField(),
+        "name": serializers.CharField(),
+    },
+)
+_last_sync = inline_serializer(
+    "LastSync",
+    {
+        "id": serializers.IntegerField(),
+        "state": serializers.CharField(),
+        "finished_at": serializers.DateTimeField(allow_null=True),
+        "records": serializers.IntegerField(),
+    },
+)
+ConnectionStatus = inline_serializer(
+    "ConnectionStatus",
+    {
+        "status": serializers.ChoiceField(
+            choices=["not_connected", "active", "reauth_required", "disconnected"]
+        ),
+        "zywave_subject": serializers.CharField(allow_null=True),
+        "zywave_email": serializers.CharField(allow_null=True),
+        "profile": _profile,
+        "scopes": serializers.ListField(child=serializers.CharField()),
+        "refresh_deadline": serializers.DateTimeField(allow_null=True),
+        "last_sync": _last_sync,
+        "action": serializers.ChoiceField(
+            choices=["connect", "reconnect", "choose_profile"], allow_null=True
+        ),
+    },
+)
+
+connection = extend_schema(
+    operation_id="connection_read",
+    summary="The connection's status",
+    description="Whether the key owner's Zywave connection works, and if not what they must do.",
+    responses={200: ConnectionStatus, **ERRORS},
+    tags=["connection"],
+)
+
+SyncRunBody = inline_serializer(
+    "SyncRun",
+    {
+        "id": serializers.IntegerField(),
+        "state": serializers.ChoiceField(
+            choices=["queued", "running", "succeeded", "partial", "failed"]
+        ),
+        "full": serializers.BooleanField(),
+        "trigger": serializers.CharField(),
+        "queued_at": serializers.DateTimeField(),
+        "started_at": serializers.DateTimeField(allow_null=True),
+        "finished_at": serializers.DateTimeField(allow_null=True),
+        "records": serializers.IntegerField(),
+        "records_skipped": serializers.IntegerField(),
+        "error": serializers.CharField(),
+        "url": serializers.URLField(),
+    },
+)
+_in_progress = inline_serializer(
+    "SyncInProgress",
+    {
+        "type": serializers.CharField(),
+        "title": serializers.CharField(),
+        "status": serializers.IntegerField(),
+        "detail": serializers.CharField(),
+        "code": serializers.CharField(),
+        "run": SyncRunBody,
+    },
+)
+
+sync_list = extend_schema(
+    operation_id="syncs_list",
+    summary="Recent sync runs",
+    responses={
+        200: inline_serializer(
+            "SyncRunPage",
+            {
+                "results": serializers.ListField(child=SyncRunBody),
+                "next": serializers.URLField(allow_null=True),
+            },
+        ),
+        **ERRORS,
+    },
+    tags=["syncs"],
+)
+sync_start = extend_schema(
+    operation_id="sync_start",
+    summary="Start a sync",
+    request=inline_serializer("SyncRequest", {"full": serializers.BooleanField(default=False)}),
+    responses={
+        202: SyncRunBody,
+        400: OpenApiResponse(Problem, description="The body is not valid."),
+        409: OpenApiResponse(
+            PolymorphicProxySerializer(
+                component_name="SyncConflict",
+                serializers=[_in_progress, ActionProblem],
+                resource_type_field_name=None,
+            ),
+            description="A sync is already queued or running (`run`), or the connection "
+            "cannot sync until the person acts (`action`).",
+        ),
+        **ERRORS,
+    },
+    tags=["syncs"],
+)
+sync_detail = extend_schema(
+    operation_id="sync_read",
+    summary="One sync run",
+    responses={
+        200: SyncRunBody,
+        404: OpenApiResponse(Problem, description="No such run."),
+        **ERRORS,
+    },
+    tags=["syncs"],
+)
+
+
+def _account_detail() -> Any:
+    from .records import ACCOUNTS, CONTACTS
+
+    fields = dict(record_serializer(ACCOUNTS)().get_fields())
+    fields["contacts"] = serializers.ListField(child=record_serializer(CONTACTS)())
+    return extend_schema(
+        operation_id="account_read",
+        summary="One account, with its contacts",
+        responses={
+            200: inline_serializer("AccountWithContacts", fields),
+            404: OpenApiResponse(Problem, description="No such account in the mirror."),
+            **ERRORS,
+        },
+        tags=["mirror"],
+    )
+
+
+account_detail = _account_detail()

@@ -1,0 +1,120 @@
+"""The mirror through the API: pages, cursors, incremental pulls and tombstones."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from integrations import mirror
+from integrations.models import Account, Contact
+from tests.api.callers import problem, system_of
+from tests.conftest import connection
+
+pytestmark = pytest.mark.django_db
+
+
+def records(count: int, prefix: str = "A", **extra: object) -> list[dict[str, object]]:
+    return [
+        {
+            "id": f"{prefix}{n}",
+            "name": f"Account {n:04}",
+            "updatedDateTime": "2026-11-01T00:00:00Z",
+            **extra,
+        }
+        for n in range(count)
+    ]
+
+
+def pull(system, url: str) -> list[dict]:  # type: ignore[no-untyped-def]
+    seen = []
+    while url:
+        response = system.get(url)
+        assert response.status_code == 200, response.content[:300]
+        assert response["Content-Type"] == "application/json"
+        body = response.json()
+        seen.extend(body["results"])
+        url = body["next"]
+    return seen
+
+
+def test_pages_walk_every_record_once(staff):
+    conn = connection(staff)
+    mirror.upsert("accounts", conn.pk, 1, records(250))
+    system = system_of(staff, "read")
+    seen = pull(system, "/api/v1/accounts?page_size=100")
+    assert sorted(r["id"] for r in seen) == sorted(f"A{n}" for n in range(250))
+    first = seen[0]
+    assert first["deleted"] is False and first["raw"]["id"] == first["id"]
+    assert set(first) >= {"id", "name", "updated_at", "changed_at", "raw", "is_archived"}
+
+
+def test_unchanged_rows_keep_changed_at_and_changes_come_back_alone(staff):
+    conn = connection(staff)
+    mirror.upsert("accounts", conn.pk, 1, records(30))
+    system = system_of(staff, "read")
+    mark = pull(system, "/api/v1/accounts?page_size=500")[-1]["changed_at"]
+    later = records(30)
+    later[3]["name"] = "Renamed"
+    mirror.upsert("accounts", conn.pk, 2, later)  # 29 unchanged, one changed
+    changed = pull(system, f"/api/v1/accounts?updated_since={mark}")
+    assert [r["id"] for r in changed] == ["A3"] and changed[0]["name"] == "Renamed"
+
+
+def test_a_record_gone_at_zywave_is_a_tombstone_for_incremental_pulls_only(staff):
+    conn = connection(staff)
+    mirror.upsert("accounts", conn.pk, 1, records(5))
+    system = system_of(staff, "read")
+    mark = pull(system, "/api/v1/accounts")[-1]["changed_at"]
+    mirror.upsert("accounts", conn.pk, 2, records(4))  # A4 not seen by full run 2
+    mirror.remove_unseen(conn.pk, 2)
+    assert [r["id"] for r in pull(system, "/api/v1/accounts")] == ["A0", "A1", "A2", "A3"]
+    (gone,) = pull(system, f"/api/v1/accounts?updated_since={mark}")
+    assert gone == {"id": "A4", "deleted": True, "changed_at": gone["changed_at"]}
+    assert gone["changed_at"] > mark
+    tomb = Account.all_rows.get(zywave_id="A4")
+    assert tomb.name == "" and tomb.raw == {}
+    assert not Account.objects.filter(zywave_id="A4").exists()
+    # Coming back at Zywave revives it, changed.
+    mirror.upsert("accounts", conn.pk, 3, records(5))
+    assert Account.objects.filter(zywave_id="A4").exists()
+
+
+def test_old_tombstones_are_purged(staff, settings):
+    conn = connection(staff)
+    mirror.upsert("accounts", conn.pk, 1, records(2))
+    mirror.remove_unseen(conn.pk, 2)
+    Account.all_rows.update(
+        deleted_at=timezone.now() - timedelta(days=settings.ZYWAVE_TOMBSTONE_DAYS + 1)
+    )
+    mirror.remove_unseen(conn.pk, 3)
+    assert not Account.all_rows.exists()
+
+
+def test_account_detail_has_its_contacts(staff):
+    conn = connection(staff)
+    mirror.upsert("accounts", conn.pk, 1, records(2))
+    mirror.upsert(
+        "contacts",
+        conn.pk,
+        1,
+        [{"id": "C1", "accountId": "A1", "firstName": "Ann"}, {"id": "C2", "accountId": "A0"}],
+    )
+    body = system_of(staff, "read").get("/api/v1/accounts/A1").json()
+    assert body["id"] == "A1" and [c["id"] for c in body["contacts"]] == ["C1"]
+    assert body["contacts"][0]["first_name"] == "Ann"
+    assert Contact.objects.count() == 2
+
+
+def test_bad_parameters_are_problems(staff):
+    connection(staff)
+    system = system_of(staff, "read")
+    for query in (
+        "page_size=501",
+        "page_size=x",
+        "cursor=nonsense",
+        "updated_since=yesterday",
+        "status=odd",
+    ):
+        problem(system.get(f"/api/v1/accounts?{query}"), 400)
