@@ -44,6 +44,8 @@ log = logging.getLogger(__name__)
 PAGE_SIZE = 100
 # Pages in flight while one is written (`ZywaveClient.pages`).
 PREFETCH_PAGES = 2
+# Methods sent once more when the connection was lost before an answer (`_send`).
+IDEMPOTENT = {"GET", "HEAD", "OPTIONS", "PUT", "DELETE"}
 # The most of a body asked of the socket at once (`read_chunk`).
 READ_CHUNK = 64 * 1024
 
@@ -91,6 +93,10 @@ class ServerError(ZywaveError):
 
 class ZywaveTimeout(ZywaveError):
     """Zywave did not connect or answer within the configured timeout, or was unreachable."""
+
+
+class ZywaveUnreachable(ZywaveTimeout):
+    """No answer at all: the connection was refused or lost."""
 
 
 class MalformedResponse(ZywaveError):
@@ -261,6 +267,35 @@ class ZywaveClient:
             self._send(path, params, headers, token), path, params, headers, token
         )
 
+    def forward(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        *,
+        v2: bool,
+    ) -> requests.Response:
+        """Send a request as it came (the proxy's), whatever its method, with the bearer token
+        and on v2 routes the `Profile` header. A 401 refreshes once and sends again; a 403 on
+        v2 fetches the ProfileToken again once. The answer, of any status, is read whole under
+        the size cap and within the deadline; nothing is retried on a lost connection unless
+        the method is idempotent."""
+        headers = {**headers, **self._headers(path, v2)}
+        token = self.token(self.connection)
+        options: dict[str, Any] = {"method": method, "data": body, "read_errors": True}
+        response = self._send(path, query, headers, token, **options)
+        if response.status_code == 401:
+            token = self.refresh(self.connection, token)
+            response = self._send(path, query, headers, token, **options)
+        if response.status_code == 403 and "Profile" in headers and self.refetch_profile:
+            header = self.refetch_profile()
+            if header and header != headers["Profile"]:
+                headers["Profile"] = self.profile_header = header
+                response = self._send(path, query, headers, token, **options)
+        return response
+
     def _headers(self, path: str, v2: bool) -> dict[str, str]:
         if not v2:
             return {}
@@ -289,9 +324,18 @@ class ZywaveClient:
         return self._read(response, path)
 
     def _send(
-        self, path: str, params: dict[str, Any] | None, headers: dict[str, str], token: str
+        self,
+        path: str,
+        params: dict[str, Any] | str | None,
+        headers: dict[str, str],
+        token: str,
+        *,
+        method: str = "GET",
+        data: bytes | None = None,
+        read_errors: bool = False,
     ) -> requests.Response:
         """GET `path` and read a 2xx body whole, under the size cap and within the deadline.
+        (`method`, `data` and `read_errors`, the body of any status read too: the proxy's.)
 
         The answer comes back read and its connection back in the pool, so the helper threads
         of `pages` read bodies ahead under the same cap and deadline. A GET whose connection
@@ -306,9 +350,11 @@ class ZywaveClient:
             if left <= 0:
                 raise self._too_slow(path)
             connect, read = self.timeout
-            response = session().get(
+            response = session().request(
+                method,
                 url,
                 params=params,
+                data=data,
                 # identity: a compressed body could decode to nothing for ever inside one
                 # read, out of the deadline's reach; the cap counts what is really sent.
                 headers={
@@ -324,7 +370,7 @@ class ZywaveClient:
                 allow_redirects=False,
             )
             try:
-                if 200 <= response.status_code < 300:
+                if 200 <= response.status_code < 300 or read_errors:
                     # What `response.content` holds when requests reads it, read here instead.
                     response._content = self._body(response, path, ends_at)
                     response.raw.release_conn()  # read to its end: the connection is reusable
@@ -338,7 +384,7 @@ class ZywaveClient:
             try:
                 return send()
             except requests.ConnectionError as exc:
-                if isinstance(exc, requests.Timeout):
+                if isinstance(exc, requests.Timeout) or method not in IDEMPOTENT:
                     raise
                 # Most often a keep-alive connection Zywave closed just as it was reused (the
                 # connect-burst drill met it under load). A GET may be sent again: once, at
@@ -349,7 +395,7 @@ class ZywaveClient:
         except requests.Timeout:
             raise ZywaveTimeout(f"{path}: Zywave did not answer in time", path=path) from None
         except requests.RequestException as exc:
-            raise ZywaveTimeout(
+            raise ZywaveUnreachable(
                 f"{path}: Zywave could not be reached ({type(exc).__name__})", path=path
             ) from None
 

@@ -113,6 +113,16 @@ class Sandbox:
     def counters(self) -> Any:
         return self.control("GET", "counters")
 
+    def received_headers(self) -> dict[str, list[str]]:
+        """The request header names beyond the ordinary ones (see the sandbox's
+        `received_headers`) that reached each API path since the last reset, lower-cased."""
+        seen: dict[str, list[str]] = {}
+        for key in self.counters().get("headers", {}):
+            path, _, names = key.rpartition(":")
+            seen.setdefault(path, [])
+            seen[path] = sorted({*seen[path], *names.split(",")})
+        return seen
+
     def register_client(
         self,
         client_id: str,

@@ -266,3 +266,59 @@ def _account_detail() -> Any:
 
 
 account_detail = _account_detail()
+
+
+def proxy(method: str) -> Any:
+    write = method != "GET"
+    return extend_schema(
+        operation_id=f"zywave_proxy_{method.lower()}",
+        summary=f"{method} through the profiled proxy",
+        description=(
+            "Forwards the request to Zywave's API as the key owner's connection: its bearer "
+            "token, and on v2 routes its chosen profile's `Profile` header. Zywave's answer "
+            "comes back as it was sent (status, body, headers other than hop-by-hop ones): its "
+            "JSON errors, 429 with `Retry-After` included, are Zywave's own bodies; an error "
+            "without a JSON body becomes a problem carrying `zywave_status`. Paths must "
+            "fall under ZYWAVE_PROXY_ALLOW. Scope `proxy`" + (":write." if write else ".")
+        ),
+        parameters=[
+            OpenApiParameter(
+                "path",
+                str,
+                OpenApiParameter.PATH,
+                description="Zywave's path, like accounts/v2.0/account.",
+            )
+        ],
+        request=OpenApiTypes.BINARY if write else None,
+        responses={
+            (200, "*/*"): OpenApiResponse(
+                OpenApiTypes.BINARY, description="Zywave's answer, as it came."
+            ),
+            400: OpenApiResponse(Problem, description="The path is not in canonical form."),
+            403: OpenApiResponse(
+                Problem,
+                description="The key lacks the scope, or the path is outside ZYWAVE_PROXY_ALLOW.",
+            ),
+            409: OpenApiResponse(
+                ActionProblem,
+                description="The person must act first (reconnect, choose a profile).",
+            ),
+            **(
+                {
+                    413: OpenApiResponse(
+                        Problem, description="The body is over ZYWAVE_PROXY_MAX_REQUEST_BYTES."
+                    )
+                }
+                if write
+                else {}
+            ),
+            502: OpenApiResponse(
+                Problem,
+                description="Zywave unreachable, refusing the token, or its answer over the cap.",
+            ),
+            504: OpenApiResponse(Problem, description="Zywave did not answer in time."),
+            401: ERRORS[401],
+            429: ERRORS[429],
+        },
+        tags=["proxy"],
+    )

@@ -29,7 +29,7 @@ def json_response(body: Any, status: int = 200) -> HttpResponse:
     )
 
 
-def connection_of(request: Request, *fields: str) -> Connection | None:
+def connection_of(request: Request) -> Connection | None:
     """The key owner's own connection: every endpoint starts here, none reads another's."""
     return (
         Connection.objects.filter(user_id=request.user.pk).select_related("chosen_profile").first()
@@ -53,9 +53,12 @@ ACTION_DETAIL = {
 }
 
 
-def require_usable(connection: Connection | None) -> Connection:
-    """The connection, when it can act at Zywave; else 409 saying what the person must do."""
+def require_usable(connection: Connection | None, *, profile: bool = True) -> Connection:
+    """The connection, when it can act at Zywave (`profile`: under a chosen profile); else
+    409 saying what the person must do."""
     action = _action(connection)
+    if action == "choose_profile" and not profile:
+        action = None
     if action is not None or connection is None:
         raise Problem(409, "action_required", ACTION_DETAIL[action or "connect"], action=action)
     return connection

@@ -40,9 +40,31 @@ def counters(get_response: Handler) -> Handler:
             Counter.bump("token", f"{grant_type}:{token_outcome(response)}")
         elif API_PATH.match(request.path):
             Counter.bump("api", f"{request.path}:{response.status_code}")
+            extra = received_headers(request)
+            if extra:
+                Counter.bump("headers", f"{request.path}:{','.join(extra)}")
         return response
 
     return middleware
+
+
+# What every client sends; any other request header of an API call is recorded (kind
+# "headers", key "path:name,name"), so a test sees that a Profile header reached a v2 route and
+# none the v3 route, and that a proxy forwarded nothing it should not have.
+ORDINARY_HEADERS = {
+    "host",
+    "authorization",
+    "accept",
+    "accept-encoding",
+    "connection",
+    "user-agent",
+    "content-length",
+    "content-type",
+}
+
+
+def received_headers(request: HttpRequest) -> list[str]:
+    return sorted(name.lower() for name in request.headers if name.lower() not in ORDINARY_HEADERS)
 
 
 def token_outcome(response: HttpResponseBase) -> str:
