@@ -145,13 +145,16 @@ class RecordList(APIView):
         if connection_id is None:
             return json_response({"results": [], "next": None})
         rows = self.resource.rows(connection_id)
+        live = self.resource.filters(rows.filter(deleted_at__isnull=True), params)
         since = params.get("updated_since")
         if since:
-            # Incremental pulls see tombstones too: how a caller learns of a deletion.
-            rows = rows.filter(changed_at__gt=parse_rfc3339(since, "updated_since"))
+            # Incremental pulls see tombstones too, how a caller learns of a deletion: all of
+            # them, whatever the filters (a tombstone has no columns left to filter on).
+            rows = (live | rows.filter(deleted_at__isnull=False)).filter(
+                changed_at__gt=parse_rfc3339(since, "updated_since")
+            )
         else:
-            rows = rows.filter(deleted_at__isnull=True)
-        rows = self.resource.filters(rows, params)
+            rows = live
         cursor = params.get("cursor")
         if cursor:
             changed_at, pk = decode_cursor(cursor)

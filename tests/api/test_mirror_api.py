@@ -118,3 +118,14 @@ def test_bad_parameters_are_problems(staff):
         "status=odd",
     ):
         problem(system.get(f"/api/v1/accounts?{query}"), 400)
+
+
+def test_filtered_incremental_pulls_still_get_every_tombstone(staff):
+    conn = connection(staff)
+    mirror.upsert("accounts", conn.pk, 1, records(3))
+    system = system_of(staff, "read")
+    mark = pull(system, "/api/v1/accounts")[-1]["changed_at"]
+    mirror.upsert("accounts", conn.pk, 2, records(2))
+    mirror.remove_unseen(conn.pk, 2)  # A2 gone
+    found = pull(system, f"/api/v1/accounts?updated_since={mark}&search=Account")
+    assert [(r["id"], r["deleted"]) for r in found] == [("A2", True)]
