@@ -46,6 +46,7 @@ from .admin_views import (
 from .models import (
     DEADLINE_NOTICE,
     Account,
+    ApiKey,
     Connection,
     ConnectionEvent,
     ConnectionQuerySet,
@@ -602,11 +603,100 @@ class ContactAdmin(OwnedByConnection):
     show_full_result_count = False
 
 
+class ApiKeyStateFilter(admin.SimpleListFilter):
+    title = "state"
+    parameter_name = "state"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Iterable[tuple[str, str]]:
+        return [("active", "Active"), ("expired", "Expired"), ("revoked", "Revoked")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        now = timezone.now()
+        if self.value() == "active":
+            return queryset.filter(revoked_at__isnull=True).exclude(expires_at__lte=now)
+        if self.value() == "expired":
+            return queryset.filter(revoked_at__isnull=True, expires_at__lte=now)
+        if self.value() == "revoked":
+            return queryset.filter(revoked_at__isnull=False)
+        return queryset
+
+
+class ApiKeyAdmin(ReadOnlyAdmin):
+    """Keys are made by their owners (the page, the command) and only revoked here. The hash
+    is in no column, field or search: the admin has nothing to show of a key but its prefix."""
+
+    list_display = [
+        "owner",
+        "name",
+        "shown_prefix",
+        "scope_list",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+        "state_badge",
+    ]
+    list_filter = [ApiKeyStateFilter, "created_at", "last_used_at"]
+    list_select_related = ["owner", "revoked_by"]
+    search_fields = ["owner__username", "owner__email", "name", "prefix"]
+    search_help_text = "Owner's username or email, key name, or prefix."
+    list_per_page = 100
+    fields = (
+        "owner",
+        "name",
+        "shown_prefix",
+        "scope_list",
+        "created_at",
+        "last_used_at",
+        "expires_at",
+        "revoked_at",
+        "revoked_by",
+        "state_badge",
+    )
+    readonly_fields = fields
+    actions = ["revoke_selected"]
+
+    class Media:
+        css = {"all": ["admin.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return super().get_queryset(request).defer("hashed_key")
+
+    def has_act_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("integrations.change_apikey")
+
+    @admin.display(description="key", ordering="prefix")
+    def shown_prefix(self, obj: ApiKey) -> str:
+        return f"zwk_{obj.prefix}_…"
+
+    @admin.display(description="scopes")
+    def scope_list(self, obj: ApiKey) -> str:
+        return " ".join(obj.scopes) or EMPTY
+
+    @admin.display(description="state")
+    def state_badge(self, obj: ApiKey) -> str:
+        return format_html('<span class="zw-badge zw-{}">{}</span>', obj.state, obj.state)
+
+    @admin.action(description="Revoke selected keys", permissions=["act"])
+    def revoke_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        revoked = already = 0
+        for key in queryset.order_by("pk"):
+            if key.revoke(request.user):  # audited as an api_key_revoked event
+                revoked += 1
+            else:
+                already += 1
+        parts = [f"{revoked} key{'s' if revoked != 1 else ''} revoked"]
+        if already:
+            parts.append(f"{already} already revoked")
+        self.message_user(request, f"Revoke: {'; '.join(parts)}.", messages.SUCCESS)
+
+
 admin.site.register(Connection, ConnectionAdmin)
 admin.site.register(SyncRun, SyncRunAdmin)
 admin.site.register(ConnectionEvent, ConnectionEventAdmin)
 admin.site.register(Account, AccountAdmin)
 admin.site.register(Contact, ContactAdmin)
+admin.site.register(ApiKey, ApiKeyAdmin)
 
 
 # social-auth's stock admin shows and edits raw extra_data: replace it with a read-only list.

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from django.contrib.auth.models import User
 from playwright.sync_api import expect
 
-from integrations.models import Connection, SyncRun
+from integrations.api.keys import KEY_PATTERN
+from integrations.models import ApiKey, Connection, SyncRun
 from tests.e2e.conftest import assert_accessible, screenshot
 from tests.integrations.flows import inject_fault
 from tests.integrations.workers import Worker, wait_for
@@ -203,3 +205,40 @@ def test_an_admin_finds_the_user_and_refreshes_the_token(
     assert_accessible(page)
     assert "root" in page.locator("body").inner_text()
     assert conn.events.filter(kind="refreshed").exists()
+
+
+def test_a_staff_member_makes_an_api_key_uses_it_and_revokes_it(
+    page: Any, live_server: Any, staff: User
+) -> None:
+    portal = str(live_server.url)
+    log_in(page, portal, "dana", "dana-password")
+    page.get_by_role("link", name="API keys").click()
+    page.wait_for_url(f"{portal}/settings/api-keys/")
+    assert_accessible(page)
+    page.fill("#id_name", "Nightly report")
+    page.get_by_label(re.compile(r"^read:")).check()
+    page.get_by_role("button", name="Create key").click()
+    expect(page.get_by_role("alert")).to_contain_text("it will not be shown again")
+    key = page.locator("#new-key").input_value()
+    assert KEY_PATTERN.fullmatch(key)
+    assert_accessible(page)
+    # Shown once: the page itself, opened again, has only the prefix.
+    page.goto(f"{portal}/settings/api-keys/")
+    row = page.locator("tbody tr").filter(has_text="Nightly report")
+    expect(row).to_contain_text(f"zwk_{key[4:12]}_…")
+    assert key not in page.content() and page.locator("#new-key").count() == 0
+    # Another system, with a real HTTP client.
+    api = f"{portal}/api/v1/connection"
+    headers = {"Authorization": f"Bearer {key}"}
+    answer = requests.get(api, headers=headers, timeout=10)
+    assert answer.status_code == 200 and answer.json()["status"] == "not_connected"
+    row.get_by_text("Revoke…").click()
+    row.get_by_role("button", name="Revoke “Nightly report”").click()
+    expect(page.get_by_role("status")).to_contain_text("is revoked")
+    expect(page.locator("tbody tr").filter(has_text="Nightly report")).to_contain_text("revoked")
+    assert_accessible(page)
+    refused = requests.get(api, headers=headers, timeout=10)
+    assert refused.status_code == 401
+    assert refused.headers["Content-Type"] == "application/problem+json"
+    assert "revoked" in refused.json()["detail"]
+    assert ApiKey.objects.get(owner=staff).revoked_by == staff
