@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
-from django.urls import include, path
+from django.urls import include, path, re_path
 
+from integrations.api.problems import not_found
 from integrations.urls import oauth_patterns
 from portal.forms import AdminLoginForm, LoginForm
 from portal.health import health
@@ -23,7 +24,9 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
     path("api/", include("integrations.api.urls")),
+    re_path(r"^api$", not_found),  # never APPEND_SLASH's redirect (a POST's would be a 500)
     path("", include("integrations.urls")),
 ]
 
+handler400 = "portal.errors.bad_request"
 handler500 = "portal.errors.server_error"
