@@ -544,6 +544,10 @@ SPECTACULAR_SETTINGS = {
     },
     "SECURITY": [{"ApiKey": []}],
     "AUTHENTICATION_WHITELIST": [],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "integrations.api.schema.problem_media_type",
+    ],
 }
 
 # social-auth: the `zywave` backend reads these. Tokens never go to extra_data (see backends).

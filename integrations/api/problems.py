@@ -2,8 +2,10 @@
 `detail`, and where it helps a member more (`code`, `action`, `run`, `errors`).
 
 REST framework's errors pass through `exception_handler`; an unknown route under `/api/` is
-`not_found`; a crash is `server_error` (called by `portal.errors` for `/api/` paths). No API
-answer is ever HTML.
+`not_found`; what Django itself answers, a crash (`server_error`, or `unavailable` when the
+database cannot be reached) and a request it refuses to read (`bad_request`: a bad Host, too
+many fields), `portal.errors` hands over for `/api/` paths (`is_api`). No API answer is ever
+HTML.
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from http import HTTPStatus
 from typing import Any
 
 import orjson
-from django.core.exceptions import PermissionDenied
+from django.conf import settings
+from django.core.exceptions import (
+    DisallowedHost,
+    PermissionDenied,
+    RequestDataTooBig,
+    TooManyFieldsSent,
+    TooManyFilesSent,
+)
 from django.http import Http404, HttpRequest, HttpResponse
+from django.urls import Resolver404, resolve
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import exceptions
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
-from rest_framework.views import exception_handler as drf_exception_handler
 
 CONTENT_TYPE = "application/problem+json"
 TYPE_BASE = "urn:zywave-portal:problem:"
@@ -63,6 +73,11 @@ _CODES: list[tuple[type[Exception], str]] = [
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse | None:
     """REST framework's handler, re-dressed as a problem; None (a 500) for anything else."""
+    # Imported here: rest_framework.views reads DEFAULT_CONTENT_NEGOTIATION_CLASS (JSONOnly,
+    # below) as it loads, which fails while this module is still loading (portal.urls
+    # imports it before anything has loaded rest_framework.views).
+    from rest_framework.views import exception_handler as drf_exception_handler
+
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -80,19 +95,37 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse |
     if isinstance(detail, dict | list):
         members["errors"] = detail
         detail = "The request is not valid: see `errors`."
+    retry_after = None
     if isinstance(exc, exceptions.Throttled) and exc.wait is not None:
-        detail = f"Too many requests for this API key; try again in {math.ceil(exc.wait)} s."
+        # Whole seconds, rounded up (REST framework's header rounds down, to 0 under a second).
+        retry_after = str(max(1, math.ceil(exc.wait)))
+        detail = f"Too many requests for this API key; try again in {retry_after} s."
     answer = problem(response.status_code, code, str(detail), **members)
     for header in ("WWW-Authenticate", "Retry-After", "Allow"):
         if header in response:
             answer[header] = response[header]
+    if retry_after is not None:
+        answer["Retry-After"] = retry_after
     return answer
 
 
 class JSONOnly(BaseContentNegotiation):
-    """The API speaks JSON whatever the Accept header asks (a browser asks for HTML)."""
+    """The API speaks JSON whatever the Accept header asks (a browser asks for HTML).
+
+    A body is read only up to DATA_UPLOAD_MAX_MEMORY_SIZE: REST framework reads the request
+    stream itself, past the check Django makes when `request.body` is read, so the limit is
+    applied here, before the parser reads anything (no Content-Length, no body: WSGI)."""
 
     def select_parser(self, request: Request, parsers: list[Any]) -> Any:
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        try:  # as REST framework reads it (`Request._load_stream`)
+            declared = int(request.META.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            declared = 0
+        if limit is not None and declared > limit:
+            raise Problem(
+                413, "request_too_large", f"The API reads request bodies of at most {limit} bytes."
+            )
         content_type = request.content_type.split(";")[0].strip().lower()
         return next((p for p in parsers if p.media_type == content_type), None)
 
@@ -102,9 +135,42 @@ class JSONOnly(BaseContentNegotiation):
         return renderers[0], renderers[0].media_type
 
 
+def is_api(request: HttpRequest) -> bool:
+    """Whether Django's own answers to `request` (crash, refusal) are the API's to give."""
+    return request.path_info == "/api" or request.path_info.startswith("/api/")
+
+
+@csrf_exempt  # a POST to a wrong path is a 404 like any other, not a CSRF page
 def not_found(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-    """Any path under /api/ that names no endpoint (a trailing slash too: never a redirect)."""
-    return problem(404, "not_found", f"No API endpoint at {request.path}.")
+    """Any path under /api/ that names no endpoint (a trailing slash too: never a redirect,
+    which would turn a POST into a GET; the detail names the path the caller may have meant)."""
+    detail = f"No API endpoint at {request.path}."
+    path = request.path_info
+    meant = path.removesuffix("/") if path.endswith("/") else f"{path}/"
+    try:
+        if resolve(meant).func is not not_found:
+            detail += f" Did you mean {request.path.removesuffix(path)}{meant}?"
+    except Resolver404:
+        pass
+    return problem(404, "not_found", detail)
+
+
+# What Django refuses to read (handler400), by the exception it raised: the messages are
+# Django's own words for its logs, so callers get these instead.
+_BAD_REQUESTS: list[tuple[type[Exception], str]] = [
+    (DisallowedHost, "The Host header does not name this portal."),
+    (RequestDataTooBig, "The request body is larger than the portal reads."),
+    (TooManyFieldsSent, "The request has more parameters than the portal reads."),
+    (TooManyFilesSent, "The request has more files than the portal reads."),
+]
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    detail = next(
+        (text for kind, text in _BAD_REQUESTS if isinstance(exception, kind)),
+        "The request is malformed.",
+    )
+    return problem(400, "bad_request", detail)
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -16,6 +16,7 @@ from drf_spectacular.utils import (
 )
 from rest_framework import serializers
 
+from .problems import CONTENT_TYPE
 from .records import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Resource
 
 _KINDS: dict[type, type[serializers.Field]] = {
@@ -24,6 +25,18 @@ _KINDS: dict[type, type[serializers.Field]] = {
     bool: serializers.BooleanField,
     datetime: serializers.DateTimeField,
 }
+
+
+def problem_media_type(result: dict[str, Any], **_: Any) -> dict[str, Any]:
+    """A POSTPROCESSING_HOOKS step: every error answer is documented as `application/problem+json`,
+    the media type it is sent with (drf-spectacular gives each one the renderer's, JSON)."""
+    for operations in result.get("paths", {}).values():
+        for operation in operations.values():
+            for status, response in operation.get("responses", {}).items():
+                content = response.get("content", {})
+                if status[:1] in "45" and "application/json" in content:
+                    content[CONTENT_TYPE] = content.pop("application/json")
+    return result
 
 
 class Problem(serializers.Serializer):
@@ -135,6 +148,7 @@ _profile = inline_serializer(
         "type_code": serializers.CharField(),
         "name": serializers.CharField(),
     },
+    allow_null=True,
 )
 _last_sync = inline_serializer(
     "LastSync",
@@ -144,6 +158,7 @@ _last_sync = inline_serializer(
         "finished_at": serializers.DateTimeField(allow_null=True),
         "records": serializers.IntegerField(),
     },
+    allow_null=True,
 )
 ConnectionStatus = inline_serializer(
     "ConnectionStatus",
@@ -223,6 +238,8 @@ sync_start = extend_schema(
     responses={
         202: SyncRunBody,
         400: OpenApiResponse(Problem, description="The body is not valid."),
+        413: OpenApiResponse(Problem, description="The body is over DATA_UPLOAD_MAX_MEMORY_SIZE."),
+        415: OpenApiResponse(Problem, description="The body is not `application/json`."),
         409: OpenApiResponse(
             PolymorphicProxySerializer(
                 component_name="SyncConflict",
