@@ -15,7 +15,7 @@ from django.views import defaults
 from integrations.api import problems
 
 # How long a database restart or failover takes, as told to people and to clients.
-RETRY_AFTER_SECONDS = 30
+RETRY_AFTER_SECONDS = problems.DATABASE_RETRY_AFTER
 
 
 def server_error(request: HttpRequest) -> HttpResponse:

@@ -128,7 +128,10 @@ class HasScope(BasePermission):
         api_key = request.auth
         if not isinstance(api_key, ApiKey):
             raise exceptions.NotAuthenticated("An API key is required: `Authorization: Bearer`.")
-        needed = scope_for(view, request.method or "GET")
+        method = request.method or "GET"
+        if not hasattr(view, method.lower()):
+            return True  # no handler: REST framework answers 405 next, with Allow
+        needed = scope_for(view, method)
         if needed is None:
             return False
         if needed not in api_key.scopes:
@@ -138,8 +141,12 @@ class HasScope(BasePermission):
 
 
 def scope_for(view: Any, method: str) -> str | None:
+    """The scope `view.scopes` asks for `method`: HEAD as GET unless named, `*` for the rest."""
     scopes = getattr(view, "scopes", {})
-    return scopes.get(method.upper(), scopes.get("*"))
+    method = method.upper()
+    if method == "HEAD" and "HEAD" not in scopes:
+        method = "GET"
+    return scopes.get(method, scopes.get("*"))
 
 
 class KeyThrottle(BaseThrottle):

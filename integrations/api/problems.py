@@ -10,6 +10,7 @@ HTML.
 
 from __future__ import annotations
 
+import logging
 import math
 from http import HTTPStatus
 from typing import Any
@@ -20,9 +21,11 @@ from django.core.exceptions import (
     DisallowedHost,
     PermissionDenied,
     RequestDataTooBig,
+    SuspiciousOperation,
     TooManyFieldsSent,
     TooManyFilesSent,
 )
+from django.db import InterfaceError, OperationalError
 from django.http import Http404, HttpRequest, HttpResponse
 from django.urls import Resolver404, resolve
 from django.views.decorators.csrf import csrf_exempt
@@ -30,7 +33,11 @@ from rest_framework import exceptions
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.request import Request
 
+log = logging.getLogger(__name__)
+
 CONTENT_TYPE = "application/problem+json"
+# Seconds a client is told to wait while the database is unreachable (a restart, a failover).
+DATABASE_RETRY_AFTER = 30
 TYPE_BASE = "urn:zywave-portal:problem:"
 
 
@@ -80,7 +87,17 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse |
 
     response = drf_exception_handler(exc, context)
     if response is None:
-        return None
+        # A crash: answered here, not by Django, whose DEBUG page would be HTML. Logged with
+        # its traceback (through the redaction filter, like every log line).
+        request = context.get("request")
+        if isinstance(exc, SuspiciousOperation):  # what Django itself answers with 400
+            log.warning("Refused a malformed request: %s", type(exc).__name__)
+            return bad_request(request, exc)
+        path = request.path if request is not None else "?"
+        log.error("Unhandled error answering %s", path, exc_info=exc)
+        if isinstance(exc, OperationalError | InterfaceError):
+            return unavailable(request, DATABASE_RETRY_AFTER)
+        return server_error(request)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):
@@ -165,7 +182,7 @@ _BAD_REQUESTS: list[tuple[type[Exception], str]] = [
 ]
 
 
-def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+def bad_request(request: HttpRequest | None, exception: Exception | None = None) -> HttpResponse:
     detail = next(
         (text for kind, text in _BAD_REQUESTS if isinstance(exception, kind)),
         "The request is malformed.",
@@ -173,11 +190,11 @@ def bad_request(request: HttpRequest, exception: Exception | None = None) -> Htt
     return problem(400, "bad_request", detail)
 
 
-def server_error(request: HttpRequest) -> HttpResponse:
+def server_error(request: HttpRequest | None) -> HttpResponse:
     return problem(500, "server_error", "The portal failed to answer; the error is logged.")
 
 
-def unavailable(request: HttpRequest, retry_after: int) -> HttpResponse:
+def unavailable(request: HttpRequest | None, retry_after: int) -> HttpResponse:
     answer = problem(503, "unavailable", "The portal's database is unavailable; retry shortly.")
     answer["Retry-After"] = str(retry_after)
     return answer

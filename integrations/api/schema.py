@@ -3,6 +3,7 @@ lists `records.py` renders with. The serializers here describe; they never rende
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime
 from typing import Any
 
@@ -14,7 +15,9 @@ from drf_spectacular.utils import (
     extend_schema,
     inline_serializer,
 )
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import serializers
+from rest_framework.response import Response
 
 from .problems import CONTENT_TYPE
 from .records import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, Resource
@@ -339,3 +342,23 @@ def proxy(method: str) -> Any:
         },
         tags=["proxy"],
     )
+
+
+class SchemaView(SpectacularAPIView):
+    """`/api/schema/`, built once per process under a lock: it cannot change while the process
+    runs, and drf-spectacular's first build is not safe in two threads at once (two first
+    requests could each get a 500)."""
+
+    _lock = threading.Lock()
+    _built: dict[str, Any] | None = None
+
+    def _get_schema_response(self, request: Any) -> Response:
+        with SchemaView._lock:
+            if SchemaView._built is None:
+                generator = self.generator_class(urlconf=self.urlconf, patterns=self.patterns)
+                SchemaView._built = generator.get_schema(request=request, public=self.serve_public)
+        filename = self._get_filename(request, None)  # type: ignore[no-untyped-call]
+        return Response(
+            data=SchemaView._built,
+            headers={"Content-Disposition": f'inline; filename="{filename}"'},
+        )

@@ -7,14 +7,13 @@ from csp.constants import NONCE
 from csp.decorators import csp_update
 from django.urls import path, re_path
 from drf_spectacular.views import (
-    SpectacularAPIView,
     SpectacularRedocView,
     SpectacularSwaggerSplitView,
 )
 from rest_framework.negotiation import DefaultContentNegotiation
 
 from ..urls import ZywaveIdConverter  # noqa: F401  (registers the zywave_id converter)
-from . import proxy, views
+from . import proxy, schema, views
 from .problems import not_found
 
 app_name = "api"
@@ -40,7 +39,7 @@ urlpatterns = [
     # speak JSON whatever is asked; the schema lets the caller choose, 406 for what it lacks).
     path(
         "schema/",
-        SpectacularAPIView.as_view(content_negotiation_class=DefaultContentNegotiation),
+        schema.SchemaView.as_view(content_negotiation_class=DefaultContentNegotiation),
         name="schema",
     ),
     # The split view serves Swagger UI's start-up script as a file (`?script`): no inline

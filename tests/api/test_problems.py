@@ -92,11 +92,6 @@ def test_a_post_with_a_trailing_slash_is_not_redirected_with_append_slash_on(
         assert problem(response, 404)["code"] == "not_found"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="keys.HasScope refuses a method no view implements (no scope for it) with 403 "
-    "before REST framework can answer 405; reported",
-)
 def test_a_wrong_method_is_405_with_allow(staff: User) -> None:
     response = system_of(staff).delete("/api/v1/syncs")  # a key with every scope
     assert problem(response, 405)["code"] == "method_not_allowed"
