@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from sandbox.keys import ensure_rsa_key
+from sandbox.scopes import ZYWAVE_SCOPES  # a setting too: settings.ZYWAVE_SCOPES
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -136,34 +137,6 @@ TIME_ZONE = "UTC"
 USE_I18N = False
 USE_TZ = True
 
-# The Zywave scopes (docs/zywave.md §2). The scopes each client may ask for are a subset,
-# stored per client (zywave.models.ClientPolicy).
-ZYWAVE_SCOPES = {
-    "openid": "Sign you in",
-    "profile": "Your name",
-    "email": "Your email address",
-    "offline_access": "Stay connected when you are away (refresh tokens)",
-    "api.profiles": "List your Zywave profiles",
-    "api.accounts": "Read and change accounts and contacts",
-    "api.accounts:read": "Read accounts and contacts",
-    "api.agencies": "Read and change agencies",
-    "api.agencies:read": "Read agencies",
-    "api.carriers": "Read and change carriers",
-    "api.carriers:read": "Read carriers",
-    "api.policies": "Read and change policies",
-    "api.policies:read": "Read policies",
-    "api.content": "Read and change content",
-    "api.content:read": "Read content",
-    "api.licenses": "Read and change licenses",
-    "api.licenses:read": "Read licenses",
-    "api.plans": "Group benefit quoting",
-    "api.plans:read": "Read group benefit quotes",
-    "api.commercialpolicybenchmark": "Commercial policy benchmark",
-    "api.commercialpolicybenchmark:read": "Read commercial policy benchmark",
-    "api.industries": "Industries (v3)",
-    "api.companies": "Lead insights (v3)",
-}
-
 # The toolkit's models are swappable; migrations resolve them through these names.
 OAUTH2_PROVIDER_APPLICATION_MODEL = "oauth2_provider.Application"
 OAUTH2_PROVIDER_ACCESS_TOKEN_MODEL = "oauth2_provider.AccessToken"
@@ -173,7 +146,7 @@ OAUTH2_PROVIDER_GRANT_MODEL = "oauth2_provider.Grant"
 
 OAUTH2_PROVIDER = {
     "OAUTH2_VALIDATOR_CLASS": "sandbox.zywave.oauth.SandboxValidator",
-    "SCOPES": ZYWAVE_SCOPES,
+    "SCOPES": ZYWAVE_SCOPES,  # sandbox/scopes.py (docs/zywave.md §2)
     "DEFAULT_SCOPES": ["openid"],
     "PKCE_REQUIRED": True,
     "COMPLIANT_BCP_RFC9700_PKCE_METHOD": True,  # S256 only, never "plain"

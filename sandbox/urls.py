@@ -15,6 +15,7 @@ from django.urls import URLPattern, include, path, re_path
 from oauth2_provider import views as oauth2_views
 
 from sandbox.zywave import api, control, oauth
+from sandbox.zywave.resources import RESOURCES
 
 
 def either_case(letter: re.Match[str]) -> str:
@@ -33,6 +34,19 @@ def zywave_path(route: str, view: Any) -> URLPattern:
         else:
             regex += re.sub(r"[a-zA-Z]", either_case, re.escape(part))
     return re_path(regex + "/?$", view)
+
+
+def resource_patterns() -> list[URLPattern]:
+    """The routes of every resource of the registry (zywave.resources): its list, its detail
+    and its list under a parent record, each where declared."""
+    patterns = []
+    for resource in RESOURCES:
+        patterns.append(zywave_path(resource.route, api.list_view(resource)))
+        if resource.detail_route:
+            patterns.append(zywave_path(resource.detail_route, api.detail_view(resource)))
+        if resource.nested_route:
+            patterns.append(zywave_path(resource.nested_route, api.nested_view(resource)))
+    return patterns
 
 
 control_patterns = [
@@ -72,11 +86,8 @@ urlpatterns = [
     zywave_path("profiles/V2.0/Profile/{type_code}", api.profiles),
     zywave_path("profiles/V2.0/Profile/{type_code}/{profile_id}", api.profile_detail),
     zywave_path("profiles/V2.1/Profile/{type_code}/current", api.profile_current),
-    # Accounts API
-    zywave_path("accounts/v2.0/account", api.accounts),
-    zywave_path("accounts/v2.0/account/{account_id}", api.account_detail),
-    zywave_path("accounts/v2.0/account/{account_id}/contacts", api.account_contacts),
-    zywave_path("accounts/v2.0/contact", api.contacts),
+    # Accounts API and every other resource of the registry
+    *resource_patterns(),
     # A v3 API (no profile)
     zywave_path("industries/v3.0/industries", api.industries),
     # The toolkit's own routes, unused by clients: its views reverse() these names.

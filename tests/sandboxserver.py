@@ -27,13 +27,14 @@ from urllib.parse import parse_qs, urljoin, urlparse
 import pytest
 import requests
 
+from sandbox.scopes import PORTAL_SCOPES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONTROL_KEY = "test-sandbox-control-key"
 SEED_ACCOUNTS = 300
 DEFAULT_REDIRECT_URI = "http://testserver/oauth/complete/zywave/"
-DEFAULT_SCOPE = (
-    "openid profile email offline_access api.profiles api.accounts api.accounts:read api.industries"
-)
+# The sandbox's own list (a Django-free module): what portal-dev is registered for.
+DEFAULT_SCOPE = PORTAL_SCOPES
 
 
 class SandboxError(RuntimeError):

@@ -1,4 +1,5 @@
-"""Zywave's APIs: Profiles (v2.0 / v2.1), Accounts and contacts (v2.0), Industries (v3.0).
+"""Zywave's APIs: Profiles (v2.0 / v2.1), the registry's resources (accounts, contacts, ...:
+zywave.resources), Industries (v3.0).
 
 Every request carries a bearer access token (401 `invalid_token` when missing, expired or
 revoked) and needs a scope (403). Every v2 data request resolves exactly one profile, from the
@@ -8,8 +9,10 @@ the profile's agency decides what is visible.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from collections.abc import Set as AbstractSet
+from decimal import Decimal
 from functools import wraps
 from typing import Any
 
@@ -19,73 +22,11 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
 from sandbox.zywave import odata, odata_q
-from sandbox.zywave.models import Account, Contact, Person, Profile, RuntimeSetting
+from sandbox.zywave.models import Person, Profile, RuntimeSetting
 from sandbox.zywave.oauth import load_access_token
+from sandbox.zywave.resources import Resource
 
 MAX_TOP = 100
-
-ACCOUNT_FIELDS: odata_q.Fields = {
-    "id": ("id", "int"),
-    "name": ("name", "str"),
-    "classification": ("classification", "str"),
-    "clientSize": ("client_size", "str"),
-    "isActive": ("is_active", "bool"),
-    "isArchived": ("is_archived", "bool"),
-    "numberOfEmployees": ("number_of_employees", "int"),
-    "addressLine1": ("address_line1", "str"),
-    "city": ("city", "str"),
-    "state": ("state", "str"),
-    "postalCode": ("postal_code", "str"),
-    "primaryPhone": ("primary_phone", "str"),
-    "updatedDateTime": ("updated", "datetime"),
-}
-
-CONTACT_FIELDS: odata_q.Fields = {
-    "id": ("id", "int"),
-    "accountId": ("account_id", "int"),
-    "firstName": ("first_name", "str"),
-    "lastName": ("last_name", "str"),
-    "emailAddress": ("email_address", "str"),
-    "title": ("title", "str"),
-    "workPhoneNumber": ("work_phone_number", "str"),
-    "mobilePhoneNumber": ("mobile_phone_number", "str"),
-    "isPrimaryContact": ("is_primary_contact", "bool"),
-    "isActive": ("is_active", "bool"),
-    "isArchived": ("is_archived", "bool"),
-    "updatedDateTime": ("updated", "datetime"),
-}
-
-ACCOUNT_COLUMNS = [
-    "id",
-    "name",
-    "classification",
-    "lines_of_business",
-    "client_size",
-    "is_active",
-    "is_archived",
-    "number_of_employees",
-    "naics_codes",
-    "address_line1",
-    "city",
-    "state",
-    "postal_code",
-    "primary_phone",
-    "updated",
-]
-CONTACT_COLUMNS = [
-    "id",
-    "account_id",
-    "first_name",
-    "last_name",
-    "email_address",
-    "title",
-    "work_phone_number",
-    "mobile_phone_number",
-    "is_primary_contact",
-    "is_active",
-    "is_archived",
-    "updated",
-]
 
 INDUSTRIES = [
     ("11", "Agriculture, Forestry, Fishing and Hunting"),
@@ -127,10 +68,6 @@ def unauthorized(description: str) -> JsonResponse:
     return response
 
 
-def iso_z(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def resolve_profile(request: HttpRequest, user: Any) -> Profile | None:
     """The one profile this request acts under, or None (unknown, foreign or unlinked)."""
     linked = Profile.objects.select_related("agency").filter(user=user)
@@ -154,7 +91,7 @@ def resolve_profile(request: HttpRequest, user: Any) -> Profile | None:
 View = Callable[..., HttpResponse]
 
 
-def protected(scopes: set[str], profiled: bool) -> Callable[[View], View]:
+def protected(scopes: AbstractSet[str], profiled: bool) -> Callable[[View], View]:
     """Require a live bearer token holding one of `scopes`; with `profiled`, resolve the
     request's profile too. The view gets (request, access_token, profile, **kwargs)."""
 
@@ -188,14 +125,37 @@ def protected(scopes: set[str], profiled: bool) -> Callable[[View], View]:
     return decorator
 
 
-def envelope(items: list[Any], total: int, has_more: bool) -> JsonResponse:
+def exact_json(value: Any) -> str:
+    """JSON text as json.dumps writes it, except that a Decimal is a JSON number spelled with
+    the Decimal's own digits. DjangoJSONEncoder (JsonResponse's) writes a Decimal as a string,
+    and a float on the way would round it and drop its trailing zeros (1250.50 -> 1250.5)."""
+    if isinstance(value, Decimal):
+        if not value.is_finite():
+            raise ValueError(f"{value} has no JSON form")
+        return format(value, "f")
+    if isinstance(value, dict):
+        items = (f"{json.dumps(str(key))}: {exact_json(item)}" for key, item in value.items())
+        return "{" + ", ".join(items) + "}"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(exact_json(item) for item in value) + "]"
+    return json.dumps(value)
+
+
+def json_answer(body: Any, exact: bool = False) -> HttpResponse:
+    """A JSON answer, byte for byte what JsonResponse writes for the same plain values; with
+    `exact`, through exact_json (records with decimals: slower, so only for those)."""
+    text = exact_json(body) if exact else json.dumps(body)
+    return HttpResponse(text, content_type="application/json")
+
+
+def envelope(items: list[Any], total: int, has_more: bool, exact: bool = False) -> HttpResponse:
     """The list envelope, a runtime setting because Zywave's is not public (§4)."""
     shape = RuntimeSetting.get("envelope")
     if shape == "array":
-        return JsonResponse(items, safe=False)
+        return json_answer(items, exact)
     if shape == "value":
-        return JsonResponse({"value": items, "@odata.count": total})
-    return JsonResponse({"items": items, "totalCount": total, "hasMoreResults": has_more})
+        return json_answer({"value": items, "@odata.count": total}, exact)
+    return json_answer({"items": items, "totalCount": total, "hasMoreResults": has_more}, exact)
 
 
 def int_param(request: HttpRequest, name: str, default: int) -> int:
@@ -207,13 +167,7 @@ def int_param(request: HttpRequest, name: str, default: int) -> int:
     return int(raw)
 
 
-def page(
-    request: HttpRequest,
-    queryset: QuerySet[Any],
-    fields: odata_q.Fields,
-    columns: list[str],
-    serialize: Callable[[dict[str, Any]], dict[str, Any]],
-) -> JsonResponse:
+def page(request: HttpRequest, queryset: QuerySet[Any], resource: Resource) -> HttpResponse:
     """One OData page of `queryset`: $filter, $orderby, $skip, $top (at most 100)."""
     try:
         top = int_param(request, "$top", MAX_TOP)
@@ -221,54 +175,65 @@ def page(
         if top > MAX_TOP:
             raise odata.ODataError(f"$top may be at most {MAX_TOP}, got {top}")
         queryset = odata_q.apply(
-            queryset, fields, request.GET.get("$filter", ""), request.GET.get("$orderby", "")
+            queryset,
+            resource.fields,
+            request.GET.get("$filter", ""),
+            request.GET.get("$orderby", ""),
         )
     except odata.ODataError as error:
         return problem(400, "Bad Request", str(error))
     total = queryset.count()
-    rows = list(queryset.values(*columns)[skip : skip + top]) if top else []
-    return envelope([serialize(row) for row in rows], total, skip + len(rows) < total)
+    rows = list(queryset.values(*resource.columns)[skip : skip + top]) if top else []
+    items = [resource.as_json(row) for row in rows]
+    return envelope(items, total, skip + len(rows) < total, exact=resource.has_decimals)
 
 
-def account_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "name": row["name"],
-        "classification": row["classification"],
-        "linesOfBusiness": row["lines_of_business"],
-        "clientSize": row["client_size"],
-        "isActive": row["is_active"],
-        "isArchived": row["is_archived"],
-        "numberOfEmployees": row["number_of_employees"],
-        "naicsCodes": row["naics_codes"],
-        "addressLine1": row["address_line1"],
-        "city": row["city"],
-        "state": row["state"],
-        "postalCode": row["postal_code"],
-        "primaryPhone": row["primary_phone"],
-        "updatedDateTime": iso_z(row["updated"]),
-    }
+def agency_of(profile: Profile | None) -> int | None:
+    return profile.agency_id if profile is not None else None
 
 
-def contact_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "id": row["id"],
-        "accountId": row["account_id"],
-        "firstName": row["first_name"],
-        "lastName": row["last_name"],
-        "emailAddress": row["email_address"],
-        "title": row["title"],
-        "workPhoneNumber": row["work_phone_number"],
-        "mobilePhoneNumber": row["mobile_phone_number"],
-        "isPrimaryContact": row["is_primary_contact"],
-        "isActive": row["is_active"],
-        "isArchived": row["is_archived"],
-        "updatedDateTime": iso_z(row["updated"]),
-    }
+def list_view(resource: Resource) -> View:
+    """`GET {route}`: a page of the resource's records."""
+
+    @protected(resource.scopes, profiled=resource.profiled)
+    def view(request: HttpRequest, access: Any, profile: Profile | None) -> HttpResponse:
+        return page(request, resource.rows(agency_of(profile)), resource)
+
+    return view
+
+
+def detail_view(resource: Resource) -> View:
+    """`GET {route}/{id}`: one record; 404 when it is unknown or not the profile's agency's."""
+
+    @protected(resource.scopes, profiled=resource.profiled)
+    def view(request: HttpRequest, access: Any, profile: Profile | None, id: str) -> HttpResponse:
+        rows = resource.rows(agency_of(profile)).filter(pk=int(id))
+        row = rows.values(*resource.columns).first()
+        if row is None:
+            return problem(404, "Not Found", f"No {resource.noun} {id}")
+        return json_answer(resource.as_json(row), exact=resource.has_decimals)
+
+    return view
+
+
+def nested_view(resource: Resource) -> View:
+    """`GET {parent detail route}/{nested}`: a page of one parent record's records (404 when
+    the parent is unknown or not the profile's agency's)."""
+    parent = resource.parent_resource
+    assert parent is not None
+
+    @protected(resource.scopes, profiled=resource.profiled)
+    def view(request: HttpRequest, access: Any, profile: Profile | None, id: str) -> HttpResponse:
+        agency_id = agency_of(profile)
+        if not parent.rows(agency_id).filter(pk=int(id)).exists():
+            return problem(404, "Not Found", f"No {parent.noun} {id}")
+        rows = resource.rows(agency_id).filter(**{resource.parent_field: int(id)})
+        return page(request, rows, resource)
+
+    return view
 
 
 PROFILE_SCOPES = {"api.profiles"}
-ACCOUNT_SCOPES = {"api.accounts", "api.accounts:read"}
 
 
 @protected(PROFILE_SCOPES, profiled=False)
@@ -311,39 +276,6 @@ def profile_current(
     if profile is None:
         return problem(404, "Not Found", f"No current profile of type {type_code}")
     return JsonResponse(profile.as_json(str(RuntimeSetting.get("key_case"))))
-
-
-@protected(ACCOUNT_SCOPES, profiled=True)
-def accounts(request: HttpRequest, access: Any, profile: Profile) -> HttpResponse:
-    queryset = Account.objects.filter(agency_id=profile.agency_id)
-    return page(request, queryset, ACCOUNT_FIELDS, ACCOUNT_COLUMNS, account_json)
-
-
-@protected(ACCOUNT_SCOPES, profiled=True)
-def account_detail(
-    request: HttpRequest, access: Any, profile: Profile, account_id: str
-) -> HttpResponse:
-    rows = Account.objects.filter(agency_id=profile.agency_id, pk=int(account_id))
-    row = rows.values(*ACCOUNT_COLUMNS).first()
-    if row is None:
-        return problem(404, "Not Found", f"No account {account_id}")
-    return JsonResponse(account_json(row))
-
-
-@protected(ACCOUNT_SCOPES, profiled=True)
-def account_contacts(
-    request: HttpRequest, access: Any, profile: Profile, account_id: str
-) -> HttpResponse:
-    if not Account.objects.filter(agency_id=profile.agency_id, pk=int(account_id)).exists():
-        return problem(404, "Not Found", f"No account {account_id}")
-    queryset = Contact.objects.filter(agency_id=profile.agency_id, account_id=int(account_id))
-    return page(request, queryset, CONTACT_FIELDS, CONTACT_COLUMNS, contact_json)
-
-
-@protected(ACCOUNT_SCOPES, profiled=True)
-def contacts(request: HttpRequest, access: Any, profile: Profile) -> HttpResponse:
-    queryset = Contact.objects.filter(agency_id=profile.agency_id)
-    return page(request, queryset, CONTACT_FIELDS, CONTACT_COLUMNS, contact_json)
 
 
 @protected({"api.industries"}, profiled=False)

@@ -10,13 +10,14 @@ import json
 import re
 import secrets
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
+from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
@@ -28,7 +29,6 @@ from sandbox.zywave.models import (
     Authorization,
     Baseline,
     ClientPolicy,
-    Contact,
     Counter,
     Fault,
     Person,
@@ -37,6 +37,7 @@ from sandbox.zywave.models import (
     sandbox_now,
 )
 from sandbox.zywave.oauth import Grant, RefreshToken, checksum, load_access_token
+from sandbox.zywave.resources import RESOURCES, Resource, children, resource_named
 from sandbox.zywave.seed import client_snapshot, restore_clients, seed
 
 AccessToken = get_access_token_model()
@@ -115,7 +116,8 @@ def reset(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     baseline = Baseline.objects.filter(pk=1).first() if data.get("restore") else None
     reseeded = bool(baseline and baseline.dirty)
     if baseline and baseline.dirty:
-        seed(baseline.accounts, baseline.seed_value)  # rewrites the baseline, clean
+        # Rewrites the baseline, clean.
+        seed(baseline.accounts, baseline.seed_value, baseline.seed_date)
     with transaction.atomic():
         Fault.objects.all().delete()
         Counter.objects.all().delete()
@@ -364,22 +366,31 @@ def accounts_change(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()})
 
 
+def archive(resource: Resource, rows: QuerySet[Any], now: datetime) -> None:
+    """Archive `rows` of `resource` and, all the way down the registry, what hangs under them."""
+    for child in children(resource):
+        under = child.model._default_manager.filter(
+            **{f"{child.parent_field}__in": rows.values("pk")}
+        )
+        archive(child, under, now)
+    rows.update(**resource.archived_values(now))
+
+
 @control("POST", changes_data=True)
 def accounts_archive(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
-    """Archive (soft-delete) N accounts and their contacts, bumping updatedDateTime."""
+    """Archive (soft-delete) N accounts and what hangs under them (contacts, ...), bumping
+    updatedDateTime."""
     now = sandbox_now()
     with transaction.atomic():
         ids = pick_ids(agency_accounts(data).filter(is_archived=False), data, "id")
-        Account.objects.filter(pk__in=ids).update(is_archived=True, is_active=False, updated=now)
-        Contact.objects.filter(account_id__in=ids).update(
-            is_archived=True, is_active=False, updated=now
-        )
+        archive(resource_named("accounts"), Account.objects.filter(pk__in=ids), now)
     return JsonResponse({"ids": ids})
 
 
 @control("POST", changes_data=True)
 def accounts_delete(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
-    """Hard-delete N accounts (the newest first) with their contacts."""
+    """Hard-delete N accounts (the newest first) with what hangs under them (their foreign
+    keys cascade)."""
     with transaction.atomic():
         ids = pick_ids(agency_accounts(data), data, "-id")
         Account.objects.filter(pk__in=ids).delete()
@@ -388,15 +399,17 @@ def accounts_delete(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
 
 @control("GET")
 def accounts_count(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """How many rows of each resource the profile's agency has, and its archived accounts."""
     profile = get_object_or_404(Profile, pk=int(request.GET["profile_id"]))
-    accounts = Account.objects.filter(agency_id=profile.agency_id)
-    return JsonResponse(
-        {
-            "accounts": accounts.count(),
-            "contacts": Contact.objects.filter(agency_id=profile.agency_id).count(),
-            "archived": accounts.filter(is_archived=True).count(),
-        }
-    )
+    counts = {
+        resource.name: resource.rows(profile.agency_id).count()
+        for resource in RESOURCES
+        if resource.profiled
+    }
+    counts["archived"] = Account.objects.filter(
+        agency_id=profile.agency_id, is_archived=True
+    ).count()
+    return JsonResponse(counts)
 
 
 @control("GET")

@@ -15,10 +15,12 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
 from sandbox.zywave.models import Counter, Fault
+from sandbox.zywave.resources import api_roots
 
 Handler = Callable[[HttpRequest], HttpResponseBase]
 
-API_PATH = re.compile(r"^/(profiles|accounts|industries)/", re.IGNORECASE)
+# /profiles/, /accounts/, /industries/, ...: every API the registry (and api.py) serves.
+API_PATH = re.compile(rf"^/({'|'.join(map(re.escape, api_roots()))})/", re.IGNORECASE)
 CONTROL_PATH = "/_sandbox/"
 
 # Faults whose body is streamed (POST /_sandbox/faults with `stream`), without Content-Length:

@@ -1,4 +1,4 @@
-"""The emulated Zywave's data: agencies, profiles, accounts and contacts, plus the sandbox's
+"""The emulated Zywave's data: agencies, profiles, accounts, contacts, ..., plus the sandbox's
 own machinery (runtime settings, faults, counters) that must be shared by every gunicorn
 worker process and therefore lives in the database, not in memory."""
 
@@ -302,6 +302,9 @@ class Baseline(models.Model):
 
     accounts = models.PositiveIntegerField()
     seed_value = models.IntegerField(default=1)
+    # The day the data was seeded around (policies' terms): a reset re-seeds the same day's
+    # data, whatever the date or the sandbox's clock is then. Null: seeded before it was kept.
+    seed_date = models.DateField(null=True, blank=True)
     clients = models.JSONField(default=list)
     dirty = models.BooleanField(default=False)
 

@@ -3,7 +3,9 @@
 `$filter`: `eq ne gt ge lt le`, `and or not`, parentheses, `startswith(f,'x')`,
 `endswith(f,'x')`, `contains(f,'x')`, `tolower(f)` / `toupper(f)` (no-ops: string comparison
 is case-insensitive anyway), string literals in single quotes (`''` escapes a quote), numbers,
-`true` / `false`, `null`, and ISO-8601 date-times (bare, as OData writes them, or quoted).
+`true` / `false`, `null`, ISO-8601 date-times (bare, as OData writes them, or quoted) and bare
+dates (`2026-12-01`). A number with a fraction or an exponent is a Decimal, never a float, so
+that `premium eq 1250.10` compares the digits written.
 `$orderby`: `field [asc|desc]`, comma separated.
 
 Pure Python on purpose (no Django): it is unit-tested directly, and odata_q.py compiles its tree
@@ -15,14 +17,15 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 
 COMPARISONS = {"eq", "ne", "gt", "ge", "lt", "le"}
 FUNCTIONS = {"startswith", "endswith", "contains"}
 PASSTHROUGH_FUNCTIONS = {"tolower", "toupper"}
 MIRRORED = {"eq": "eq", "ne": "ne", "gt": "lt", "ge": "le", "lt": "gt", "le": "ge"}
 
-Value = str | int | float | bool | datetime | None
+Value = str | int | Decimal | bool | datetime | date | None
 
 
 class ODataError(ValueError):
@@ -82,7 +85,7 @@ class Literal:
 
 @dataclass(frozen=True)
 class Token:
-    kind: str  # "name", "string", "number", "datetime", "(", ")", ",", "end"
+    kind: str  # "name", "string", "number", "datetime", "date", "(", ")", ",", "end"
     text: str
     position: int
     value: Value = None
@@ -104,6 +107,14 @@ def parse_datetime(text: str) -> datetime | None:
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
     return value.astimezone(UTC)
+
+
+def parse_date(text: str) -> date | None:
+    """An ISO-8601 calendar date (`2026-12-01`), or None."""
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        return None
 
 
 def tokenize(text: str) -> list[Token]:
@@ -131,16 +142,21 @@ def tokenize(text: str) -> list[Token]:
                     break
             tokens.append(Token("string", text[start:i], start, "".join(chunks)))
         elif (match := DATETIME.match(text, i)) and re.match(r"\d{4}-", text[i:]):
-            value = parse_datetime(match.group())
-            if value is None:
-                raise ODataError("Invalid date-time literal", text, i)
-            tokens.append(Token("datetime", match.group(), i, value))
+            literal = match.group()
+            if "T" in literal:
+                value = parse_datetime(literal)
+                if value is None:
+                    raise ODataError("Invalid date-time literal", text, i)
+                tokens.append(Token("datetime", literal, i, value))
+            else:
+                day = parse_date(literal)
+                if day is None:
+                    raise ODataError("Invalid date literal", text, i)
+                tokens.append(Token("date", literal, i, day))
             i = match.end()
         elif match := NUMBER.match(text, i):
             literal = match.group()
-            number: int | float = (
-                float(literal) if any(c in literal for c in ".eE") else int(literal)
-            )
+            number = Decimal(literal) if any(c in literal for c in ".eE") else int(literal)
             tokens.append(Token("number", literal, i, number))
             i = match.end()
         elif match := NAME.match(text, i):
@@ -258,7 +274,7 @@ class Parser:
 
     def parse_operand(self) -> Property | Literal:
         token = self.current
-        if token.kind in {"string", "number", "datetime"}:
+        if token.kind in {"string", "number", "datetime", "date"}:
             self.advance()
             return Literal(token.value)
         if token.kind == "name":

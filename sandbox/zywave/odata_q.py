@@ -1,13 +1,15 @@
 """Compile the OData tree of odata.py into Django Q objects, so filtering runs in SQL.
 
-Each list route describes its properties in a `Fields` map: the API's camelCase name, the
-model field behind it and its type. String comparisons are case-insensitive, as Zywave's are
-(docs/zywave.md §4): `iexact` / `istartswith` / ... and, for ordering comparisons, `Lower()`.
+Each list route describes its properties in a `Fields` map (zywave.resources): the API's
+camelCase name, the model field behind it and its kind. String comparisons are
+case-insensitive, as Zywave's are (docs/zywave.md §4): `iexact` / `istartswith` / ... and, for
+ordering comparisons, `Lower()`.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, date, datetime, time
+from decimal import Decimal
 from typing import Any
 
 from django.db.models import Q, QuerySet
@@ -16,8 +18,12 @@ from django.db.models.lookups import GreaterThan, GreaterThanOrEqual, LessThan, 
 
 from sandbox.zywave import odata
 
-# API property name -> (model field, type); type is "int", "str", "bool" or "datetime".
+# API property name -> (model field, kind). The kinds a filter and an ordering take are
+# FILTERABLE; "list" (linesOfBusiness, naicsCodes) is written in records but takes neither, as
+# if the property were unknown.
 Fields = dict[str, tuple[str, str]]
+FILTERABLE = {"int", "str", "bool", "datetime", "date", "decimal"}
+KINDS = FILTERABLE | {"list"}
 
 RANGE_LOOKUPS = {"gt": "gt", "ge": "gte", "lt": "lt", "le": "lte"}
 LOWERED_LOOKUPS = {
@@ -32,7 +38,7 @@ FUNCTION_LOOKUPS = {"startswith": "istartswith", "endswith": "iendswith", "conta
 def resolve(fields: Fields, name: str, position: int) -> tuple[str, str]:
     # Property names are matched case-insensitively: clients differ in how they spell them.
     for api_name, target in fields.items():
-        if api_name.lower() == name.lower():
+        if api_name.lower() == name.lower() and target[1] in FILTERABLE:
             return target
     raise odata.ODataError(f"Unknown property {name!r} at position {position + 1}")
 
@@ -45,14 +51,30 @@ def coerce(value: odata.Value, kind: str, name: str, position: int) -> Any:
         return value
     if kind == "bool" and isinstance(value, bool):
         return value
-    if kind == "int" and isinstance(value, int | float) and not isinstance(value, bool):
+    number = isinstance(value, int | Decimal) and not isinstance(value, bool)
+    if kind == "int" and number:
+        # A fraction goes in as a float, which Django's integer lookups round the right way
+        # (`id ge 20.5` is `id >= 21`); an int or a Decimal would be cut to 20.
+        return float(value) if isinstance(value, Decimal) else value
+    if kind == "decimal" and number:
         return value
     if kind == "datetime":
         if isinstance(value, datetime):
             return value
+        if isinstance(value, date):  # a bare date: its midnight, UTC
+            return datetime.combine(value, time(), UTC)
         if isinstance(value, str) and (parsed := odata.parse_datetime(value)):
             return parsed
-    raise odata.ODataError(f"Expected a {kind} value {where}, got {value!r}")
+    if kind == "date":
+        # A date-time is not a date (OData keeps Edm.Date and Edm.DateTimeOffset apart).
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return value
+        if isinstance(value, str) and (day := odata.parse_date(value)):
+            return day
+    shown = value.isoformat() if isinstance(value, date) else repr(value)
+    if isinstance(value, Decimal):
+        shown = str(value)
+    raise odata.ODataError(f"Expected a {kind} value {where}, got {shown}")
 
 
 def compile_filter(node: odata.Node, fields: Fields) -> Q:

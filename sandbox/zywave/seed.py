@@ -1,8 +1,11 @@
-"""Deterministic demo data: the design's users, client, profiles, and up to 100,000 accounts.
+"""Deterministic demo data: the design's users, client and profiles, up to 250,000 accounts, and
+every resource of the registry (zywave.resources) that hangs under them.
 
-The same (accounts, seed) always produces the same rows with the same ids, so a test or a
-demo can be re-seeded to a known state. Seeding replaces the data it owns (agencies,
-profiles, accounts, contacts) and updates users and the demo client in place.
+The same (accounts, seed, day) always produces the same rows with the same ids, so a test or a
+demo can be re-seeded to a known state; only dates that people read relative to today (a
+policy's term) depend on the day, and a reset re-seeds with the baseline's day. Seeding replaces
+the data it owns (agencies, profiles, every resource) and updates users and the demo client in
+place. What the rows look like is demo.py's; this module writes them.
 """
 
 from __future__ import annotations
@@ -10,22 +13,19 @@ from __future__ import annotations
 import base64
 import json
 import random
-from datetime import UTC, datetime, timedelta
+from collections.abc import Callable, Iterator, Sequence
+from datetime import date
 from typing import Any
 
 from django.contrib.auth.models import User
-from django.db import connection, models, transaction
+from django.db import connection, transaction
+from django.utils import timezone
 from oauth2_provider.models import get_application_model
 
-from sandbox.zywave.models import (
-    Account,
-    Agency,
-    Baseline,
-    ClientPolicy,
-    Contact,
-    Person,
-    Profile,
-)
+from sandbox.scopes import PORTAL_SCOPES
+from sandbox.zywave.demo import AGENCIES, USERS, SeedPlan
+from sandbox.zywave.models import Agency, Baseline, ClientPolicy, Person, Profile
+from sandbox.zywave.resources import RESOURCES, Resource, resource_named
 
 PASSWORD = "sandbox"
 PORTAL_CLIENT_ID = "portal-dev"
@@ -34,80 +34,26 @@ PORTAL_REDIRECT_URIS = [
     "http://127.0.0.1:8000/oauth/complete/zywave/",
     "http://localhost:8000/oauth/complete/zywave/",
 ]
-PORTAL_SCOPES = (
-    "openid profile email offline_access api.profiles api.accounts api.accounts:read api.industries"
-)
-
-# (agency id, agency name, profile id, user email, share of the accounts)
-AGENCIES = [
-    (101, "Summit Ridge Insurance", 50001, "agent@example.com", 0.4),
-    (102, "Harbor Point Brokerage", 50002, "agent@example.com", 0.3),
-    (103, "Prairie Shield Agency", 50003, "agent@example.com", 0.2),
-    (104, "Lakeside Mutual Partners", 50004, "solo@example.com", 0.1),
-]
-USERS = [
-    ("agent@example.com", "Avery", "Agent"),
-    ("solo@example.com", "Sam", "Solo"),
-    ("none@example.com", "Noor", "Noprofile"),
-]
-
-PREFIXES = [
-    "Blue", "Granite", "Cedar", "Northern", "Silver", "Golden", "Red Rock", "Maple", "Iron",
-    "Coastal", "Evergreen", "Prairie", "Summit", "Lakeshore", "Pioneer", "Heritage", "O'Brien",
-    "Riverbend", "Copper", "Oakwood", "Harbor", "Sunrise", "Keystone", "Aspen", "Liberty",
-]  # fmt: skip
-CORES = [
-    "Ridge", "Valley", "Creek", "Pine", "Bay", "Hill", "Point", "Field", "Stone", "Brook",
-    "Mesa", "Crest", "Grove", "Harbor", "Falls",
-]  # fmt: skip
-TRADES = [
-    ("Logistics", "484110"), ("Dental", "621210"), ("Construction", "236220"),
-    ("Bakery", "311811"), ("Consulting", "541611"), ("Manufacturing", "332710"),
-    ("Roofing", "238160"), ("Veterinary Clinic", "541940"), ("Landscaping", "561730"),
-    ("Brewing", "312120"), ("Auto Repair", "811111"), ("Software", "541511"),
-    ("Realty", "531210"), ("Plumbing", "238220"), ("Trucking", "484121"), ("Pharmacy", "456110"),
-    ("Law Office", "541110"), ("Restaurant", "722511"), ("Daycare", "624410"),
-    ("Electric", "238210"),
-]  # fmt: skip
-SUFFIXES = ["LLC", "Inc.", "Co.", "Group", "Partners", "Ltd.", ""]
-FIRST_NAMES = [
-    "James", "Maria", "Wei", "Aisha", "Carlos", "Emily", "Olusegun", "Sofia", "Liam", "Priya",
-    "Noah", "Hannah", "Mateo", "Chloe", "Ethan", "Fatima", "Lucas", "Zoe", "Daniel", "Grace",
-    "Kenji", "Amara", "Jack", "Isabella", "Ravi", "Nora", "Diego", "Ava", "Samuel", "Leah",
-]  # fmt: skip
-LAST_NAMES = [
-    "Smith", "Garcia", "Chen", "Johnson", "Okafor", "Miller", "Nguyen", "Brown", "Patel",
-    "Davis", "Lopez", "Wilson", "Kim", "Anderson", "Thomas", "O'Neil", "Martin", "Schmidt",
-    "Rossi", "Kowalski", "Haddad", "Murphy", "Jensen", "Silva", "Tanaka",
-]  # fmt: skip
-TITLES = ["Owner", "CFO", "Office Manager", "HR Director", "Operations Lead", "President", ""]
-CITIES = [
-    ("Milwaukee", "WI", "532"), ("Madison", "WI", "537"), ("Chicago", "IL", "606"),
-    ("Minneapolis", "MN", "554"), ("Des Moines", "IA", "503"), ("Omaha", "NE", "681"),
-    ("Denver", "CO", "802"), ("Austin", "TX", "787"), ("Columbus", "OH", "432"),
-    ("Nashville", "TN", "372"), ("Portland", "OR", "972"), ("Raleigh", "NC", "276"),
-]  # fmt: skip
-STREETS = ["Main St", "Oak Ave", "Lake Dr", "Market St", "2nd St", "Elm St", "Commerce Pkwy"]
-LINES = ["Commercial Auto", "General Liability", "Workers Comp", "Property", "Cyber", "BOP",
-         "Umbrella", "Group Health", "Dental", "Life"]  # fmt: skip
-SIZES = ["Small", "Medium", "Large", "Enterprise"]
-CLASSIFICATIONS = ["Client", "Prospect", "Former Client"]
-
-# Fixed, so that the same seed gives the same updatedDateTime values on every run.
-EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
 BATCH = 5000
 
 
-def phone(rng: random.Random) -> str:
-    return f"({rng.randrange(200, 999)}) 555-{rng.randrange(10000):04d}"
+def seed(
+    accounts: int = 10_000,
+    seed_value: int = 1,
+    today: date | None = None,
+    resources: Sequence[Resource] = RESOURCES,
+) -> dict[str, int]:
+    """Replace the sandbox's data with a deterministic set of `accounts` accounts and what the
+    registry seeds with them, around `today` (default: the real date). Returns the count of
+    each resource's rows.
 
-
-def seed(accounts: int = 10_000, seed_value: int = 1) -> dict[str, int]:
-    """Replace the sandbox's data with a deterministic set of `accounts` accounts."""
+    `resources` leaves some out (the seed test compares with and without one); the data of
+    every resource is deleted all the same."""
+    today = today or timezone.now().date()
     rng = random.Random(seed_value)
     with transaction.atomic():
-        Contact.objects.all().delete()
-        Account.objects.all().delete()
+        for resource in reversed(RESOURCES):  # children first
+            resource.model._default_manager.all().delete()
         Person.objects.all().update(active_profile=None)
         Profile.objects.all().delete()
         Agency.objects.all().delete()
@@ -143,17 +89,109 @@ def seed(accounts: int = 10_000, seed_value: int = 1) -> dict[str, int]:
             Person.objects.filter(user=user).update(active_profile=first)
 
         ensure_portal_client()
-        contact_count = seed_accounts(rng, accounts)
+        plan = SeedPlan(accounts=accounts, today=today, rows=seeded_rows)
+        counts = seed_resources(resources, plan, rng, seed_value)
         Baseline.objects.update_or_create(
             pk=1,
             defaults={
                 "accounts": accounts,
                 "seed_value": seed_value,
+                "seed_date": today,
                 "clients": client_snapshot(),
                 "dirty": False,
             },
         )
-    return {"accounts": accounts, "contacts": contact_count}
+    return counts
+
+
+def seed_resources(
+    resources: Sequence[Resource], plan: SeedPlan, rng: random.Random, seed_value: int
+) -> dict[str, int]:
+    """Run each resource's row generator, parents first, and insert what it yields in batches.
+
+    Every generator draws from a stream of its own, `Random("{seed}:{name}")` (a str seed is
+    deterministic across runs and machines, unlike hash()), so adding a resource never changes
+    another's data. The exception is the accounts' generator: it also yields the contacts and
+    draws from the seed's original stream, after the profile tokens, as everything did before
+    the registry; that stream is kept exactly as it was."""
+    wanted = {resource.name for resource in resources}
+    counts = {resource.name: 0 for resource in resources}
+    for resource in resources:
+        if resource.seed is None:
+            continue
+        stream = (
+            rng if resource.name == "accounts" else random.Random(f"{seed_value}:{resource.name}")
+        )
+        batches: dict[str, list[dict[str, Any]]] = {}
+        for name, row in resource.seed(stream, plan):
+            if name not in wanted:
+                continue
+            batches.setdefault(name, []).append(row)
+            counts[name] += 1
+            if len(batches[name]) >= BATCH:
+                flush(batches)
+        flush(batches)
+    return counts
+
+
+def flush(batches: dict[str, list[dict[str, Any]]]) -> None:
+    """Insert and empty every batch (foreign keys are checked at commit, so any order works)."""
+    for name, rows in batches.items():
+        insert(resource_named(name), rows)
+        rows.clear()
+
+
+def db_adapters() -> dict[str, Callable[[Any], Any]]:
+    ops = connection.ops
+    return {
+        "datetime": ops.adapt_datetimefield_value,
+        "date": ops.adapt_datefield_value,
+        "decimal": ops.adapt_decimalfield_value,
+        "list": json.dumps,
+    }
+
+
+def insert(resource: Resource, rows: list[dict[str, Any]]) -> None:
+    """INSERT rows straight through the cursor: at a million rows, building model instances for
+    bulk_create costs more than the database does."""
+    if not rows:
+        return
+    columns = resource.stored_columns
+    if set(rows[0]) != set(columns):
+        raise ValueError(
+            f"{resource.name} rows need exactly {sorted(columns)}, got {sorted(rows[0])}"
+        )
+    model = resource.model
+    adapters = db_adapters()
+    plan = [(name, adapters.get(resource.kinds[name])) for name in columns]
+    fields = ", ".join(
+        str(getattr(model._meta.get_field(name), "column", name)) for name in columns
+    )
+    marks = ", ".join(["%s"] * len(columns))
+    values = [
+        tuple(row[name] if adapt is None else adapt(row[name]) for name, adapt in plan)
+        for row in rows
+    ]
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO {model._meta.db_table} ({fields}) VALUES ({marks})",  # noqa: S608
+            values,
+        )
+
+
+def seeded_rows(name: str, fields: list[str]) -> Iterator[dict[str, Any]]:
+    """The rows of a resource seeded earlier, by id, read BATCH at a time (a generator of a
+    child resource reads its parents this way, in constant memory)."""
+    model = resource_named(name).model
+    last = 0
+    while True:
+        chunk = list(
+            model._default_manager.filter(pk__gt=last).order_by("pk").values("pk", *fields)[:BATCH]
+        )
+        if not chunk:
+            return
+        last = chunk[-1]["pk"]
+        yield from chunk
 
 
 CLIENT_FIELDS = ("client_id", "client_secret", "name", "redirect_uris")
@@ -212,108 +250,3 @@ def ensure_portal_client() -> None:
     ClientPolicy.objects.update_or_create(
         application=client, defaults={"allowed_scopes": PORTAL_SCOPES}
     )
-
-
-def agency_for(index: int, total: int) -> int:
-    """Agencies take consecutive id ranges in proportion to their share."""
-    position = index / max(total, 1)
-    cumulative = 0.0
-    for agency_id, _name, _profile, _email, share in AGENCIES:
-        cumulative += share
-        if position < cumulative:
-            return agency_id
-    return AGENCIES[-1][0]
-
-
-def insert(model: type[models.Model], columns: list[str], rows: list[tuple[Any, ...]]) -> None:
-    """INSERT rows straight through the cursor: at 400,000 rows, building model instances for
-    bulk_create costs more than the database does."""
-    fields = ", ".join(
-        str(getattr(model._meta.get_field(name), "column", name)) for name in columns
-    )
-    marks = ", ".join(["%s"] * len(columns))
-    with connection.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO {model._meta.db_table} ({fields}) VALUES ({marks})",  # noqa: S608
-            rows,
-        )
-
-
-ACCOUNT_COLUMNS = [
-    "id", "agency", "name", "classification", "lines_of_business", "client_size", "is_active",
-    "is_archived", "number_of_employees", "naics_codes", "address_line1", "city", "state",
-    "postal_code", "primary_phone", "updated",
-]  # fmt: skip
-CONTACT_COLUMNS = [
-    "id", "account", "agency", "first_name", "last_name", "email_address", "title",
-    "work_phone_number", "mobile_phone_number", "is_primary_contact", "is_active",
-    "is_archived", "updated",
-]  # fmt: skip
-
-
-def seed_accounts(rng: random.Random, total: int) -> int:
-    """Insert `total` accounts with one to five contacts each; returns the contact count."""
-    as_db_time = connection.ops.adapt_datetimefield_value
-    contact_id = 0
-    accounts: list[tuple[Any, ...]] = []
-    contacts: list[tuple[Any, ...]] = []
-    for index in range(total):
-        account_id = index + 1
-        agency_id = agency_for(index, total)
-        trade, naics = rng.choice(TRADES)
-        name = " ".join(
-            part
-            for part in (rng.choice(PREFIXES), rng.choice(CORES), trade, rng.choice(SUFFIXES))
-            if part
-        )
-        city, state, zip_prefix = rng.choice(CITIES)
-        archived = rng.random() < 0.05
-        updated = EPOCH - timedelta(seconds=rng.randrange(365 * 86400))
-        accounts.append(
-            (
-                account_id,
-                agency_id,
-                name,
-                rng.choice(CLASSIFICATIONS),
-                json.dumps(rng.sample(LINES, rng.randint(1, 3))),
-                rng.choice(SIZES),
-                not archived and rng.random() > 0.05,
-                archived,
-                rng.choice([None, rng.randint(1, 2000)]),
-                json.dumps([naics]),
-                f"{rng.randint(1, 9999)} {rng.choice(STREETS)}",
-                city,
-                state,
-                f"{zip_prefix}{rng.randrange(100):02d}",
-                phone(rng),
-                as_db_time(updated),
-            )
-        )
-        domain = "".join(c for c in name.split()[0].lower() if c.isalpha()) + ".example.com"
-        for position in range(rng.randint(1, 5)):
-            contact_id += 1
-            first, last = rng.choice(FIRST_NAMES), rng.choice(LAST_NAMES)
-            contacts.append(
-                (
-                    contact_id,
-                    account_id,
-                    agency_id,
-                    first,
-                    last,
-                    f"{first}.{last}@{domain}".lower().replace("'", ""),
-                    rng.choice(TITLES),
-                    phone(rng),
-                    rng.choice(["", phone(rng)]),
-                    position == 0,
-                    not archived,
-                    archived,
-                    as_db_time(updated - timedelta(seconds=rng.randrange(86400))),
-                )
-            )
-        if len(accounts) >= BATCH:
-            insert(Account, ACCOUNT_COLUMNS, accounts)
-            insert(Contact, CONTACT_COLUMNS, contacts)
-            accounts, contacts = [], []
-    insert(Account, ACCOUNT_COLUMNS, accounts)
-    insert(Contact, CONTACT_COLUMNS, contacts)
-    return contact_id

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -24,7 +25,10 @@ VALID = [
     ("name eq 'O''Brien'", Comparison("name", "eq", "O'Brien")),
     ("id gt 5", Comparison("id", "gt", 5)),
     ("id le -2", Comparison("id", "le", -2)),
-    ("score ge 2.5", Comparison("score", "ge", 2.5)),
+    ("score ge 2.5", Comparison("score", "ge", Decimal("2.5"))),
+    ("premium eq 1250.50", Comparison("premium", "eq", Decimal("1250.50"))),
+    ("premium lt 1e3", Comparison("premium", "lt", Decimal("1E+3"))),
+    ("effectiveDate ge 2026-12-01", Comparison("effectiveDate", "ge", date(2026, 12, 1))),
     ("isArchived eq true", Comparison("isArchived", "eq", True)),
     ("isArchived ne FALSE", Comparison("isArchived", "ne", False)),
     ("numberOfEmployees eq null", Comparison("numberOfEmployees", "eq", None)),
@@ -92,6 +96,7 @@ MALFORMED = [
     ("name eq 'a' # x", "Unexpected character"),
     ("name eq name", "one property and one literal"),
     ("updatedDateTime gt 2024-13-45T00:00:00Z", "Invalid date-time"),
+    ("effectiveDate eq 2026-02-30", "Invalid date literal"),
 ]
 
 
@@ -100,6 +105,22 @@ def test_a_malformed_filter_raises_an_error_naming_the_position(text: str, messa
     with pytest.raises(ODataError, match=re.escape(message)) as raised:
         parse_filter(text)
     assert "position" in str(raised.value)
+
+
+def test_a_number_with_a_fraction_keeps_the_digits_written() -> None:
+    # A Decimal, never a float: 1250.50 stays 1250.50 (a float would be 1250.5), and 0.1 is
+    # exactly one tenth.
+    for text in ["1250.50", "0.1", "-0.00", "99999999999.99"]:
+        node = parse_filter(f"premium eq {text}")
+        assert isinstance(node, Comparison) and isinstance(node.value, Decimal)
+        assert str(node.value) == text
+
+
+def test_a_bare_date_is_a_date_and_a_date_time_is_not() -> None:
+    day = parse_filter("d eq 2026-12-01")
+    moment = parse_filter("d eq 2026-12-01T00:00:00Z")
+    assert isinstance(day, Comparison) and type(day.value) is date
+    assert isinstance(moment, Comparison) and type(moment.value) is datetime
 
 
 def test_an_error_points_at_the_offending_token() -> None:

@@ -10,7 +10,7 @@ from sandbox.zywave import seed as demo_data
 
 
 class Command(BaseCommand):
-    help = "Replace the sandbox's data with deterministic demo data (users, client, accounts)."
+    help = "Replace the sandbox's data with deterministic demo data (users, client, accounts, ...)."
 
     def add_arguments(self, parser: CommandParser) -> None:
         # Spread over four agencies (40/30/20/10%): 250,000 gives the first profile the 100,000
@@ -25,7 +25,5 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         started = time.perf_counter()
         counts = demo_data.seed(accounts=accounts, seed_value=seed)
-        self.stdout.write(
-            f"Seeded {counts['accounts']} accounts and {counts['contacts']} contacts "
-            f"(seed {seed}) in {time.perf_counter() - started:.1f}s"
-        )
+        made = ", ".join(f"{count} {name}" for name, count in counts.items())
+        self.stdout.write(f"Seeded {made} (seed {seed}) in {time.perf_counter() - started:.1f}s")
