@@ -3,10 +3,10 @@
 * `RedactFilter` sits on every handler (see LOGGING in settings). It masks bearer tokens,
   `access_token` / `refresh_token` / `id_token` / `client_secret` / `token` / `code` values in
   query strings (also URL-encoded, once or more), form bodies, JSON and Python reprs, the
-  `Profile: Token ...` header and `ProfileToken` values, passwords in URLs, and the literal
-  values of our own secrets (the Zywave client secret, SECRET_KEY, the field encryption keys),
-  wherever they are in a record: the message, its arguments, the exception text, the stack and
-  any `extra` field.
+  `Profile: Token ...` header and `ProfileToken` values, passwords in URLs, the portal's API
+  keys (`zwk_...`: only their prefix is left), and the literal values of our own secrets (the
+  Zywave client secret, SECRET_KEY, the field encryption keys), wherever they are in a record:
+  the message, its arguments, the exception text, the stack and any `extra` field.
 * `JsonFormatter` writes time, level, logger, event and the context ids: `user_id` and
   `request_id` (bound by `RequestContextMiddleware`), `task_id`, `task` and `connection_id`
   (bound for each Celery task), and anything else bound with `bind()` or passed as `extra=`.
@@ -103,6 +103,13 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         ),
         r"\1***\2",
     ),
+    # The portal's own API keys (`zwk_<prefix>_<secret>`, integrations.api.keys) wherever they
+    # are: a query string, a path, an exception, a header not named Authorization (`Bearer
+    # zwk_...` is already gone whole, above). The prefix is kept: it names the key on pages and
+    # in the admin. The secret goes, and anything run on to it. No `\b` before `zwk_`: after an
+    # encoded `=` (`%3Dzwk_...`) or an underscore there is no word boundary. Linear: a literal
+    # start, two bounded repeats, then one possessive run that, once entered, always matches.
+    (re.compile(r"(zwk_[A-Za-z0-9]{8}_)[A-Za-z0-9]++"), r"\1" + REDACTED),
 ]
 
 # Secrets shorter than this are not searched for literally: they would mask ordinary words.

@@ -1,5 +1,5 @@
-"""The secrets sweep, after every other drill: no token and no client secret anywhere the
-portal keeps or writes things.
+"""The secrets sweep, after every other drill: no token, no client secret and no API key
+anywhere the portal keeps or writes things.
 """
 
 from __future__ import annotations
@@ -18,6 +18,10 @@ from tests.drills.helpers import Result, Scale
 from tests.drills.stack import Stack
 
 SECRET_RUN = re.compile(r"[A-Za-z0-9_\-.~+/=]+")
+# Anything shaped like one of the portal's API keys (integrations.api.keys.KEY_PATTERN, the
+# prefix in any case): the database keeps only their prefix and hash, the logs mask them, so
+# any whole key anywhere is a leak, whichever key it is.
+API_KEY_SHAPE = re.compile(r"zwk_[A-Za-z0-9]{8}_[A-Za-z0-9]{32}")
 
 
 def secret_hits(text: str, secrets: set[str]) -> int:
@@ -31,6 +35,11 @@ def secret_hits(text: str, secrets: set[str]) -> int:
                 break
             found += sum(run[i : i + length] in secrets for i in range(len(run) - length + 1))
     return found
+
+
+def key_shapes(text: str) -> int:
+    """How many API keys (any key: the sweep cannot know every key a drill made) `text` holds."""
+    return len(API_KEY_SHAPE.findall(text))
 
 
 def redis_dump(url: str) -> str:
@@ -63,14 +72,15 @@ def redis_dump(url: str) -> str:
 
 def drill_secrets(stack: Stack, scale: Scale) -> Result:
     """After every other drill: the portal's database dump, its Redis, every log and every
-    email searched for every token the sandboxes issued, every profile token and the client
-    secret."""
+    email searched for every token the sandboxes issued, every profile token, the client
+    secret and any API key."""
     assert stack.postgres is not None
     result = Result(
         "Secrets after all drills",
-        "every token the sandboxes issued during the run (their journal), every profile token "
-        "and the client secret, searched for in a pg_dump of the portal's database, every key "
-        "and message in its Redis (Celery bodies decoded), every process log and every email",
+        "every token the sandboxes issued during the run (their journal), every profile token, "
+        "the client secret and anything shaped like an API key (zwk_...), searched for in a "
+        "pg_dump of the portal's database, every key and message in its Redis (Celery bodies "
+        "decoded), every process log and every email",
         "hits 0",
     )
     issued: set[str] = set()
@@ -101,11 +111,18 @@ def drill_secrets(stack: Stack, scale: Scale) -> Result:
         if not path.name.startswith("sandbox")  # Zywave's own log, not the portal's
     }
     mails = [path.read_text(errors="replace") for path in (stack.tmp / "mail").glob("*")]
+    redis_text = redis_dump(stack.redis_url)
     places = {
         "database": secret_hits(dump, secrets),
-        "redis": secret_hits(redis_dump(stack.redis_url), secrets),
+        "redis": secret_hits(redis_text, secrets),
         "logs": sum(secret_hits(text, secrets) for text in logs.values()),
         "mail": sum(secret_hits(text, secrets) for text in mails),
+    }
+    api_keys = {
+        "database": key_shapes(dump),
+        "redis": key_shapes(redis_text),
+        "logs": sum(key_shapes(text) for text in logs.values()),
+        "mail": sum(key_shapes(text) for text in mails),
     }
     f = result.figures
     f.update(
@@ -118,17 +135,19 @@ def drill_secrets(stack: Stack, scale: Scale) -> Result:
         log_mb=round(sum(len(t) for t in logs.values()) / 1e6, 1),
         emails=len(mails),
         hits=places,
+        api_key_hits=api_keys,
     )
     result.checks = {
         "searched for real": len(issued) >= 2 * scale.flows
         and f["found_in_the_journals"] >= len(issued)
         and len(dump) > 0,
-        "hits 0": not any(places.values()),
+        "hits 0": not any(places.values()) and not any(api_keys.values()),
     }
     result.measured = (
         f"{len(issued)} issued tokens, {len(profile_tokens)} profile tokens and the client "
         f"secret, in a {f['database_dump_mb']} MB database dump, Redis, {len(logs)} logs "
         f"({f['log_mb']} MB) and {len(mails)} emails: hits {sum(places.values())} "
-        f"({', '.join(f'{k} {v}' for k, v in places.items())})"
+        f"({', '.join(f'{k} {v}' for k, v in places.items())}); API keys anywhere: "
+        f"{sum(api_keys.values())}"
     )
     return result

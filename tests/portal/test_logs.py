@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.http.request import HttpHeaders
 from django.test import Client
 from django.test.utils import override_settings
 from django.urls import path
@@ -220,6 +221,10 @@ WORST_CASES: dict[str, Callable[[], tuple[str, str]]] = {
         "?code%3D" + _megabyte("%25") + "%26state%3Ds1",
         "?code%3D[redacted]%26state%3Ds1",
     ),
+    "api key: prefixes with no secret": lambda: _same(_megabyte("zwk_abcdefgh")),
+    "api key: a secret of one character each": lambda: _each(
+        "zwk_abcdefgh_x ", "zwk_abcdefgh_[redacted] "
+    ),
 }
 
 
@@ -312,3 +317,61 @@ def test_basic_credentials_profile_tokens_and_nonces_are_masked(text: str, secre
     """HTTP Basic carries the client secret (ZYWAVE_TOKEN_AUTH_METHOD=client_secret_basic)."""
     masked = logs.redact(text)
     assert secret not in masked and logs.REDACTED in masked
+
+
+# --- The portal's API keys -------------------------------------------------------------------
+
+API_KEY = "zwk_k3y5pr3f_Q7mZ2xW9vB4nL6tR1yU8pA3sD5fG0hJ2"
+MASKED_KEY = "zwk_k3y5pr3f_[redacted]"  # the prefix names the key, as on the admin's pages
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        f"Refused the API key {API_KEY} for user 3",
+        f"GET /api/v1/accounts?api_key={API_KEY}&page_size=10 401",
+        f"GET /login/?next=/api/v1/accounts%3Fkey%3D{API_KEY}%26x%3D1",
+        f"Not Found: /api/v1/{API_KEY}/accounts",
+        f'body {{"key": "{API_KEY}", "name": "CRM import"}}',
+        f"config API_KEY_{API_KEY} exported",
+    ],
+)
+def test_an_api_key_in_a_log_line_is_masked_and_its_prefix_kept(
+    captured: io.StringIO, message: str
+) -> None:
+    logging.getLogger("integrations.api").warning(message)
+    (line,) = lines(captured)
+    assert API_KEY not in captured.getvalue() and API_KEY[13:] not in captured.getvalue()
+    assert MASKED_KEY in str(line["event"])
+
+
+def test_an_api_key_in_an_exception_message_is_masked(captured: io.StringIO) -> None:
+    try:
+        raise ValueError(f"no such key: {API_KEY!r}")
+    except ValueError:
+        logging.getLogger("django.request").exception("Internal Server Error: /api/v1/syncs")
+    (line,) = lines(captured)
+    assert "ValueError" in str(line["error"]) and MASKED_KEY in str(line["error"])
+    assert API_KEY not in captured.getvalue()
+
+
+def test_an_api_key_in_a_repr_of_headers_is_masked(captured: io.StringIO) -> None:
+    headers = HttpHeaders(
+        {
+            "HTTP_AUTHORIZATION": f"Bearer {API_KEY}",
+            "HTTP_X_API_KEY": API_KEY,
+            "HTTP_ACCEPT": "application/json",
+        }
+    )
+    plain = {"Authorization": API_KEY, "Accept": "application/json"}  # no scheme: a caller's slip
+    logging.getLogger("integrations.api").info("headers %r and %r", headers, plain)
+    logging.getLogger("integrations.api").info("as extra", extra={"headers": dict(headers)})
+    output = captured.getvalue()
+    assert API_KEY not in output and API_KEY[13:] not in output
+    assert output.count(MASKED_KEY) == 3  # the one after Bearer goes whole, prefix and all
+    assert "application/json" in output
+
+
+def test_text_about_a_key_by_its_prefix_is_left_alone() -> None:
+    ordinary = "Revoked key zwk_k3y5pr3f… (CRM import) of dana; zwk_ keys start with zwk_"
+    assert logs.redact(ordinary) == ordinary

@@ -81,13 +81,15 @@ def off_site(location: str) -> bool:
 
 
 def route_names() -> set[str]:
-    """Every named route of the portal outside the admin, as `namespace:name`."""
+    """Every named route of the portal outside the admin and the integration API (whose table
+    is tests/security/test_api_access.py's ENDPOINTS: key-authenticated, no session, no CSRF),
+    as `namespace:name`."""
     names: set[str] = set()
 
     def walk(patterns: list[URLPattern | URLResolver], namespace: str) -> None:
         for entry in patterns:
             if isinstance(entry, URLResolver):
-                if entry.app_name == "admin":
+                if entry.app_name in {"admin", "api"}:
                     continue
                 inner = f"{namespace}{entry.namespace}:" if entry.namespace else namespace
                 walk(entry.url_patterns, inner)

@@ -2,7 +2,13 @@
 sync on a real Celery worker through Redis, "Sync now", refresh, a revoked grant and its
 re-authorization email, disconnect), no token Zywave issued and not the client secret appears in
 the database, the run's Redis, the logs (the worker's included), the emails or the pages; and
-each of those five searches is shown to find a string known to be there."""
+each of those five searches is shown to find a string known to be there.
+
+API keys likewise: after keys were used on every endpoint, refused every way and a sync was
+started through the API and run on the worker, no key (nor its secret part, nor anything shaped
+like a key) is in the database outside `hashed_key`, Redis, the logs, the Celery messages the
+portal sent, the API's answers (problem bodies included), or the pages and admin pages.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +22,7 @@ from typing import Any
 
 import pytest
 import redis
+from celery.signals import before_task_publish
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
@@ -24,17 +31,23 @@ from django.db import connection as db
 from django.test import Client
 from django.utils import timezone
 
+from integrations.api.keys import KEY_PATTERN, hash_key
 from integrations.backends import ZywaveOAuth2
-from integrations.models import Account, Connection, SyncRun
+from integrations.models import Account, ApiKey, Connection, SyncRun
 from integrations.tasks import heartbeat
 from integrations.tokens import ReauthRequired, access_token_for, refresh
 from portal.celery import app
+from tests.api.callers import System, problem, system_of
+from tests.conftest import connection
 from tests.integrations.flows import connect
 from tests.integrations.workers import TEST_BROKER, Worker, wait_for
 from tests.sandboxserver import Sandbox
+from tests.security.cast import admin_urls, own_data
 
-# Transactional: the on-commit Celery messages and the on-commit email really go out.
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = pytest.mark.django_db
+# The lives of a connection and of keys are transactional: the on-commit Celery messages and the
+# on-commit email really go out.
+LIFE = pytest.mark.django_db(transaction=True)
 
 REDIS_URL = TEST_BROKER  # the run's own Redis database (tests/services.py), the worker's broker
 PROBE_QUEUE = "secrets-probe"  # no worker consumes it: a message sent there stays in Redis
@@ -165,6 +178,8 @@ def wait_for_runs(conn: Connection, succeeded: int, worker: Worker) -> None:
         raise AssertionError(f"{exc}\n{worker.log_tail()}") from None
 
 
+@LIFE
+@pytest.mark.slow
 def test_no_issued_token_or_client_secret_is_found_anywhere_after_a_connections_life(
     staff: User,
     admin_user: User,
@@ -304,3 +319,191 @@ def test_no_issued_token_or_client_secret_is_found_anywhere_after_a_connections_
     assert "can no longer reach your Zywave account" in places["mail"]
     # Pages: what the portal showed (the chosen profile, the worker's mirrored account).
     assert chosen["name"] in places["pages"] and account_name in places["pages"]
+
+
+# --- API keys ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def published() -> Iterator[list[str]]:
+    """Every Celery message this process publishes during the test, as JSON text: its body
+    (the task's args and kwargs), its headers (`argsrepr`, `kwargsrepr`, ...) and properties,
+    taken from Celery's own hook just before the message is sent."""
+    sent: list[str] = []
+
+    def record(sender: Any = None, body: Any = None, **message: Any) -> None:
+        fields = {k: message.get(k) for k in ("headers", "properties", "routing_key")}
+        sent.append(json.dumps({"task": sender, "body": body, **fields}, default=str))
+
+    before_task_publish.connect(record, weak=False)
+    try:
+        yield sent
+    finally:
+        before_task_publish.disconnect(record)
+
+
+def key_of(system: System) -> ApiKey:
+    assert system.key is not None
+    return ApiKey.objects.get(prefix=system.key.split("_")[1])
+
+
+def secret_of(key: str) -> str:
+    """The part of a key that is never stored (`zwk_<prefix>_<secret>`)."""
+    return key.rsplit("_", 1)[1]
+
+
+def text_of(response: Any) -> str:
+    body = b"".join(response.streaming_content) if response.streaming else response.content
+    return f"{response.status_code} {dict(response.headers)}\n{body.decode(errors='replace')}"
+
+
+def key_hits(places: dict[str, str], keys: list[str]) -> set[tuple[str, str]]:
+    """(place, prefix) for each key whose secret is found in a place, and (place, `shape`) for
+    anything there shaped like a key at all (a key this test does not know of counts too)."""
+    hits = {
+        (place, key.split("_")[1])
+        for place, text in places.items()
+        for key in keys
+        if secret_of(key) in text
+    }
+    return hits | {(place, "shape") for place, text in places.items() if KEY_PATTERN.search(text)}
+
+
+def admin_pages(admin: Client) -> dict[str, str]:
+    """Every admin page of the walk (tests.security.cast.admin_urls), the keys' list and a
+    search of it, by URL; logout left out, it would end the session."""
+    urls = [url for url in admin_urls() if url != "/admin/logout/"]
+    first = ApiKey.objects.order_by("pk").first()
+    urls += [
+        "/admin/integrations/apikey/",
+        f"/admin/integrations/apikey/?q={first and first.prefix}",
+    ]
+    return {url: text_of(admin.get(url)) for url in urls}
+
+
+def test_no_page_or_admin_page_shows_a_key_after_it_was_made(staff: User, admin_user: User) -> None:
+    own_data(staff)
+    systems = [
+        system_of(staff, "read"),
+        system_of(staff, "sync", expires_at=timezone.now() + timedelta(days=3)),
+        system_of(staff, "proxy"),
+    ]
+    key_of(systems[2]).revoke(admin_user)
+    keys = [system.key for system in systems if system.key]
+    dana, root = Client(), Client()
+    dana.force_login(staff)
+    root.force_login(admin_user)
+    keys_page = text_of(dana.get("/settings/api-keys/"))
+    admin = admin_pages(root)
+    assert key_hits({"keys page": keys_page, "admin": "\n".join(admin.values())}, keys) == set()
+    # The search saw the keys: each is listed by its prefix on the owner's page and the admin's.
+    listing = admin["/admin/integrations/apikey/"]
+    for key in keys:
+        assert key.split("_")[1] in keys_page and key.split("_")[1] in listing
+    assert keys_page.startswith("200") and listing.startswith("200")
+
+
+@LIFE
+@pytest.mark.slow
+def test_no_api_key_is_found_anywhere_after_keys_were_used(
+    staff: User,
+    other_staff: User,
+    admin_user: User,
+    zywave: Sandbox,
+    worker: Worker,
+    every_log: pytest.LogCaptureFixture,
+    published: list[str],
+    settings: Any,
+) -> None:
+    settings.ZYWAVE_SYNC_BACKOFF_SECONDS = 0
+    conn = connection(staff, zywave)
+    connection(other_staff)
+    # Choosing the profile may have queued the first sync: the API's own comes after it.
+    wait_for(
+        lambda: not SyncRun.objects.active().filter(connection=conn).exists(),
+        timeout=120,
+        what="no active sync run",
+    )
+    full = system_of(staff)
+    reader = system_of(staff, "read")
+    lapsing = system_of(staff, "read")
+    expired = system_of(staff, "read", expires_at=timezone.now() - timedelta(seconds=1))
+    omars = system_of(other_staff, "read")
+    assert full.key is not None
+    answers: list[str] = []
+
+    def api(system: Client, method: str, path: str, body: Any = None, **extra: Any) -> Any:
+        data = "" if body is None else json.dumps(body)
+        response = system.generic(method, path, data, content_type="application/json", **extra)
+        answers.append(text_of(response))
+        return response
+
+    for path in ("/api/v1/connection", "/api/v1/accounts", "/api/v1/contacts", "/api/v1/syncs"):
+        assert api(reader, "GET", path).status_code == 200
+    # A sync started through the API: a Celery message through Redis, run by the worker.
+    started = api(full, "POST", "/api/v1/syncs", {"full": False})
+    assert started.status_code == 202, started.content
+    run_id = started.json()["id"]
+    wait_for(
+        lambda: not SyncRun.objects.filter(pk=run_id).active().exists(),
+        timeout=120,
+        what="the API's sync run",
+    )
+    assert SyncRun.objects.get(pk=run_id).state == SyncRun.State.SUCCEEDED, worker.log_tail()
+    assert api(full, "GET", f"/api/v1/syncs/{run_id}").status_code == 200
+    account = Account.objects.filter(connection=conn).values_list("zywave_id", flat=True)[0]
+    assert api(full, "GET", f"/api/v1/accounts/{account}").status_code == 200
+    assert api(full, "GET", "/api/v1/zywave/profiles/V2.0/Profile/B").status_code == 200
+    # Refused every way, each answered with a problem body.
+    problem(api(reader, "POST", "/api/v1/syncs", {"full": True}), 403)
+    problem(api(reader, "GET", "/api/v1/no-such-endpoint"), 404)
+    problem(api(omars, "GET", f"/api/v1/syncs/{run_id}"), 404)
+    problem(api(expired, "GET", "/api/v1/accounts"), 401)
+    assert api(lapsing, "GET", "/api/v1/accounts").status_code == 200
+    assert key_of(lapsing).revoke(admin_user)
+    problem(api(lapsing, "GET", "/api/v1/accounts"), 401)
+    changed = full.key[:-1] + ("a" if full.key[-1] != "a" else "b")
+    anonymous = System(None)
+    basic = "Basic " + base64.b64encode(f"{full.key}:".encode()).decode()
+    for header in (f"Bearer {changed}", basic, full.key, f"Token {full.key}"):
+        problem(api(anonymous, "GET", "/api/v1/accounts", HTTP_AUTHORIZATION=header), 401)
+    assert api(full, "DELETE", "/api/v1/accounts").status_code in {403, 405}
+
+    dana, admin = Client(), Client()
+    dana.force_login(staff)
+    admin.force_login(admin_user)
+    pages = [text_of(dana.get(url)) for url in ("/", "/zywave/accounts/", "/settings/api-keys/")]
+    pages += admin_pages(admin).values()
+    worker_log = worker.log_path.read_text(errors="replace")
+    places = {
+        "database": database_text(),
+        "redis": redis_text(),
+        "logs": "\n".join(
+            [every_log.text, "\n".join(str(r.__dict__) for r in every_log.records), worker_log]
+        ),
+        "celery": "\n".join(published),
+        "answers": "\n".join(answers),
+        "pages": "\n".join(pages),
+    }
+    keys = [s.key for s in (full, reader, lapsing, expired, omars) if s.key] + [changed]
+    assert key_hits(places, keys) == set()
+
+    # Each search saw what it looks through. Database: every key's prefix, and its SHA-256 in
+    # `hashed_key` only (once).
+    for key in keys[:-1]:
+        assert key.split("_")[1] in places["database"]
+        assert places["database"].count(hash_key(key)) == 1
+    # Celery: the API's sync message, sent to the broker, received and run by the worker.
+    assert any('"integrations.tasks.sync_connection"' in m for m in published), published
+    assert f"[{conn.pk}, false]" in places["celery"]
+    assert "_kombu.binding.sync" in places["redis"]
+    assert worker_log.count("integrations.tasks.sync_connection[") >= 1
+    # Logs: the refusals were logged (django.request), with the ids of their requests.
+    assert "Forbidden: /api/v1/syncs" in places["logs"]
+    assert "Unauthorized: /api/v1/accounts" in places["logs"]
+    # Answers: the refusals' problem bodies, each saying why.
+    for reason in ("revoked", "expired", "`sync`", "not known", "Bearer zwk_"):
+        assert reason in places["answers"], reason
+    # Pages: the owner's keys page and the admin list each key by its prefix.
+    for key in keys[:-2]:  # omar's key is not on dana's page
+        assert places["pages"].count(key.split("_")[1]) >= 2
