@@ -15,6 +15,7 @@ import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from datetime import date
+from operator import itemgetter
 from typing import Any
 
 from django.contrib.auth.models import User
@@ -163,15 +164,22 @@ def insert(resource: Resource, rows: list[dict[str, Any]]) -> None:
         )
     model = resource.model
     adapters = db_adapters()
-    plan = [(name, adapters.get(resource.kinds[name])) for name in columns]
+    adapted = [
+        (index, adapters[resource.kinds[name]])
+        for index, name in enumerate(columns)
+        if resource.kinds[name] in adapters
+    ]
     fields = ", ".join(
         str(getattr(model._meta.get_field(name), "column", name)) for name in columns
     )
     marks = ", ".join(["%s"] * len(columns))
-    values = [
-        tuple(row[name] if adapt is None else adapt(row[name]) for name, adapt in plan)
-        for row in rows
-    ]
+    pick = itemgetter(*columns)
+    values = []
+    for row in rows:
+        value = list(pick(row))
+        for index, adapt in adapted:
+            value[index] = adapt(value[index])
+        values.append(value)
     with connection.cursor() as cursor:
         cursor.executemany(
             f"INSERT INTO {model._meta.db_table} ({fields}) VALUES ({marks})",  # noqa: S608
