@@ -38,5 +38,6 @@ ZYWAVE_SCOPES = {
 # What the demo client `portal-dev` is registered for (seed.ensure_portal_client), and what the
 # tests' clients are registered for and ask for by default.
 PORTAL_SCOPES = (
-    "openid profile email offline_access api.profiles api.accounts api.accounts:read api.industries"
+    "openid profile email offline_access api.profiles api.accounts api.accounts:read "
+    "api.policies:read api.industries"
 )

@@ -13,7 +13,8 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 Rows = Iterator[tuple[str, dict[str, Any]]]
@@ -164,5 +165,91 @@ def accounts_and_contacts(rng: random.Random, plan: SeedPlan) -> Rows:
                     "is_active": not archived,
                     "is_archived": archived,
                     "updated": updated - timedelta(seconds=rng.randrange(86400)),
+                },
+            )
+
+
+# Per line of business (LINES): a policy-number prefix, carriers that write it, and a yearly
+# premium range in dollars.
+POLICY_LINES: dict[str, tuple[str, list[str], tuple[int, int]]] = {
+    "Commercial Auto": (
+        "CA",
+        ["Progressive", "Travelers", "The Hartford", "Nationwide"],
+        (1500, 45000),
+    ),
+    "General Liability": (
+        "GL",
+        ["The Hartford", "Travelers", "Liberty Mutual", "Chubb", "Hiscox"],
+        (400, 18000),
+    ),
+    "Workers Comp": (
+        "WC",
+        ["AmTrust", "Employers", "The Hartford", "Travelers", "Liberty Mutual"],
+        (800, 60000),
+    ),
+    "Property": (
+        "PR",
+        ["Chubb", "Travelers", "CNA", "Zurich", "Cincinnati Insurance"],
+        (900, 50000),
+    ),
+    "Cyber": ("CY", ["Coalition", "Beazley", "Chubb", "At-Bay"], (700, 15000)),
+    "BOP": (
+        "BP",
+        ["The Hartford", "Hiscox", "Nationwide", "Cincinnati Insurance", "Travelers"],
+        (500, 7500),
+    ),
+    "Umbrella": ("UM", ["Chubb", "Travelers", "CNA", "Markel"], (1000, 25000)),
+    "Group Health": (
+        "GH",
+        ["UnitedHealthcare", "Aetna", "Cigna", "Blue Cross Blue Shield"],
+        (15000, 450000),
+    ),
+    "Dental": ("DN", ["Delta Dental", "Guardian", "MetLife", "Ameritas"], (1200, 40000)),
+    "Life": ("LF", ["MetLife", "Prudential", "Lincoln Financial", "Principal"], (600, 30000)),
+}
+
+
+def a_year_before(day: date) -> date:
+    """The same day a year earlier (28 February for a 29th)."""
+    if day.month == 2 and day.day == 29:
+        return date(day.year - 1, 2, 28)
+    return day.replace(year=day.year - 1)
+
+
+def policies(rng: random.Random, plan: SeedPlan) -> Rows:
+    """One policy per line of business of each account (so one to three), with one-year terms
+    ending between 60 days ago and 305 days from `plan.today`: some lapsed, about a twelfth
+    renewing in each coming month. Premiums are whole cents, a quarter of them whole dollars.
+    Active unless lapsed or the account is archived; archived with the account."""
+    policy_id = 0
+    accounts = plan.rows("accounts", ["agency_id", "lines_of_business", "is_archived"])
+    for account in accounts:
+        for line in account["lines_of_business"]:
+            if line not in POLICY_LINES:
+                continue
+            code, carriers, (low, high) = POLICY_LINES[line]
+            policy_id += 1
+            expiration = plan.today + timedelta(days=rng.randrange(-60, 305))
+            effective = a_year_before(expiration)
+            cents = rng.randrange(low * 100, high * 100)
+            if rng.random() < 0.25:
+                cents -= cents % 100
+            yield (
+                "policies",
+                {
+                    "id": policy_id,
+                    "account_id": account["pk"],
+                    "agency_id": account["agency_id"],
+                    "policy_number": f"{code}-{effective.year}-{rng.randrange(1_000_000):06d}",
+                    "line_of_business": line,
+                    "carrier_name": rng.choice(carriers),
+                    "effective_date": effective,
+                    "expiration_date": expiration,
+                    "premium": Decimal(cents).scaleb(-2),
+                    "is_active": not account["is_archived"] and expiration >= plan.today,
+                    "is_archived": account["is_archived"],
+                    # Bound up to 30 days before the term began.
+                    "updated": datetime.combine(effective, time(), UTC)
+                    - timedelta(seconds=rng.randrange(30 * 86400)),
                 },
             )

@@ -295,6 +295,36 @@ class Contact(models.Model):
         return f"{self.id} {self.first_name} {self.last_name}"
 
 
+class Policy(models.Model):
+    """An insurance policy an account holds (the Policies API, docs/zywave.md §4: its fields
+    are our assumption)."""
+
+    account = models.ForeignKey(Account, on_delete=models.CASCADE, related_name="policies")
+    # Denormalised from the account, as for contacts: an agency's policies need no join.
+    agency = models.ForeignKey(Agency, on_delete=models.CASCADE, related_name="policies")
+    policy_number = models.CharField(max_length=50)
+    line_of_business = models.CharField(max_length=100)
+    carrier_name = models.CharField(max_length=200)
+    effective_date = models.DateField()
+    expiration_date = models.DateField()
+    # 12 digits at most: SQLite keeps a decimal as a double, exact to 15 significant digits.
+    premium = models.DecimalField(max_digits=12, decimal_places=2)
+    is_active = models.BooleanField(default=True)
+    is_archived = models.BooleanField(default=False)
+    updated = models.DateTimeField()
+
+    class Meta:
+        verbose_name_plural = "policies"
+        indexes = [
+            models.Index(fields=["agency", "id"], name="policy_agency_id"),
+            models.Index(fields=["agency", "updated", "id"], name="policy_agency_updated"),
+            models.Index(fields=["agency", "expiration_date", "id"], name="policy_agency_expiry"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.id} {self.policy_number}"
+
+
 class Baseline(models.Model):
     """What `reset` restores: the seed's parameters and the registered clients as they were
     when the data was seeded or `POST /_sandbox/baseline` was last called. `dirty` is set by

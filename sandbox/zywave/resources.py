@@ -22,7 +22,7 @@ from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
 from django.db import models
 
 from sandbox.zywave import demo
-from sandbox.zywave.models import Account, Contact
+from sandbox.zywave.models import Account, Contact, Policy
 from sandbox.zywave.odata_q import KINDS, Fields
 
 Seeder = Callable[[random.Random, demo.SeedPlan], demo.Rows]
@@ -200,6 +200,31 @@ RESOURCES = [
             "updatedDateTime": ("updated", "datetime"),
         },
         # Seeded by demo.accounts_and_contacts, in the accounts' stream.
+    ),
+    Resource(
+        name="policies",
+        model=Policy,
+        # Assumed: Zywave documents a v2 Policies API and its scopes, not its routes or fields
+        # (docs/zywave.md §4).
+        route="policies/v2.0/policy",
+        detail_route="policies/v2.0/policy/{id}",
+        scopes=frozenset({"api.policies", "api.policies:read"}),
+        parent="accounts",
+        nested="policies",
+        fields={
+            "id": ("id", "int"),
+            "accountId": ("account_id", "int"),
+            "policyNumber": ("policy_number", "str"),
+            "lineOfBusiness": ("line_of_business", "str"),
+            "carrierName": ("carrier_name", "str"),
+            "effectiveDate": ("effective_date", "date"),
+            "expirationDate": ("expiration_date", "date"),
+            "premium": ("premium", "decimal"),
+            "isActive": ("is_active", "bool"),
+            "isArchived": ("is_archived", "bool"),
+            "updatedDateTime": ("updated", "datetime"),
+        },
+        seed=demo.policies,
     ),
 ]
 

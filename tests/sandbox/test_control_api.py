@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from email.utils import formatdate
+from typing import Any
 
 import requests
 
@@ -12,6 +13,7 @@ from tests.sandbox.conftest import AGENT_PROFILES, call, refresh
 from tests.sandboxserver import Sandbox
 
 ACCOUNTS = "/accounts/v2.0/account"
+POLICIES = "/policies/v2.0/policy"
 PROFILE = f"B {AGENT_PROFILES[2]}"
 
 
@@ -239,6 +241,58 @@ def test_deleting_accounts_removes_them_and_their_contacts(
     assert after["accounts"] == before["accounts"] - 1
     assert after["contacts"] < before["contacts"]
     assert call(sandbox_clean, agent_token, f"{ACCOUNTS}/{deleted[0]}", PROFILE).status_code == 404
+
+
+def test_archiving_accounts_archives_their_contacts_and_policies(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    archived = sandbox_clean.control(
+        "POST", "accounts/archive", profile_id=AGENT_PROFILES[2], count=2
+    )["ids"]
+
+    def get(path: str) -> Any:
+        return call(sandbox_clean, agent_token, path, PROFILE).json()
+
+    for account_id in archived:
+        account = get(f"{ACCOUNTS}/{account_id}")
+        contacts = get(f"{ACCOUNTS}/{account_id}/contacts")["items"]
+        policies = get(f"{ACCOUNTS}/{account_id}/policies")["items"]
+        assert contacts and policies
+        for record in contacts + policies:
+            assert (record["isArchived"], record["isActive"]) == (True, False)
+            # Bumped with the account, so that an incremental read sees the archiving.
+            assert record["updatedDateTime"] == account["updatedDateTime"]
+
+
+def test_deleting_accounts_removes_their_policies(sandbox_clean: Sandbox, agent_token: str) -> None:
+    before = sandbox_clean.control("GET", "accounts/count", profile_id=AGENT_PROFILES[2])
+    (account_id,) = sandbox_clean.control(
+        "POST", "accounts/delete", profile_id=AGENT_PROFILES[2], count=1
+    )["ids"]
+    after = sandbox_clean.control("GET", "accounts/count", profile_id=AGENT_PROFILES[2])
+    left = call(
+        sandbox_clean,
+        agent_token,
+        POLICIES,
+        PROFILE,
+        **{"$filter": f"accountId eq {account_id}"},
+    ).json()
+    assert left["totalCount"] == 0
+    assert 1 <= before["policies"] - after["policies"] <= 3
+
+
+def test_the_counts_cover_every_resource_of_the_profiles_agency(
+    sandbox_clean: Sandbox, agent_token: str
+) -> None:
+    counts = sandbox_clean.control("GET", "accounts/count", profile_id=AGENT_PROFILES[2])
+    assert set(counts) == {"accounts", "contacts", "policies", "archived"}
+    for name, path in [
+        ("accounts", ACCOUNTS),
+        ("contacts", "/accounts/v2.0/contact"),
+        ("policies", POLICIES),
+    ]:
+        total = call(sandbox_clean, agent_token, path, PROFILE, **{"$top": 0}).json()["totalCount"]
+        assert counts[name] == total, name
 
 
 def test_reset_restores_settings_and_clears_faults(sandbox_clean: Sandbox) -> None:

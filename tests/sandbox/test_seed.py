@@ -11,6 +11,8 @@ import hashlib
 import json
 import subprocess
 import sys
+from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +74,12 @@ def seed_runs(tmp: Path, runs: list[tuple[str, list[str], str]]) -> dict[str, An
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return seed_runs(
         tmp_path_factory.mktemp("seed"),
-        [("full", [], "2026-12-01"), ("again", [], "2026-12-01")],
+        [
+            ("full", [], "2026-12-01"),
+            ("without policies", ["policies"], "2026-12-01"),
+            ("again", [], "2026-12-01"),
+            ("a month later", [], "2027-01-01"),
+        ],
     )
 
 
@@ -90,3 +97,68 @@ def test_accounts_and_contacts_are_byte_identical_to_the_seed_before_the_registr
 
 def test_the_same_seed_and_day_give_the_same_rows(seeded: dict[str, Any]) -> None:
     assert seeded["again"] == seeded["full"]
+
+
+def test_leaving_policies_out_changes_no_account_or_contact(seeded: dict[str, Any]) -> None:
+    full, without = seeded["full"], seeded["without policies"]
+    assert full["counts"]["policies"] > 0
+    assert "policies" not in without["counts"]
+    assert without["rows"]["policies"] == "[]"
+    for name in ["accounts", "contacts"]:
+        assert without["counts"][name] == full["counts"][name]
+        assert without["rows"][name] == full["rows"][name], name
+
+
+def test_policies_follow_the_day_of_seeding_and_nothing_else_does(
+    seeded: dict[str, Any],
+) -> None:
+    full, later = seeded["full"], seeded["a month later"]
+    for name in ["accounts", "contacts"]:
+        assert later["rows"][name] == full["rows"][name], name
+    before, after = json.loads(full["rows"]["policies"]), json.loads(later["rows"]["policies"])
+    assert len(before) == len(after)
+    assert before != after
+
+
+def test_each_account_holds_one_policy_per_line_of_business(seeded: dict[str, Any]) -> None:
+    columns = ["id", "agency", "name", "classification", "lines_of_business"]
+    accounts = {
+        row[0]: dict(zip(columns, row, strict=False))
+        for row in json.loads(seeded["full"]["rows"]["accounts"])
+    }
+    held: dict[int, list[str]] = {}
+    for policy in seeded_policies(seeded["full"]):
+        held.setdefault(policy["account_id"], []).append(policy["line_of_business"])
+        assert policy["agency_id"] == accounts[policy["account_id"]]["agency"]
+    assert set(held) == set(accounts)
+    for account_id, lines in held.items():
+        assert 1 <= len(lines) <= 3
+        assert lines == accounts[account_id]["lines_of_business"]
+
+
+def test_policy_terms_are_a_year_long_around_the_day_of_seeding(seeded: dict[str, Any]) -> None:
+    day = date(2026, 12, 1)
+    policies = seeded_policies(seeded["full"])
+    ends = [date.fromisoformat(policy["expiration_date"]) for policy in policies]
+    for policy, end in zip(policies, ends, strict=True):
+        start = date.fromisoformat(policy["effective_date"])
+        assert (start.year, start.month, start.day) == (end.year - 1, end.month, end.day)
+        assert day - timedelta(days=60) <= end < day + timedelta(days=305)
+        assert policy["is_active"] == (end >= day and not policy["is_archived"])
+    lapsed = [end for end in ends if end < day]
+    windows = [[end for end in ends if day <= end < day + timedelta(days=n)] for n in (30, 60, 90)]
+    assert lapsed and all(windows) and len(windows[0]) < len(windows[1]) < len(windows[2])
+
+
+def test_premiums_are_whole_cents_some_of_them_whole_dollars(seeded: dict[str, Any]) -> None:
+    premiums = [Decimal(policy["premium"]) for policy in seeded_policies(seeded["full"])]
+    assert all(premium.as_tuple().exponent == -2 and premium > 0 for premium in premiums)
+    assert any(premium == premium.to_integral_value() for premium in premiums)
+
+
+def seeded_policies(run: dict[str, Any]) -> list[dict[str, Any]]:
+    names = [
+        "id", "account_id", "agency_id", "policy_number", "line_of_business", "carrier_name",
+        "effective_date", "expiration_date", "premium", "is_active", "is_archived", "updated",
+    ]  # fmt: skip
+    return [dict(zip(names, row, strict=True)) for row in json.loads(run["rows"]["policies"])]
