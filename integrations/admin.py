@@ -51,9 +51,11 @@ from .models import (
     ConnectionEvent,
     ConnectionQuerySet,
     Contact,
+    Policy,
     SyncRun,
 )
 from .notify import send_reconnect_reminder
+from .resources import resources
 from .sync import queue_run
 from .tasks import refresh_connection, sync_connection
 from .tokens import ReauthRequired, RefreshFailed, refresh, revoke_and_disconnect
@@ -354,8 +356,13 @@ class ConnectionAdmin(ReadOnlyAdmin):
         links = [
             (changelist_url(SyncRun, connection__id__exact=obj.pk), "all sync runs"),
             (changelist_url(ConnectionEvent, connection__id__exact=obj.pk), "all events"),
-            (changelist_url(Account, connection__id__exact=obj.pk), "mirrored accounts"),
-            (changelist_url(Contact, connection__id__exact=obj.pk), "mirrored contacts"),
+            *[
+                (
+                    changelist_url(resource.model, connection__id__exact=obj.pk),
+                    f"mirrored {resource.label.lower()}",
+                )
+                for resource in resources()
+            ],
         ]
         return format_html_join(" · ", '<a href="{}">{}</a>', links)
 
@@ -603,6 +610,25 @@ class ContactAdmin(OwnedByConnection):
     show_full_result_count = False
 
 
+class PolicyAdmin(OwnedByConnection):
+    list_display = [
+        "policy_number",
+        "zywave_id",
+        "owner",
+        "account_zywave_id",
+        "line_of_business",
+        "carrier_name",
+        "expiration_date",
+        "premium",
+        "is_active",
+        "is_archived",
+    ]
+    list_filter = ["line_of_business", "is_active", "is_archived"]
+    search_fields = ["policy_number", "carrier_name", "zywave_id", "account_zywave_id"]
+    list_per_page = 100
+    show_full_result_count = False
+
+
 class ApiKeyStateFilter(admin.SimpleListFilter):
     title = "state"
     parameter_name = "state"
@@ -696,6 +722,7 @@ admin.site.register(SyncRun, SyncRunAdmin)
 admin.site.register(ConnectionEvent, ConnectionEventAdmin)
 admin.site.register(Account, AccountAdmin)
 admin.site.register(Contact, ContactAdmin)
+admin.site.register(Policy, PolicyAdmin)
 admin.site.register(ApiKey, ApiKeyAdmin)
 
 

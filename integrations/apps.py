@@ -11,7 +11,8 @@ class IntegrationsConfig(AppConfig):
         from django.core.checks import Tags, register
         from django.db.models.signals import post_migrate
 
-        from . import checks
+        from . import checks, support
 
         register(checks.encryption_key_decrypts_canary, Tags.security)
         post_migrate.connect(checks.ensure_canary, sender=self)
+        post_migrate.connect(support.grant_support_views, sender=self)

@@ -37,6 +37,8 @@ PROFILE = "/profiles/V2.0/Profile/{type_code}/{id}"
 CURRENT_PROFILE = "/profiles/V2.1/Profile/{type_code}/current"
 ACCOUNTS = "/accounts/v2.0/account"
 CONTACTS = "/accounts/v2.0/contact"
+# Assumed: the Policies API is public by name and scope only (docs/zywave.md §4).
+POLICIES = "/policies/v2.0/policy"
 
 log = logging.getLogger(__name__)
 

@@ -1,17 +1,18 @@
-"""The mirror's rows: Zywave records converted to columns, written one page per statement.
+"""The mirror's writes: a page of Zywave records, one statement per page; tombstones.
 
 `sync.py` runs a sync (claim, lease, pages, finish) and hands each page here. Every write to
 the mirror tables goes through `upsert`, one INSERT ... ON CONFLICT statement per page, so this
-is the one place to extend what a page write does. Records arrive in camelCase (any key case is
-accepted: see docs/zywave.md §4).
+is the one place to extend what a page write does. What is mirrored, and how a record becomes
+a row, is declared in `resources.py`.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Collection
-from datetime import UTC, datetime, timedelta
+from collections.abc import Collection
+from datetime import date, datetime, timedelta
+from decimal import Decimal
 from typing import Any, NamedTuple
 
 import orjson
@@ -19,128 +20,12 @@ from django.conf import settings
 from django.db import connection as db
 from django.db.models import Model, QuerySet
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
-from .client import MalformedResponse, lower_keys, safe_id
-from .models import Account, Contact
+from .resources import REGISTRY, UnusableId, account_row, contact_row, policy_row
+
+__all__ = ["account_row", "contact_row", "policy_row", "upsert", "remove_unseen", "tombstone"]
 
 log = logging.getLogger(__name__)
-
-
-def _text(record: dict[str, Any], key: str, limit: int) -> str:
-    value = record.get(key)
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        value = ", ".join(str(item) for item in value)
-    return str(value)[:limit]
-
-
-def _bool(record: dict[str, Any], key: str, default: bool) -> bool:
-    value = record.get(key)
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in {"true", "false"}:
-        return value.lower() == "true"
-    return default
-
-
-def _int(record: dict[str, Any], key: str) -> int | None:
-    value = record.get(key)
-    if isinstance(value, bool):
-        return None
-    try:
-        number = int(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-    return number if number is not None and -(2**31) < number < 2**31 else None
-
-
-def _when(record: dict[str, Any], key: str) -> datetime | None:
-    value = record.get(key)
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = parse_datetime(value)
-    except ValueError:
-        return None
-    if parsed is not None and timezone.is_naive(parsed):
-        parsed = timezone.make_aware(parsed, UTC)
-    return parsed
-
-
-class UnusableId(MalformedResponse):
-    """A record whose id the mirror cannot key on: missing, or not a safe id (`client.SAFE_ID`:
-    a `/`, a space, over 64 characters...). The record is skipped and counted, not the page."""
-
-
-def _zywave_id(record: dict[str, Any], resource: str) -> str:
-    value = record.get("id")
-    if value is None or value == "":
-        raise UnusableId(f"a {resource} record without an id")
-    zywave_id = safe_id(value)
-    if zywave_id is None:
-        raise UnusableId(f"a {resource} record with an unusable id")
-    return zywave_id
-
-
-def account_row(
-    connection_id: int, run_id: int, record: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    """The mirror columns of one Zywave account record (field name -> value)."""
-    r = lower_keys(record)
-    return {
-        "connection_id": connection_id,
-        "zywave_id": _zywave_id(r, "account"),
-        "name": _text(r, "name", 255),
-        "classification": _text(r, "classification", 100),
-        "lines_of_business": _text(r, "linesofbusiness", 500),
-        "client_size": _text(r, "clientsize", 50),
-        "number_of_employees": _int(r, "numberofemployees"),
-        "is_active": _bool(r, "isactive", True),
-        "is_archived": _bool(r, "isarchived", False),
-        "city": _text(r, "city", 100),
-        "state": _text(r, "state", 50),
-        "updated_at_zywave": _when(r, "updateddatetime"),
-        "raw": record,
-        "seen_in_run": run_id,
-        "synced_at": now,
-        "changed_at": now,
-        "deleted_at": None,
-    }
-
-
-def contact_row(
-    connection_id: int, run_id: int, record: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    """The mirror columns of one Zywave contact record (field name -> value)."""
-    r = lower_keys(record)
-    return {
-        "connection_id": connection_id,
-        "zywave_id": _zywave_id(r, "contact"),
-        "account_zywave_id": safe_id(r.get("accountid")) or "",
-        "first_name": _text(r, "firstname", 100),
-        "last_name": _text(r, "lastname", 100),
-        "email": _text(r, "emailaddress", 254),
-        "title": _text(r, "title", 150),
-        "work_phone": _text(r, "workphonenumber", 50),
-        "mobile_phone": _text(r, "mobilephonenumber", 50),
-        "is_primary": _bool(r, "isprimarycontact", False),
-        "is_active": _bool(r, "isactive", True),
-        "is_archived": _bool(r, "isarchived", False),
-        "updated_at_zywave": _when(r, "updateddatetime"),
-        "raw": record,
-        "seen_in_run": run_id,
-        "synced_at": now,
-        "changed_at": now,
-        "deleted_at": None,
-    }
-
-
-ROWS: dict[str, tuple[type[Model], Callable[..., dict[str, Any]]]] = {
-    "accounts": (Account, account_row),
-    "contacts": (Contact, contact_row),
-}
 
 
 class Written(NamedTuple):
@@ -153,7 +38,7 @@ def upsert(
     resource: str, connection_id: int, run_id: int, records: list[dict[str, Any]]
 ) -> Written:
     """Write one page as a single INSERT ... ON CONFLICT DO UPDATE on (connection, zywave_id)."""
-    model, build = ROWS[resource]
+    model, build = REGISTRY[resource].model, REGISTRY[resource].row
     now = timezone.now()
     rows: dict[str, dict[str, Any]] = {}
     skipped = 0
@@ -238,14 +123,25 @@ def page_json(rows: list[dict[str, Any]]) -> str:
     encoder (the sync benchmark's largest Python cost); it refuses what the standard encoder
     takes (integers beyond 64 bits in a raw record), and then the standard encoder writes it."""
     try:
-        return orjson.dumps(rows).decode()
+        return orjson.dumps(rows, default=exact_decimal).decode()
     except orjson.JSONEncodeError:
-        return json.dumps(rows, default=_isoformat)
+        return json.dumps(rows, default=_text_of)
 
 
-def _isoformat(value: Any) -> str:
-    if isinstance(value, datetime):
+def exact_decimal(value: Any) -> Any:
+    """orjson writes no Decimal: write its exact text as a JSON number (never a float)."""
+    if isinstance(value, Decimal):
+        return orjson.Fragment(str(value))
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _text_of(value: Any) -> str:
+    """For the standard encoder: dates and times in ISO 8601, decimals as their exact text
+    (PostgreSQL reads a numeric column from either)."""
+    if isinstance(value, datetime | date):
         return value.isoformat()
+    if isinstance(value, Decimal):
+        return str(value)
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
@@ -253,13 +149,11 @@ def remove_unseen(connection_id: int, run_id: int, keep: Collection[str] = ()) -
     """After a full run, which saw every record Zywave has: what it did not see was deleted at
     Zywave and becomes a tombstone. Resources in `keep` were not asked (unavailable) and keep
     their rows. Tombstones older than ZYWAVE_TOMBSTONE_DAYS go for good."""
-    for resource, (model, _build) in ROWS.items():
-        if resource in keep:
+    for resource in REGISTRY.values():
+        if resource.name in keep:
             continue
-        tombstone(
-            model._default_manager.filter(connection_id=connection_id).exclude(seen_in_run=run_id)
-        )
-        purge_tombstones(model, connection_id)
+        tombstone(resource.live(connection_id).exclude(seen_in_run=run_id))
+        purge_tombstones(resource.model, connection_id)
 
 
 def tombstone(rows: QuerySet[Any]) -> int:
@@ -291,8 +185,8 @@ TOMBSTONE_KEEPS = {
 
 def tombstone_all(connection_id: int) -> None:
     """Every live record of the connection becomes a tombstone (the profile changed)."""
-    for model, _build in ROWS.values():
-        tombstone(model._default_manager.filter(connection_id=connection_id))
+    for resource in REGISTRY.values():
+        tombstone(resource.live(connection_id))
 
 
 def purge_tombstones(model: type[Model], connection_id: int) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.apps import apps
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Case, Max, OuterRef, Q, Subquery, Value, When
@@ -305,9 +306,9 @@ class Connection(models.Model):
         self.unavailable_resources = marks
 
     def clear_mirror(self) -> None:
-        """Delete the mirrored accounts and contacts, tombstones too (disconnect)."""
-        Account.all_rows.filter(connection=self).delete()
-        Contact.all_rows.filter(connection=self).delete()
+        """Delete every mirrored record of the connection, tombstones too (disconnect)."""
+        for model in mirror_models():
+            model.all_rows.filter(connection=self).delete()  # type: ignore[attr-defined,misc]
 
     def disconnect(self, actor: Any, revoked: bool, reason: str = "") -> None:
         """Forget the tokens (the caller revoked them at Zywave first), the profile token and
@@ -531,6 +532,15 @@ class LiveManager(LiveRecords):  # type: ignore[misc,valid-type]
         return MirrorQuerySet(self.model, using=self._db).live()
 
 
+def mirror_models() -> list[type[MirrorRecord]]:
+    """Every concrete mirror model of the app, by rule (a subclass of MirrorRecord)."""
+    return [
+        model
+        for model in apps.get_app_config("integrations").get_models()
+        if issubclass(model, MirrorRecord)
+    ]
+
+
 class MirrorRecord(models.Model):
     """What every mirrored Zywave record has: its id, the raw record, and when the portal's
     copy was seen, written and last changed. A record gone from Zywave stays a while as a
@@ -700,3 +710,33 @@ class ApiKey(models.Model):
             detail={"key": self.prefix, "name": self.name},
         )
         return True
+
+
+class Policy(MirrorRecord):
+    """The mirror of one Zywave policy, keyed by (connection, Zywave id)."""
+
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="policies", db_index=False
+    )
+    account_zywave_id = models.CharField("Zywave account id", max_length=64, blank=True)
+    policy_number = models.CharField(max_length=100, blank=True)
+    line_of_business = models.CharField(max_length=100, blank=True)
+    carrier_name = models.CharField(max_length=200, blank=True)
+    effective_date = models.DateField(null=True, blank=True)
+    expiration_date = models.DateField(null=True, blank=True)
+    # Money: a Decimal end to end (Zywave's JSON number read as its text, never as a float).
+    premium = models.DecimalField(max_digits=14, decimal_places=2, null=True, blank=True)
+    is_active = models.BooleanField(default=True)
+    is_archived = models.BooleanField(default=False)
+
+    class Meta(MirrorRecord.Meta):
+        verbose_name_plural = "policies"
+        ordering = ["expiration_date", "policy_number", "zywave_id"]
+        indexes = [
+            *MirrorRecord.Meta.indexes,
+            models.Index(fields=["connection", "expiration_date"]),
+            models.Index(fields=["connection", "account_zywave_id"]),
+        ]
+
+    def __str__(self) -> str:
+        return self.policy_number or self.zywave_id

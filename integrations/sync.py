@@ -24,8 +24,6 @@ from django.utils.dateparse import parse_datetime
 
 from . import mirror
 from .client import (
-    ACCOUNTS,
-    CONTACTS,
     Forbidden,
     MalformedResponse,
     NoProfileChosen,
@@ -38,12 +36,21 @@ from .client import (
     ZywaveTimeout,
 )
 from .models import Connection, SyncRun
+from .resources import REGISTRY
 from .tokens import ReauthRequired, RefreshFailed, client_for
 
 log = logging.getLogger(__name__)
 
-RESOURCES = ("accounts", "contacts")
-PATHS = {"accounts": ACCOUNTS, "contacts": CONTACTS}
+
+def resource_names() -> list[str]:
+    """The mirrored resources in the order a run walks them (parents first): the registry's."""
+    return list(REGISTRY)
+
+
+def skipped_now(connection: Connection, resource: str) -> bool:
+    """Not asked this run: its scope was not granted, or Zywave answered 404 for its list
+    less than a day ago (`Connection.skips_resource`)."""
+    return not REGISTRY[resource].granted(connection.scopes) or connection.skips_resource(resource)
 
 
 def log_ids(run: SyncRun) -> dict[str, int]:
@@ -198,18 +205,22 @@ def _run(
     on_page: Callable[[SyncRun], None] | None,
 ) -> SyncRun:
     try:
+        names = resource_names()
         if (
             not run.full
             and not run.pages_done
-            and run.resource == RESOURCES[0]
+            and run.resource == names[0]
             and needs_full(connection)
         ):
             _write(run, full=True)
         since_marks = {} if run.full else previous_marks(connection)
-        for resource in RESOURCES[RESOURCES.index(run.resource) :]:
+        start = names.index(run.resource) if run.resource in names else 0
+        for resource in names[start:]:
             if run.resource != resource:
                 _write(run, resource=resource, skip=0)
-            if connection.skips_resource(resource):
+            if skipped_now(connection, resource):
+                # Not granted (an older connection, or a scope the app is not given): skipped,
+                # not failed; the dashboard says a reconnect would grant it.
                 continue
             try:
                 _sync_resource(run, client, resource, since_marks.get(resource), sleep, on_page)
@@ -225,7 +236,7 @@ def _run(
                 continue
             connection.set_resource_available(resource, True)
         if run.full:
-            skipped = [r for r in RESOURCES if connection.skips_resource(r)]
+            skipped = [name for name in names if skipped_now(connection, name)]
             with transaction.atomic():
                 # Delete only while the run is still ours, holding its row: a cancel (profile
                 # changed) waits, and no newer run's rows can be taken for unseen ones.
@@ -275,7 +286,9 @@ def _sync_resource(
     failures = 0
     while True:
         try:
-            for page in client.pages(PATHS[resource], odata_filter=odata_filter, skip=run.skip):
+            for page in client.pages(
+                REGISTRY[resource].path, odata_filter=odata_filter, skip=run.skip
+            ):
                 with transaction.atomic():
                     written = mirror.upsert(resource, run.connection_id, run.pk, page.items)
                     _advance(run, resource, len(page.items), page.total, written)
@@ -336,7 +349,7 @@ def _advance(
     run.records_skipped += written.skipped
     if total is not None and run.skip <= count:  # first page of a resource reports totals
         run.total_reported = (
-            (run.total_reported or 0) + total if resource != RESOURCES[0] else total
+            (run.total_reported or 0) + total if resource != resource_names()[0] else total
         )
     mark = parse_datetime(run.marks[resource]) if resource in run.marks else None
     if newest is not None and (mark is None or newest > mark):

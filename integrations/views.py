@@ -19,9 +19,10 @@ from social_core.exceptions import SocialAuthBaseException
 from social_django import views as social_views
 
 from .client import SAFE_ID, ZywaveClient, ZywaveError
-from .models import Account, Connection, ConnectionEvent, Contact, SyncRun
+from .models import Account, Connection, ConnectionEvent, Contact, Policy, SyncRun
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
 from .profiles import ConnectionChanged, ProfileRefused, choose_profile, refresh_profiles
+from .resources import resources
 from .sync import queue_run
 from .tasks import sync_connection
 from .tokens import ReauthRequired, RefreshFailed, client_for, revoke_and_disconnect
@@ -63,6 +64,20 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     runs = list(connection.sync_runs.all()[:6]) if connection else []
     active = next((run for run in runs if run.is_active), None)
     last = next((run for run in runs if not run.is_active), None)
+    mirrored, not_granted = [], []
+    if connection is not None and connection.is_connected:
+        # One COUNT per registered resource: constant whatever the mirror's size or number.
+        mirrored = [
+            (resource.label, resource.live(connection.pk).count())
+            for resource in resources()
+            if resource.granted(connection.scopes)
+        ]
+        asked = set(_requested_scopes())
+        not_granted = [
+            {"label": resource.label, "on_reconnect": any(s in asked for s in resource.scopes)}
+            for resource in resources()
+            if not resource.granted(connection.scopes)
+        ]
     return render(
         request,
         "integrations/dashboard.html",
@@ -72,6 +87,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "active_run": active,
             "last_run": last,
             "can_sync": connection is not None and connection.can_sync,
+            "mirrored": mirrored,
+            "not_granted": not_granted,
         },
     )
 
@@ -484,8 +501,9 @@ def account_detail(request: HttpRequest, zywave_id: str) -> HttpResponse:
         raise Http404
     account = get_object_or_404(Account, connection=connection, zywave_id=zywave_id)
     contacts = Contact.objects.filter(connection=connection, account_zywave_id=zywave_id)
+    policies = Policy.objects.filter(connection=connection, account_zywave_id=zywave_id)
     return render(
         request,
         "integrations/account_detail.html",
-        {"account": account, "contacts": contacts},
+        {"account": account, "contacts": contacts, "policies": policies},
     )

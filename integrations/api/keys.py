@@ -162,7 +162,7 @@ class KeyThrottle(BaseThrottle):
             return True
         now = time.time()
         window_start = int(now // self.window) * self.window
-        bucket = f"api-throttle:{api_key.pk}:{window_start}"
+        bucket = f"api-throttle:{api_key.prefix}:{window_start}"
         cache.add(bucket, 0, timeout=self.window + 5)
         try:
             count = cache.incr(bucket)

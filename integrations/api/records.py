@@ -3,24 +3,27 @@
 A page is one SELECT of plain values, with `raw` read as JSON text and passed through to
 orjson as a fragment: a 500-record page costs one query and no per-field Python work
 (`make bench` compares it with one SQL query encoded by orjson). `schema.py` describes the
-same fields for the OpenAPI schema from `Resource.fields`, so the two cannot drift.
+same fields for the OpenAPI schema from `Resource.fields`, so the two cannot drift. Both come
+by rule from the registry (`integrations/resources.py`) and each model's fields: a new
+mirrored resource is served without a line here.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 import orjson
+from django.db import models
 from django.db.models import F, Model, Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.utils.dateparse import parse_datetime
 
-from ..models import Account, Contact
+from ..resources import REGISTRY, Mirrored
 from .problems import Problem
 
 MAX_PAGE_SIZE = 500
@@ -31,9 +34,55 @@ DEFAULT_PAGE_SIZE = 100
 class Field:
     name: str  # in the API
     column: str  # the model field
-    kind: type  # str, int, bool or datetime (for the schema)
+    kind: type  # str, int, bool, datetime, date or Decimal (for the schema)
     nullable: bool = False
     description: str = ""
+
+
+# Columns every mirror model has that the API does not show as such (`id` is Zywave's id).
+HIDDEN = {"id", "connection", "zywave_id", "raw", "seen_in_run", "synced_at", "deleted_at"}
+KINDS: list[tuple[type[models.Field[Any, Any]], type]] = [
+    (models.BooleanField, bool),
+    (models.DecimalField, Decimal),
+    (models.DateTimeField, datetime),  # before DateField, its parent class
+    (models.DateField, date),
+    (models.IntegerField, int),
+    (models.CharField, str),
+]
+DESCRIPTIONS = {
+    "id": "Zywave's id of the record.",
+    "updated_at": "When Zywave last updated the record.",
+    "changed_at": "When the portal's copy last changed: the cursor of incremental pulls.",
+}
+
+
+def api_name(column: str) -> str:
+    """The API's name of a model field: `zywave_id` is `id`, `updated_at_zywave` is
+    `updated_at`, and `account_zywave_id` is `account_id` (Zywave's id of the account)."""
+    if column == "zywave_id":
+        return "id"
+    if column == "updated_at_zywave":
+        return "updated_at"
+    return column.replace("_zywave_id", "_id")
+
+
+def fields_of(model: type[Model]) -> list[Field]:
+    """The API fields of a mirror model, by rule: its id, every column of its own in model
+    order, then `updated_at` and `changed_at`."""
+    own = [
+        f
+        for f in model._meta.concrete_fields
+        if f.name not in HIDDEN | {"updated_at_zywave", "changed_at"}
+    ]
+    ordered = [model._meta.get_field("zywave_id"), *own]
+    ordered += [model._meta.get_field("updated_at_zywave"), model._meta.get_field("changed_at")]
+    result = []
+    for f in ordered:
+        kind = next(k for base, k in KINDS if isinstance(f, base))
+        name = api_name(f.name)
+        nullable = bool(getattr(f, "null", False))
+        result.append(Field(name, f.name, kind, nullable, DESCRIPTIONS.get(name, "")))
+    return result
 
 
 def _text(value: str, limit: int = 100) -> str:
@@ -41,69 +90,60 @@ def _text(value: str, limit: int = 100) -> str:
     return value.replace("\x00", "").strip()[:limit]
 
 
-def _account_filters(rows: QuerySet[Any], params: Any) -> QuerySet[Any]:
-    search = _text(params.get("search", ""))
-    if search:
-        rows = rows.filter(name__icontains=search)
-    status = params.get("status", "")
-    if status == "active":
-        rows = rows.filter(is_active=True, is_archived=False)
-    elif status == "archived":
-        rows = rows.filter(is_archived=True)
-    elif status not in ("", "all"):
-        raise Problem(400, "invalid", "`status` must be active, archived or all.")
-    classification = _text(params.get("classification", ""))
-    if classification:
-        rows = rows.filter(classification=classification)
-    return rows
-
-
-def _contact_filters(rows: QuerySet[Any], params: Any) -> QuerySet[Any]:
-    search = _text(params.get("search", ""))
-    if search:
-        rows = rows.filter(
-            Q(first_name__icontains=search)
-            | Q(last_name__icontains=search)
-            | Q(email__icontains=search)
-        )
-    account = _text(params.get("account", ""), 64)
-    if account:
-        rows = rows.filter(account_zywave_id=account)
-    status = params.get("status", "")
-    if status == "active":
-        rows = rows.filter(is_active=True, is_archived=False)
-    elif status == "archived":
-        rows = rows.filter(is_archived=True)
-    elif status not in ("", "all"):
-        raise Problem(400, "invalid", "`status` must be active, archived or all.")
-    return rows
-
-
-COMMON_HEAD = [Field("id", "zywave_id", str, description="Zywave's id of the record.")]
-COMMON_TAIL = [
-    Field(
-        "updated_at",
-        "updated_at_zywave",
-        datetime,
-        nullable=True,
-        description="When Zywave last updated the record.",
-    ),
-    Field(
-        "changed_at",
-        "changed_at",
-        datetime,
-        description="When the portal's copy last changed: the cursor of incremental pulls.",
-    ),
-]
-
-
 @dataclass(frozen=True)
 class Resource:
-    name: str  # the endpoint and the mirror's name for it
-    model: type[Model]
+    """A mirrored resource as the API serves it (`/api/v1/<name>`), from its registry entry."""
+
+    mirrored: Mirrored
     fields: list[Field]
-    filters: Callable[[QuerySet[Any], Any], QuerySet[Any]]
-    filter_params: dict[str, str]  # query parameter -> description (for the schema)
+
+    @property
+    def name(self) -> str:
+        return self.mirrored.name
+
+    @property
+    def model(self) -> type[Model]:
+        return self.mirrored.model
+
+    @property
+    def filter_params(self) -> dict[str, str]:
+        """Query parameter -> description (for the schema)."""
+        params = {}
+        if self.mirrored.search:
+            names = ", ".join(api_name(column) for column in self.mirrored.search)
+            params["search"] = f"Part of {names} (case-insensitive)."
+        for param, column in self.mirrored.filters.items():
+            params[param] = f"Exactly this `{api_name(column)}`."
+        if self.has_status:
+            params["status"] = (
+                "`active` (active and not archived), `archived`, or `all` (the default)."
+            )
+        return params
+
+    @property
+    def has_status(self) -> bool:
+        names = {f.name for f in self.model._meta.concrete_fields}
+        return {"is_active", "is_archived"} <= names
+
+    def filters(self, rows: QuerySet[Any], params: Any) -> QuerySet[Any]:
+        search = _text(params.get("search", ""))
+        if search and self.mirrored.search:
+            match = Q()
+            for column in self.mirrored.search:
+                match |= Q(**{f"{column}__icontains": search})
+            rows = rows.filter(match)
+        for param, column in self.mirrored.filters.items():
+            value = _text(params.get(param, ""), 200)
+            if value:
+                rows = rows.filter(**{column: value})
+        status = params.get("status", "")
+        if status == "active" and self.has_status:
+            rows = rows.filter(is_active=True, is_archived=False)
+        elif status == "archived" and self.has_status:
+            rows = rows.filter(is_archived=True)
+        elif status not in ("", "all") or (status and not self.has_status):
+            raise Problem(400, "invalid", "`status` must be active, archived or all.")
+        return rows
 
     def rows(self, connection_id: int) -> QuerySet[Any]:
         return self.model.all_rows.filter(connection_id=connection_id)  # type: ignore[attr-defined]
@@ -135,54 +175,13 @@ class Resource:
 _PK = "\x00pk"  # the row's key travels with the record to the cursor, never to the caller
 
 
-ACCOUNTS = Resource(
-    "accounts",
-    Account,
-    [
-        *COMMON_HEAD,
-        Field("name", "name", str),
-        Field("classification", "classification", str),
-        Field("lines_of_business", "lines_of_business", str),
-        Field("client_size", "client_size", str),
-        Field("number_of_employees", "number_of_employees", int, nullable=True),
-        Field("is_active", "is_active", bool),
-        Field("is_archived", "is_archived", bool),
-        Field("city", "city", str),
-        Field("state", "state", str),
-        *COMMON_TAIL,
-    ],
-    _account_filters,
-    {
-        "search": "Part of the account's name (case-insensitive).",
-        "status": "`active` (active and not archived), `archived`, or `all` (the default).",
-        "classification": "Exactly this classification (Client, Prospect, ...).",
-    },
-)
+def api_resources() -> dict[str, Resource]:
+    """Every registered resource, as the API serves it (read when the URLs load)."""
+    return {m.name: Resource(m, fields_of(m.model)) for m in REGISTRY.values()}
 
-CONTACTS = Resource(
-    "contacts",
-    Contact,
-    [
-        *COMMON_HEAD,
-        Field("account_id", "account_zywave_id", str, description="Zywave's id of its account."),
-        Field("first_name", "first_name", str),
-        Field("last_name", "last_name", str),
-        Field("email", "email", str),
-        Field("title", "title", str),
-        Field("work_phone", "work_phone", str),
-        Field("mobile_phone", "mobile_phone", str),
-        Field("is_primary", "is_primary", bool),
-        Field("is_active", "is_active", bool),
-        Field("is_archived", "is_archived", bool),
-        *COMMON_TAIL,
-    ],
-    _contact_filters,
-    {
-        "search": "Part of the first name, last name or email (case-insensitive).",
-        "account": "Only the contacts of this account (Zywave's account id).",
-        "status": "`active` (active and not archived), `archived`, or `all` (the default).",
-    },
-)
+
+API = api_resources()
+ACCOUNTS = API["accounts"]
 
 
 # --- Cursors ----------------------------------------------------------------------------------

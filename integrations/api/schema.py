@@ -4,7 +4,8 @@ lists `records.py` renders with. The serializers here describe; they never rende
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from drf_spectacular.types import OpenApiTypes
@@ -27,6 +28,7 @@ _KINDS: dict[type, type[serializers.Field]] = {
     int: serializers.IntegerField,
     bool: serializers.BooleanField,
     datetime: serializers.DateTimeField,
+    date: serializers.DateField,
 }
 
 
@@ -70,9 +72,13 @@ class Tombstone(serializers.Serializer):
 def _record(resource: Resource, name: str) -> type[serializers.Serializer]:
     fields: dict[str, Any] = {}
     for field in resource.fields:
-        fields[field.name] = _KINDS[field.kind](
-            allow_null=field.nullable, help_text=field.description or None
-        )
+        options = {"allow_null": field.nullable, "help_text": field.description or None}
+        if field.kind is Decimal:  # an exact JSON number (records.py writes its text)
+            fields[field.name] = serializers.DecimalField(
+                max_digits=None, decimal_places=None, coerce_to_string=False, **options
+            )
+        else:
+            fields[field.name] = _KINDS[field.kind](**options)
     fields["deleted"] = serializers.BooleanField(help_text="Always false for a live record.")
     fields["raw"] = serializers.JSONField(help_text="The record exactly as Zywave sent it.")
     return type(name, (serializers.Serializer,), fields)
@@ -83,7 +89,7 @@ RECORDS: dict[str, type[serializers.Serializer]] = {}
 
 def record_serializer(resource: Resource) -> type[serializers.Serializer]:
     if resource.name not in RECORDS:
-        RECORDS[resource.name] = _record(resource, resource.name[:-1].title())
+        RECORDS[resource.name] = _record(resource, resource.model.__name__)
     return RECORDS[resource.name]
 
 
@@ -119,7 +125,7 @@ def _page_parameters(resource: Resource) -> list[OpenApiParameter]:
 
 def record_list(resource: Resource) -> Any:
     item = PolymorphicProxySerializer(
-        component_name=f"{resource.name[:-1].title()}OrTombstone",
+        component_name=f"{resource.model.__name__}OrTombstone",
         serializers=[record_serializer(resource), Tombstone],
         resource_type_field_name=None,
     )
@@ -269,15 +275,17 @@ sync_detail = extend_schema(
 
 
 def _account_detail() -> Any:
-    from .records import ACCOUNTS, CONTACTS
+    from ..resources import children_of
+    from .records import ACCOUNTS, API
 
     fields = dict(record_serializer(ACCOUNTS)().get_fields())
-    fields["contacts"] = serializers.ListField(child=record_serializer(CONTACTS)())
+    for child in children_of("accounts"):
+        fields[child.name] = serializers.ListField(child=record_serializer(API[child.name])())
     return extend_schema(
         operation_id="account_read",
-        summary="One account, with its contacts",
+        summary="One account, with its contacts and policies",
         responses={
-            200: inline_serializer("AccountWithContacts", fields),
+            200: inline_serializer("AccountWithChildren", fields),
             404: OpenApiResponse(Problem, description="No such account in the mirror."),
             **ERRORS,
         },

@@ -15,6 +15,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from ..urls import ZywaveIdConverter  # noqa: F401  (registers the zywave_id converter)
 from . import proxy, schema, views
 from .problems import not_found
+from .records import API
 
 app_name = "api"
 
@@ -29,9 +30,12 @@ REDOC_LOAD_STYLES = [
 
 urlpatterns = [
     path("v1/connection", views.ConnectionView.as_view(), name="connection"),
-    path("v1/accounts", views.AccountList.as_view(), name="accounts"),
+    # One list endpoint per mirrored resource (integrations/resources.py).
+    *[
+        path(f"v1/{name}", views.list_view(resource).as_view(), name=name)
+        for name, resource in API.items()
+    ],
     path("v1/accounts/<zywave_id:zywave_id>", views.AccountDetail.as_view(), name="account"),
-    path("v1/contacts", views.ContactList.as_view(), name="contacts"),
     path("v1/syncs", views.SyncList.as_view(), name="syncs"),
     path("v1/syncs/<int:run_id>", views.SyncDetail.as_view(), name="sync"),
     re_path(r"^v1/zywave/(?P<path>.*)$", proxy.ProxyView.as_view(), name="proxy"),

@@ -11,12 +11,14 @@ from django.utils.http import urlencode
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
+from ..mirror import exact_decimal
 from ..models import Connection, SyncRun
+from ..resources import children_of
 from ..sync import queue_run
 from ..tasks import sync_connection
 from . import schema
 from .problems import Problem
-from .records import ACCOUNTS, CONTACTS, Resource, decode_cursor, encode_cursor, page_size, pk_of
+from .records import ACCOUNTS, API, Resource, decode_cursor, encode_cursor, page_size, pk_of
 from .records import parse_time as parse_rfc3339
 
 # Recent runs listed by GET syncs.
@@ -25,7 +27,9 @@ RECENT_RUNS = 20
 
 def json_response(body: Any, status: int = 200) -> HttpResponse:
     return HttpResponse(
-        orjson.dumps(body, option=orjson.OPT_UTC_Z), status=status, content_type="application/json"
+        orjson.dumps(body, option=orjson.OPT_UTC_Z, default=exact_decimal),
+        status=status,
+        content_type="application/json",
     )
 
 
@@ -174,20 +178,16 @@ class RecordList(APIView):
         return json_response({"results": records, "next": next_url})
 
 
-class AccountList(RecordList):
-    resource = ACCOUNTS
+def list_view(resource: Resource) -> type[RecordList]:
+    """The list endpoint of one registered resource, with its schema."""
 
-    @schema.record_list(ACCOUNTS)
-    def get(self, request: Request) -> HttpResponse:
-        return super().get(request)
+    def get(self: RecordList, request: Request) -> HttpResponse:
+        return RecordList.get(self, request)
 
-
-class ContactList(RecordList):
-    resource = CONTACTS
-
-    @schema.record_list(CONTACTS)
-    def get(self, request: Request) -> HttpResponse:
-        return super().get(request)
+    name = f"{resource.name.title().replace('_', '')}List"
+    return type(
+        name, (RecordList,), {"resource": resource, "get": schema.record_list(resource)(get)}
+    )
 
 
 class AccountDetail(APIView):
@@ -206,14 +206,17 @@ class AccountDetail(APIView):
             raise Problem(404, "not_found", "No account with this id in your mirror.")
         account = found[0]
         pk_of(account)
-        contacts = CONTACTS.render(
-            CONTACTS.rows(connection_id or 0)
-            .filter(account_zywave_id=zywave_id, deleted_at__isnull=True)
-            .order_by("-is_primary", "last_name", "first_name", "pk")
-        )
-        for contact in contacts:
-            pk_of(contact)
-        account["contacts"] = contacts
+        # Every resource that hangs under accounts (contacts, policies), one query each.
+        for child in children_of("accounts"):
+            resource = API[child.name]
+            records = resource.render(
+                resource.rows(connection_id or 0)
+                .filter(**{child.parent_column: zywave_id}, deleted_at__isnull=True)
+                .order_by(*list(resource.model._meta.ordering or []), "pk")
+            )
+            for record in records:
+                pk_of(record)
+            account[child.name] = records
         return json_response(account)
 
 

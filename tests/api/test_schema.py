@@ -232,6 +232,20 @@ def contacts(count: int, account: str = "A0") -> list[dict[str, Any]]:
     ]
 
 
+def policies(count: int, account: str = "A0") -> list[dict[str, Any]]:
+    return [
+        {
+            "id": f"P{n}",
+            "accountId": account,
+            "policyNumber": f"POL-{n}",
+            "carrierName": "Acme Mutual",
+            "expirationDate": "2027-01-15",
+            "premium": 1234.5 + n,
+        }
+        for n in range(count)
+    ]
+
+
 @pytest.fixture
 def mirrored(staff: User) -> Connection:
     """Dana's connection: three accounts (A0 with four contacts), a tombstone of each kind,
@@ -241,6 +255,8 @@ def mirrored(staff: User) -> Connection:
     mirror.upsert("contacts", conn.pk, 1, contacts(5))
     mirror.upsert("accounts", conn.pk, 2, records(3))
     mirror.upsert("contacts", conn.pk, 2, contacts(4))
+    mirror.upsert("policies", conn.pk, 1, policies(4))
+    mirror.upsert("policies", conn.pk, 2, policies(3))
     mirror.remove_unseen(conn.pk, 2)
     SyncRun.objects.create(
         connection=conn,
@@ -289,8 +305,14 @@ def contact_pages(call: Call) -> list[Any]:
     return record_pages(call, search="First", status="all", account="A0")
 
 
+@case("/api/v1/policies", "get", 200)
+def policy_pages(call: Call) -> list[Any]:
+    return record_pages(call, search="POL", status="active", carrier="Acme Mutual")
+
+
 @case("/api/v1/accounts", "get", 400)
 @case("/api/v1/contacts", "get", 400)
+@case("/api/v1/policies", "get", 400)
 def bad_parameters(call: Call) -> list[Any]:
     call.fixture("mirrored")
     system = system_of(call.fixture("staff"), "read")

@@ -112,6 +112,9 @@ PORTAL_URLS = {
     "sync_status": "/zywave/sync/status/",
     "accounts": "/zywave/accounts/",
     "account": "/zywave/accounts/{account}/",
+    "renewals": "/zywave/renewals/",
+    "api_keys": "/settings/api-keys/",
+    "api_key_revoke": "/settings/api-keys/0/revoke/",  # no such key: 404 for anyone
     "social:begin": "/oauth/login/zywave/",
     "social:complete": "/oauth/complete/zywave/",
 }

@@ -66,6 +66,7 @@ ENDPOINTS = [
         id="GET accounts/{id}",
     ),
     pytest.param(Endpoint("GET", "/api/v1/contacts", "read", 200, "PUT"), id="GET contacts"),
+    pytest.param(Endpoint("GET", "/api/v1/policies", "read", 200, "POST"), id="GET policies"),
     pytest.param(Endpoint("GET", "/api/v1/syncs", "read", 200, "DELETE"), id="GET syncs"),
     pytest.param(
         Endpoint("POST", "/api/v1/syncs", "sync", 202, "PATCH", body={"full": False}),
