@@ -460,8 +460,10 @@ if not DEBUG and not (ZYWAVE_CLIENT_ID and ZYWAVE_CLIENT_SECRET):
     )
 _refuse_placeholder("ZYWAVE_CLIENT_ID", ZYWAVE_CLIENT_ID)
 _refuse_placeholder("ZYWAVE_CLIENT_SECRET", ZYWAVE_CLIENT_SECRET)
+# By default, a scope for each mirrored resource (integrations/resources.py: a test checks).
 ZYWAVE_SCOPES = (
-    env.get("ZYWAVE_SCOPES") or "openid profile email offline_access api.profiles api.accounts:read"
+    env.get("ZYWAVE_SCOPES")
+    or "openid profile email offline_access api.profiles api.accounts:read api.policies:read"
 ).split()
 ZYWAVE_PROFILE_TYPE_CODE = env.get("ZYWAVE_PROFILE_TYPE_CODE") or "B"
 ZYWAVE_PROFILE_HEADER = env.get_choice("ZYWAVE_PROFILE_HEADER", "token", ("token", "id"))

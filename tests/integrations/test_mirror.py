@@ -338,3 +338,14 @@ def test_removing_unseen_records_leaves_other_connections_alone(
     upsert("accounts", mine.pk, 2, page(1))
     remove_unseen(mine.pk, 2)
     assert Account.objects.filter(connection=theirs).exists()
+
+
+def test_the_default_scopes_ask_for_every_registered_resource() -> None:
+    """A resource added to the registry is asked for by default: a new connection syncs it."""
+    from django.conf import settings
+
+    from integrations.resources import resources
+
+    default = set(settings.ZYWAVE_SCOPES)
+    for resource in resources():
+        assert resource.granted(default), resource.name
