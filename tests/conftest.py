@@ -148,6 +148,14 @@ def _linked(user: User, sandbox: Sandbox, zywave_user: str, profile: bool) -> Co
     return conn
 
 
+@pytest.fixture(autouse=True)
+def fast_passwords(settings: Any) -> None:
+    """Test passwords are hashed with a fast hasher: the real one (PBKDF2, a million rounds)
+    costs most of a second per user made or login, which the cast pays in nearly every test.
+    The portal itself keeps Django's default hashers (settings.py names none)."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
 # --- The cast as users ---------------------------------------------------------------------
 
 

@@ -25,12 +25,6 @@ from tests.security.cast import CORPUS, ENCODED, OFF_SITE, off_site
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture(autouse=True)
-def fast_passwords(settings: Any) -> None:
-    # Dozens of logins per test: a fast hasher keeps them cheap (the passwords are set after).
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def with_password(user: User, password: str) -> User:
     user.set_password(password)
     user.save()
