@@ -99,6 +99,7 @@ bench: $(VENV)/.dev
 	cd tests/bench && ../../$(BIN)/python bench_short_tokens.py
 	cd tests/bench && ../../$(BIN)/python bench_sync.py
 	cd tests/bench && ../../$(BIN)/python bench_logs.py
+	cd tests/bench && ../../$(BIN)/python bench_api.py
 
 clean:
 	rm -rf var

@@ -85,3 +85,66 @@ def linked_connection(
     choose_profile(conn, client_for(conn), profile_id, actor=None)
     conn.refresh_from_db()
     return conn
+
+
+def require_postgres(name: str) -> None:
+    """Benchmarks whose figures only mean something on PostgreSQL (as in production) stop here
+    rather than quietly measure SQLite."""
+    if not postgres_answers():
+        raise SystemExit(f"{name} needs PostgreSQL on 127.0.0.1:5432 (user postgres, trust).")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_portal(
+    var_dir: Path, workers: int = 2, threads: int = 4, **env: str
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """The portal under gunicorn (portal/gunicorn.conf.py) on a free port of 127.0.0.1, with
+    the environment `setup_django` configured (same database, keys and sandbox) plus `env`;
+    returns its URL once it answers. Plain HTTP: no TLS proxy in front, so no redirect to https.
+    Stop it with `tests.sandboxserver.stop_sandbox` (a terminate, then a kill)."""
+    import time
+
+    import requests
+
+    port = free_port()
+    environment = {
+        **os.environ,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "WEB_CONCURRENCY": str(workers),
+        "GUNICORN_THREADS": str(threads),
+        "SECURE_SSL_REDIRECT": "false",
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "tests" / "netguard"), str(REPO_ROOT)]),
+        **env,
+    }
+    log_path = var_dir / f"portal-{port}.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "gunicorn"),
+                "-c",
+                "portal/gunicorn.conf.py",
+                "portal.wsgi:application",
+            ],
+            cwd=REPO_ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            # Unauthenticated: the API's 401 says the whole stack (Django, database) is up.
+            if requests.get(f"{url}/api/v1/connection", timeout=2).status_code == 401:
+                return url, process
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    tail = log_path.read_text(errors="replace").splitlines()[-30:]
+    raise RuntimeError("The portal did not start under gunicorn:\n" + "\n".join(tail))
