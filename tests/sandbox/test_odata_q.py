@@ -47,8 +47,9 @@ def test_each_kind_compiles_its_literals(text: str, lookup: Q) -> None:
 
 
 def test_a_decimal_literal_reaches_the_lookup_with_its_digits() -> None:
-    (_name, value) = compiled("premium eq 1250.50").children[0]
-    assert isinstance(value, Decimal) and str(value) == "1250.50"
+    child = compiled("premium eq 1250.50").children[0]
+    assert isinstance(child, tuple) and child[0] == "premium__exact"
+    assert isinstance(child[1], Decimal) and str(child[1]) == "1250.50"
 
 
 @pytest.mark.parametrize(
