@@ -60,6 +60,26 @@ def sandbox_counts(sandbox: Sandbox, conn: Connection) -> dict[str, int]:
     return sandbox.control("GET", "accounts/count", profile_id=conn.chosen_profile.zywave_id)
 
 
+def mirrored_total(counts: dict[str, int]) -> int:
+    """The records a full sync mirrors, given the sandbox's counts: every registered resource."""
+    from integrations.resources import resources
+
+    return sum(counts[resource.name] for resource in resources())
+
+
+def page_requests(sandbox: Sandbox) -> int:
+    """List pages asked of Zywave, over every registered resource's route."""
+    from integrations.resources import resources
+
+    api = sandbox.counters()["api"]
+    return sum(
+        n
+        for resource in resources()
+        for key, n in api.items()
+        if key.startswith(f"{resource.path}:")
+    )
+
+
 def api_requests(sandbox: Sandbox, resource: str) -> int:
     return sum(
         n

@@ -17,11 +17,18 @@ from django.utils import timezone
 
 from integrations.models import Account, Connection, Contact, SyncRun
 from integrations.profiles import choose_profile
+from integrations.resources import resources
 from integrations.sync import claim, queue_run, run_sync, sync_now
 from integrations.tasks import sync_due_connections
 from integrations.tokens import client_for
 from tests.conftest import Person, connection
-from tests.integrations.flows import api_requests, inject_fault, sandbox_counts
+from tests.integrations.flows import (
+    api_requests,
+    inject_fault,
+    mirrored_total,
+    page_requests,
+    sandbox_counts,
+)
 from tests.integrations.workers import Worker, use_test_broker, wait_for
 from tests.sandboxserver import Sandbox
 
@@ -49,7 +56,7 @@ def test_a_full_sync_mirrors_exactly_the_chosen_profiles_data(staff: User, zywav
     assert Account.objects.filter(connection=conn).count() == expected["accounts"]
     assert Contact.objects.filter(connection=conn).count() == expected["contacts"]
     assert Account.objects.filter(connection=conn, is_archived=True).count() == expected["archived"]
-    assert result.records_done == expected["accounts"] + expected["contacts"]
+    assert result.records_done == mirrored_total(expected)
     sample = Account.objects.filter(connection=conn).order_by("?").first()
     assert sample is not None
     assert conn.chosen_profile is not None
@@ -141,7 +148,7 @@ def test_rate_limits_and_a_503_burst_are_waited_out(staff: User, zywave: Sandbox
     assert result.state == SyncRun.State.SUCCEEDED
     assert 1.0 in waits and len(waits) == 4
     expected = sandbox_counts(zywave, conn)
-    assert result.records_done == expected["accounts"] + expected["contacts"]
+    assert result.records_done == mirrored_total(expected)
     assert Contact.objects.filter(connection=conn).count() == expected["contacts"]
 
 
@@ -501,10 +508,10 @@ def test_a_run_whose_lease_lapsed_is_taken_over_and_the_slow_worker_stops_cleanl
     # run needs, only what it had in flight then (its held page and one asked ahead). Had it
     # gone on advancing the run beside the other worker, it would have asked for every page
     # again.
-    pages = -(-expected["accounts"] // 100) + -(-expected["contacts"] // 100)
-    asked = api_requests(zywave, "account") + api_requests(zywave, "contact")
+    pages = sum(-(-expected[resource.name] // 100) for resource in resources())
+    asked = page_requests(zywave)
     assert pages <= asked <= pages + 3
-    assert done.records_done == expected["accounts"] + expected["contacts"]
+    assert done.records_done == mirrored_total(expected)
     assert Account.objects.filter(connection=conn).count() == expected["accounts"]
     assert Contact.objects.filter(connection=conn).count() == expected["contacts"]
 
@@ -550,8 +557,9 @@ def test_a_run_that_could_mirror_no_record_at_all_is_not_succeeded(
 ) -> None:
     conn = connection(staff, zywave)
     accounts_page_answering(zywave, [{"id": "a/b"}, {"id": ""}, {"name": "no id"}])
-    zywave.add_fault(r"^/accounts/v2\.0/contact$", status=200, body='{"items": []}',
-                     content_type="application/json")  # fmt: skip
+    for other in resources()[1:]:
+        zywave.add_fault(f"^{re.escape(other.path)}$", status=200, body='{"items": []}',
+                         content_type="application/json")  # fmt: skip
     finished = run(conn, full=True)
     assert finished.state == "failed"
     assert finished.error == "Zywave sent 3 records, none with a usable id"
@@ -567,10 +575,11 @@ def test_a_full_run_cancelled_after_its_last_page_removes_nothing(
     sync_run = claim(conn.pk)
     assert sync_run is not None
     newer = Account.objects.create(connection=conn, zywave_id="newer-run", raw={})
-    contacts = sandbox_counts(zywave, conn)["contacts"]
+    last = resources()[-1].name
+    last_count = sandbox_counts(zywave, conn)[last]
 
     def cancelled_after_the_last_page(current: SyncRun) -> None:
-        if current.resource == "contacts" and current.skip >= contacts:
+        if current.resource == last and current.skip >= last_count:
             SyncRun.objects.filter(pk=current.pk).update(state=SyncRun.State.FAILED)
 
     result = run_sync(sync_run, on_page=cancelled_after_the_last_page)
