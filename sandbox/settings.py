@@ -64,12 +64,19 @@ SANDBOX_DEFAULTS: dict[str, object] = {
     "id_token_fault": "none",
 }
 
+# Apps a test adds (comma-separated module paths): a test-only resource is a model in such an
+# app and one registry entry its AppConfig.ready() registers (zywave.resources.register).
+SANDBOX_EXTRA_APPS = [
+    name.strip() for name in os.environ.get("SANDBOX_EXTRA_APPS", "").split(",") if name.strip()
+]
+
 INSTALLED_APPS = [
     "sandbox.zywave",  # first, so its templates override oauth2_provider's
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "oauth2_provider",
+    *SANDBOX_EXTRA_APPS,
 ]
 
 MIDDLEWARE = [

@@ -296,12 +296,14 @@ def start_sandbox(
     accounts: int = SEED_ACCOUNTS,
     host: str = "127.0.0.1",
     wrap: Callable[[list[str]], list[str]] = list,
+    env: dict[str, str] | None = None,
 ) -> tuple[Sandbox, subprocess.Popen]:
     """Seed `var_dir` and start gunicorn on a free port; returns once it answers.
 
     `host` and `wrap` are for the partition drill, which serves the sandbox from a network
-    namespace: the address inside it, and the command that runs gunicorn there."""
-    env = sandbox_env(var_dir)
+    namespace: the address inside it, and the command that runs gunicorn there. `env` adds to
+    the sandbox's environment (`SANDBOX_EXTRA_APPS` for a test-only resource)."""
+    env = {**sandbox_env(var_dir), **(env or {})}
     log_path = var_dir / "sandbox.log"
     seeded = subprocess.run(
         [sys.executable, "-m", "sandbox", "seed", "--accounts", str(accounts)],

@@ -245,6 +245,15 @@ def api_roots() -> list[str]:
     return sorted({*OTHER_API_ROOTS, *(resource.route.split("/")[0] for resource in RESOURCES)})
 
 
+def register(resource: Resource) -> None:
+    """Add a resource from outside this module: a test-only one, from the `ready()` of an app
+    in SANDBOX_EXTRA_APPS (before the URLs and the middleware read the registry)."""
+    if any(known.name == resource.name for known in RESOURCES):
+        raise ImproperlyConfigured(f"A resource {resource.name} is registered already")
+    RESOURCES.append(resource)
+    check_order()
+
+
 def check_order() -> None:
     """Parents come before their children: the seed inserts in this order and deletes in the
     reverse one."""
