@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import time
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from django.contrib.auth.models import User
 from django.db.models import Count
 from django.utils import timezone
 
-from integrations.models import Account, Connection, Contact, SyncRun
+from integrations.models import Account, Connection, Contact, Policy, SyncRun
 from integrations.profiles import choose_profile
 from integrations.resources import resources
 from integrations.sync import claim, queue_run, run_sync, sync_now
@@ -57,6 +58,11 @@ def test_a_full_sync_mirrors_exactly_the_chosen_profiles_data(staff: User, zywav
     assert Contact.objects.filter(connection=conn).count() == expected["contacts"]
     assert Account.objects.filter(connection=conn, is_archived=True).count() == expected["archived"]
     assert result.records_done == mirrored_total(expected)
+    assert Policy.objects.filter(connection=conn).count() == expected["policies"] > 0
+    # Premiums exact: the column holds the text of Zywave's JSON number, never a float's.
+    for policy in Policy.objects.filter(connection=conn)[:50]:
+        assert policy.premium is not None and policy.premium == Decimal(str(policy.raw["premium"]))
+        assert policy.expiration_date is not None
     sample = Account.objects.filter(connection=conn).order_by("?").first()
     assert sample is not None
     assert conn.chosen_profile is not None
@@ -585,3 +591,22 @@ def test_a_full_run_cancelled_after_its_last_page_removes_nothing(
     result = run_sync(sync_run, on_page=cancelled_after_the_last_page)
     assert result.state == SyncRun.State.FAILED
     assert Account.objects.filter(pk=newer.pk).exists()
+
+
+def test_a_resource_whose_scope_was_not_granted_is_skipped_not_failed(
+    staff: User, zywave: Sandbox, dana: Any
+) -> None:
+    """A connection made before policies existed: it syncs what it can, and the dashboard says
+    a reconnect grants the rest."""
+    conn = connection(staff, zywave)
+    conn.granted_scopes = " ".join(s for s in conn.granted_scopes.split() if "policies" not in s)
+    conn.save()
+    zywave.control("POST", "counters/reset")
+    result = run(conn, full=True)
+    assert result.state == SyncRun.State.SUCCEEDED
+    expected = sandbox_counts(zywave, conn)
+    assert result.records_done == expected["accounts"] + expected["contacts"]
+    assert not Policy.objects.filter(connection=conn).exists()
+    assert not any(key.startswith("/policies/") for key in zywave.counters()["api"])
+    page = dana.get("/").content.decode()
+    assert "Policies are not synced" in page and "Reconnect Zywave to grant it" in page
