@@ -14,6 +14,7 @@ from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 from decimal import Decimal
 from functools import wraps
+from json.encoder import encode_basestring_ascii as quoted  # json.dumps's own, in C
 from typing import Any
 
 from django.db.models import QuerySet
@@ -128,17 +129,29 @@ def protected(scopes: AbstractSet[str], profiled: bool) -> Callable[[View], View
 def exact_json(value: Any) -> str:
     """JSON text as json.dumps writes it, except that a Decimal is a JSON number spelled with
     the Decimal's own digits. DjangoJSONEncoder (JsonResponse's) writes a Decimal as a string,
-    and a float on the way would round it and drop its trailing zeros (1250.50 -> 1250.5)."""
+    and a float on the way would round it and drop its trailing zeros (1250.50 -> 1250.5).
+
+    Strings go through the same C function json.dumps uses (and ints through int's repr, as
+    json's encoder does), which keeps a page of 100 records at about a millisecond."""
+    if isinstance(value, str):
+        return quoted(value)
+    if value is None or isinstance(value, bool):
+        return LITERALS[value]
+    if isinstance(value, int):
+        return int.__repr__(value)
     if isinstance(value, Decimal):
         if not value.is_finite():
             raise ValueError(f"{value} has no JSON form")
         return format(value, "f")
     if isinstance(value, dict):
-        items = (f"{json.dumps(str(key))}: {exact_json(item)}" for key, item in value.items())
+        items = (f"{quoted(str(key))}: {exact_json(item)}" for key, item in value.items())
         return "{" + ", ".join(items) + "}"
     if isinstance(value, list | tuple):
         return "[" + ", ".join(exact_json(item) for item in value) + "]"
     return json.dumps(value)
+
+
+LITERALS = {None: "null", True: "true", False: "false"}
 
 
 def json_answer(body: Any, exact: bool = False) -> HttpResponse:
