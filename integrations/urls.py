@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path, register_converter
 
-from . import views
+from . import renewals, views
 from .api import pages as api_pages
 from .client import SAFE_ID
 
@@ -32,6 +32,7 @@ urlpatterns = [
     path("zywave/sync/status/", views.sync_status, name="sync_status"),
     path("zywave/accounts/", views.accounts, name="accounts"),
     path("zywave/accounts/<zywave_id:zywave_id>/", views.account_detail, name="account"),
+    path("zywave/renewals/", renewals.renewals, name="renewals"),
     path("settings/api-keys/", api_pages.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", api_pages.api_key_revoke, name="api_key_revoke"),
 ]

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import csv
 import re
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 from django.contrib.auth.models import User
+from django.utils import timezone
 from playwright.sync_api import expect
 
 from integrations.api.keys import KEY_PATTERN
+from integrations.mirror import upsert
 from integrations.models import ApiKey, Connection, SyncRun
-from tests.e2e.conftest import assert_accessible, screenshot
+from tests.conftest import SCOPES, connection
+from tests.e2e.conftest import AXE, assert_accessible, screenshot
 from tests.integrations.flows import inject_fault
 from tests.integrations.workers import Worker, wait_for
 from tests.sandboxserver import Sandbox
@@ -242,3 +247,139 @@ def test_a_staff_member_makes_an_api_key_uses_it_and_revokes_it(
     assert refused.headers["Content-Type"] == "application/problem+json"
     assert "revoked" in refused.json()["detail"]
     assert ApiKey.objects.get(owner=staff).revoked_by == staff
+
+
+def assert_no_axe_violation(page: Any) -> None:
+    """Stricter than `assert_accessible`: axe finds no violation at all, whatever its impact."""
+    page.add_script_tag(path=str(AXE))
+    result = page.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    assert [(v["impact"], v["id"], v["nodes"][0]["target"]) for v in result["violations"]] == []
+
+
+def test_a_staff_member_finds_the_renewals_of_a_carrier_and_downloads_them(
+    page: Any, live_server: Any, staff: User, tmp_path: Path
+) -> None:
+    portal = str(live_server.url)
+    conn = connection(staff, granted_scopes=f"{SCOPES} api.policies:read")
+    upsert(
+        "accounts",
+        conn.pk,
+        1,
+        [{"id": "A1", "name": "Acme Roofing"}, {"id": "A2", "name": "Beta Bakery"}],
+    )
+    upsert(
+        "contacts",
+        conn.pk,
+        1,
+        [
+            {
+                "id": "c1",
+                "accountId": "A1",
+                "firstName": "Ada",
+                "lastName": "Ng",
+                "emailAddress": "ada@acme.test",
+                "isPrimaryContact": True,
+            },
+            {
+                "id": "c2",
+                "accountId": "A2",
+                "firstName": "Ben",
+                "lastName": "Ode",
+                "emailAddress": "ben@beta.test",
+                "isPrimaryContact": True,
+            },
+        ],
+    )
+    today = timezone.localdate()
+
+    def policy(
+        number: str,
+        days: int,
+        line: str,
+        carrier: str,
+        account: str,
+        premium: str,
+        archived: bool = False,
+    ) -> dict[str, Any]:
+        expires = today + timedelta(days=days)
+        return {
+            "id": number,
+            "accountId": account,
+            "policyNumber": number,
+            "lineOfBusiness": line,
+            "carrierName": carrier,
+            "effectiveDate": str(expires - timedelta(days=365)),
+            "expirationDate": str(expires),
+            "premium": premium,
+            "isActive": True,
+            "isArchived": archived,
+            "updatedDateTime": "2026-11-01T10:00:00Z",
+        }
+
+    upsert(
+        "policies",
+        conn.pk,
+        1,
+        [
+            policy("R1", 10, "Property", "Acme Mutual", "A1", "1234.50"),
+            policy("R2", 20, "Auto", "Beacon Insurance", "A2", "870"),
+            policy("R3", 45, "Property", "Beacon Insurance", "A1", "15000.00"),
+            policy("R4", 75, "Cyber", "Beacon Insurance", "A2", "2400.10"),
+            policy("R5", 85, "Auto", "Acme Mutual", "A2", "500.00"),
+            policy("R6", 120, "Auto", "Beacon Insurance", "A1", "1.00"),  # beyond 90 days
+            policy("R7", 15, "Auto", "Beacon Insurance", "A1", "2.00", archived=True),
+        ],
+    )
+    rows = page.locator("main tbody tr")
+
+    log_in(page, portal, "dana", "dana-password")
+    page.get_by_role("navigation", name="Main").get_by_role("link", name="Renewals").click()
+    page.wait_for_url(f"{portal}/zywave/renewals/")
+    expect(rows).to_have_count(2)  # 30 days by default: R1 and R2
+    assert_no_axe_violation(page)
+
+    page.get_by_label("Expiring within").select_option("90")
+    page.get_by_role("button", name="Show").click()
+    expect(rows).to_have_count(5)
+    # The carriers of the 90-day window are offered now.
+    page.get_by_label("Carrier").select_option("Beacon Insurance")
+    page.get_by_role("button", name="Show").click()
+    page.wait_for_url(re.compile(r"carrier=Beacon"))
+    expect(rows.locator("th")).to_have_text(["R2", "R3", "R4"])
+    r3 = rows.filter(has_text="R3")
+    expect(r3).to_contain_text("Property")
+    expect(r3).to_contain_text("$15,000.00")
+    expect(r3).to_contain_text("Ada Ng")
+    expect(r3).to_contain_text("ada@acme.test")
+    assert_no_axe_violation(page)
+    filtered = page.url
+
+    r3.get_by_role("link", name="Acme Roofing").click()
+    page.wait_for_url(f"{portal}/zywave/accounts/A1/")
+    expect(page.get_by_role("heading", level=1)).to_have_text("Acme Roofing")
+    expect(page.locator("#policies-heading + table")).to_contain_text("R3")
+    page.go_back()
+    page.wait_for_url(filtered)
+    expect(rows.locator("th")).to_have_text(["R2", "R3", "R4"])
+
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download CSV").click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.name == f"renewals-90-days-{today:%Y%m%d}.csv"
+    with saved.open(newline="") as lines:
+        exported = list(csv.reader(lines))
+    assert exported[0][:7] == [
+        "policy number",
+        "line of business",
+        "carrier",
+        "effective date",
+        "expiration date",
+        "days left",
+        "premium",
+    ]
+    assert [(row[0], row[2], row[5], row[6], row[8], row[9]) for row in exported[1:]] == [
+        ("R2", "Beacon Insurance", "20", "870.00", "Beta Bakery", "Ben Ode"),
+        ("R3", "Beacon Insurance", "45", "15000.00", "Acme Roofing", "Ada Ng"),
+        ("R4", "Beacon Insurance", "75", "2400.10", "Beta Bakery", "Ben Ode"),
+    ]
