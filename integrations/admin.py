@@ -362,6 +362,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
                     f"mirrored {resource.label.lower()}",
                 )
                 for resource in resources()
+                if admin.site.is_registered(resource.model)
             ],
         ]
         return format_html_join(" · ", '<a href="{}">{}</a>', links)

@@ -15,4 +15,4 @@ class IntegrationsConfig(AppConfig):
 
         register(checks.encryption_key_decrypts_canary, Tags.security)
         post_migrate.connect(checks.ensure_canary, sender=self)
-        post_migrate.connect(support.grant_support_views, sender=self)
+        post_migrate.connect(support.grant_support_views)  # every app: its mirror models too

@@ -533,12 +533,8 @@ class LiveManager(LiveRecords):  # type: ignore[misc,valid-type]
 
 
 def mirror_models() -> list[type[MirrorRecord]]:
-    """Every concrete mirror model of the app, by rule (a subclass of MirrorRecord)."""
-    return [
-        model
-        for model in apps.get_app_config("integrations").get_models()
-        if issubclass(model, MirrorRecord)
-    ]
+    """Every concrete mirror model, by rule (a subclass of MirrorRecord, in any app)."""
+    return [model for model in apps.get_models() if issubclass(model, MirrorRecord)]
 
 
 class MirrorRecord(models.Model):
