@@ -574,7 +574,14 @@ class ConnectionEventAdmin(ReadOnlyAdmin):
         return event_summary(obj.detail)
 
 
-class AccountAdmin(OwnedByConnection):
+class MirrorAdmin(OwnedByConnection):
+    """A mirrored resource: it can hold millions of rows, so no full count on every page."""
+
+    list_per_page = 100
+    show_full_result_count = False
+
+
+class AccountAdmin(MirrorAdmin):
     list_display = [
         "name",
         "zywave_id",
@@ -589,12 +596,9 @@ class AccountAdmin(OwnedByConnection):
     ]
     list_filter = ["is_active", "is_archived"]
     search_fields = ["name", "zywave_id"]
-    list_per_page = 100
-    # The mirror can hold millions of rows: skip counting all of them on every page.
-    show_full_result_count = False
 
 
-class ContactAdmin(OwnedByConnection):
+class ContactAdmin(MirrorAdmin):
     list_display = [
         "__str__",
         "email",
@@ -607,11 +611,9 @@ class ContactAdmin(OwnedByConnection):
     ]
     list_filter = ["is_primary", "is_active", "is_archived"]
     search_fields = ["last_name", "first_name", "email", "zywave_id"]
-    list_per_page = 100
-    show_full_result_count = False
 
 
-class PolicyAdmin(OwnedByConnection):
+class PolicyAdmin(MirrorAdmin):
     list_display = [
         "policy_number",
         "zywave_id",
@@ -626,8 +628,6 @@ class PolicyAdmin(OwnedByConnection):
     ]
     list_filter = ["line_of_business", "is_active", "is_archived"]
     search_fields = ["policy_number", "carrier_name", "zywave_id", "account_zywave_id"]
-    list_per_page = 100
-    show_full_result_count = False
 
 
 class ApiKeyStateFilter(admin.SimpleListFilter):

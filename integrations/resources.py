@@ -86,14 +86,43 @@ def _zywave_id(record: dict[str, Any], resource: str) -> str:
     return zywave_id
 
 
-def account_row(
-    connection_id: int, run_id: int, record: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    """The mirror columns of one Zywave account record (field name -> value)."""
-    r = lower_keys(record)
-    return {
-        "connection_id": connection_id,
-        "zywave_id": _zywave_id(r, "account"),
+RowBuilder = Callable[[int, int, dict[str, Any], datetime], dict[str, Any]]
+
+
+def row_builder(kind: str, columns: Callable[[dict[str, Any]], dict[str, Any]]) -> RowBuilder:
+    """A resource's row builder: (connection id, run id, Zywave record, now) -> the mirror
+    columns (field name -> value). `columns` reads the resource's own columns from the record
+    with its keys lower-cased; Zywave's id, its update time, the raw record and the run's marks
+    are the same for every resource."""
+
+    def build(
+        connection_id: int, run_id: int, record: dict[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        r = lower_keys(record)
+        return {
+            "connection_id": connection_id,
+            "zywave_id": _zywave_id(r, kind),
+            **columns(r),
+            "updated_at_zywave": _when(r, "updateddatetime"),
+            "raw": record,
+            "seen_in_run": run_id,
+            "synced_at": now,
+            "changed_at": now,
+            "deleted_at": None,
+        }
+
+    build.__name__ = build.__qualname__ = f"{kind}_row"
+    return build
+
+
+def _account_id(r: dict[str, Any]) -> str:
+    """Zywave's id of the account a record hangs under ("" when missing or unusable)."""
+    return safe_id(r.get("accountid")) or ""
+
+
+account_row = row_builder(
+    "account",
+    lambda r: {
         "name": _text(r, "name", 255),
         "classification": _text(r, "classification", 100),
         "lines_of_business": _text(r, "linesofbusiness", 500),
@@ -103,24 +132,13 @@ def account_row(
         "is_archived": _bool(r, "isarchived", False),
         "city": _text(r, "city", 100),
         "state": _text(r, "state", 50),
-        "updated_at_zywave": _when(r, "updateddatetime"),
-        "raw": record,
-        "seen_in_run": run_id,
-        "synced_at": now,
-        "changed_at": now,
-        "deleted_at": None,
-    }
+    },
+)
 
-
-def contact_row(
-    connection_id: int, run_id: int, record: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    """The mirror columns of one Zywave contact record (field name -> value)."""
-    r = lower_keys(record)
-    return {
-        "connection_id": connection_id,
-        "zywave_id": _zywave_id(r, "contact"),
-        "account_zywave_id": safe_id(r.get("accountid")) or "",
+contact_row = row_builder(
+    "contact",
+    lambda r: {
+        "account_zywave_id": _account_id(r),
         "first_name": _text(r, "firstname", 100),
         "last_name": _text(r, "lastname", 100),
         "email": _text(r, "emailaddress", 254),
@@ -130,13 +148,8 @@ def contact_row(
         "is_primary": _bool(r, "isprimarycontact", False),
         "is_active": _bool(r, "isactive", True),
         "is_archived": _bool(r, "isarchived", False),
-        "updated_at_zywave": _when(r, "updateddatetime"),
-        "raw": record,
-        "seen_in_run": run_id,
-        "synced_at": now,
-        "changed_at": now,
-        "deleted_at": None,
-    }
+    },
+)
 
 
 def _date(record: dict[str, Any], key: str) -> date | None:
@@ -166,15 +179,10 @@ def _decimal(record: dict[str, Any], key: str, places: int = 2, digits: int = 14
     return amount if len(amount.as_tuple().digits) <= digits else None
 
 
-def policy_row(
-    connection_id: int, run_id: int, record: dict[str, Any], now: datetime
-) -> dict[str, Any]:
-    """The mirror columns of one Zywave policy record (field name -> value)."""
-    r = lower_keys(record)
-    return {
-        "connection_id": connection_id,
-        "zywave_id": _zywave_id(r, "policy"),
-        "account_zywave_id": safe_id(r.get("accountid")) or "",
+policy_row = row_builder(
+    "policy",
+    lambda r: {
+        "account_zywave_id": _account_id(r),
         "policy_number": _text(r, "policynumber", 100),
         "line_of_business": _text(r, "lineofbusiness", 100),
         "carrier_name": _text(r, "carriername", 200),
@@ -183,13 +191,8 @@ def policy_row(
         "premium": _decimal(r, "premium"),
         "is_active": _bool(r, "isactive", True),
         "is_archived": _bool(r, "isarchived", False),
-        "updated_at_zywave": _when(r, "updateddatetime"),
-        "raw": record,
-        "seen_in_run": run_id,
-        "synced_at": now,
-        "changed_at": now,
-        "deleted_at": None,
-    }
+    },
+)
 
 
 @dataclass(frozen=True)
@@ -200,7 +203,7 @@ class Mirrored:
     label: str  # "Accounts", for people
     path: str  # Zywave's list route
     model: type[MirrorRecord]
-    row: Callable[[int, int, dict[str, Any], datetime], dict[str, Any]]
+    row: RowBuilder
     # Any one of these granted allows the resource; the first is the one a connect asks for.
     scopes: tuple[str, ...]
     parent: str | None = None  # the resource this one hangs under ("accounts")
