@@ -8,6 +8,7 @@ never a secret.
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import logging
 import math
@@ -135,6 +136,10 @@ def session() -> requests.Session:
     current = getattr(_local, "session", None)
     if current is None or getattr(_local, "pid", None) != os.getpid():
         current = requests.Session()
+        # No cookie is ever kept: the session serves every connection of the process (the
+        # proxy's callers too), so a cookie Zywave or a load balancer set for one would go
+        # out with the next one's calls. Authentication is by header alone.
+        current.cookies.set_policy(http.cookiejar.DefaultCookiePolicy(allowed_domains=[]))
         adapter = HTTPAdapter(pool_connections=4, pool_maxsize=16, max_retries=0)
         current.mount("http://", adapter)
         current.mount("https://", adapter)

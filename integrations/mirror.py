@@ -19,6 +19,7 @@ import orjson
 from django.conf import settings
 from django.db import connection as db
 from django.db.models import Model, QuerySet
+from django.db.models.functions import Now
 from django.utils import timezone
 
 from .resources import REGISTRY, UnusableId, account_row, contact_row, policy_row
@@ -103,6 +104,11 @@ def _upsert_postgresql(model: type[Model], rows: list[dict[str, Any]]) -> None:
     columns = [str(field.column) for field in fields]  # type: ignore[union-attr]
     types = [str(field.db_type(db)).split("(")[0] for field in fields]  # type: ignore[union-attr]
     names = ", ".join(quote(c) for c in columns)
+    # `changed_at` is the database's clock, not this machine's: workers and web processes on
+    # other hosts stamp the same column, and an API cursor must not see a later write behind it.
+    selected = ", ".join(
+        "statement_timestamp()" if c == "changed_at" else quote(c) for c in columns
+    )
     record_type = ", ".join(f"{quote(c)} {t}" for c, t in zip(columns, types, strict=True))
     updates = ", ".join(
         f"{quote(c)} = {CHANGED if c == 'changed_at' else f'EXCLUDED.{quote(c)}'}"
@@ -111,7 +117,7 @@ def _upsert_postgresql(model: type[Model], rows: list[dict[str, Any]]) -> None:
     )
     sql = (
         f"INSERT INTO {quote(model._meta.db_table)} AS t ({names}) "  # noqa: S608
-        f"SELECT {names} FROM jsonb_to_recordset(%s::jsonb) AS r({record_type}) "
+        f"SELECT {selected} FROM jsonb_to_recordset(%s::jsonb) AS r({record_type}) "
         f"ON CONFLICT (connection_id, zywave_id) DO UPDATE SET {updates}"
     )
     with db.cursor() as cursor:
@@ -160,7 +166,9 @@ def tombstone(rows: QuerySet[Any]) -> int:
     """Turn live rows into tombstones: the Zywave id and when, nothing of the record's content
     (every other column back to its default), so a deleted record's data leaves the mirror."""
     model = rows.model
-    now = timezone.now()
+    # The database's clock on PostgreSQL (see _upsert_postgresql); SQLite's CURRENT_TIMESTAMP
+    # has whole seconds only, so `make check` keeps this process's.
+    now: Any = Now() if db.vendor == "postgresql" else timezone.now()
     cleared = {
         field.attname: field.get_default()
         for field in model._meta.concrete_fields

@@ -171,12 +171,11 @@ def _decimal(record: dict[str, Any], key: str, places: int = 2, digits: int = 14
         return None
     try:
         amount = Decimal(str(value)) if isinstance(value, int | float | str) else None
+        if amount is None or not amount.is_finite() or amount.adjusted() >= digits - places:
+            return None  # not a number, or more whole digits than the column holds
+        return amount.quantize(Decimal(1).scaleb(-places))
     except InvalidOperation:
         return None
-    if amount is None or not amount.is_finite():
-        return None
-    amount = amount.quantize(Decimal(1).scaleb(-places))
-    return amount if len(amount.as_tuple().digits) <= digits else None
 
 
 policy_row = row_builder(

@@ -88,9 +88,10 @@ def queue_run(
             return SyncRun.objects.create(connection=connection, full=full, trigger=trigger)
     except IntegrityError:
         if full:  # a full resync asked while an incremental one waits: make it full
-            SyncRun.objects.active().filter(connection=connection, full=False, pages_done=0).update(
-                full=True
-            )
+            # Only a run no worker has started: a running one keeps the kind it started as.
+            SyncRun.objects.filter(
+                connection=connection, state=SyncRun.State.QUEUED, full=False, pages_done=0
+            ).update(full=True)
         return None
 
 
@@ -290,6 +291,9 @@ def _sync_resource(
                 REGISTRY[resource].path, odata_filter=odata_filter, skip=run.skip
             ):
                 with transaction.atomic():
+                    # The run's row first, then the mirror's: the order a profile change takes
+                    # them in too (cancel, then tombstones), so the two never deadlock.
+                    _lock_if_ours(run)
                     written = mirror.upsert(resource, run.connection_id, run.pk, page.items)
                     _advance(run, resource, len(page.items), page.total, written)
                 failures = 0

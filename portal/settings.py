@@ -501,7 +501,7 @@ ZYWAVE_HTTP_DEADLINE_SECONDS = env.get_int("ZYWAVE_HTTP_DEADLINE_SECONDS", 60, m
 # a job that pulls less often than this misses deletions and should pull everything again.
 ZYWAVE_TOMBSTONE_DAYS = env.get_int("ZYWAVE_TOMBSTONE_DAYS", 30, minimum=1)
 # The proxy forwards paths under these prefixes only (after normalisation): docs/api.md.
-ZYWAVE_PROXY_ALLOW = env.get_list("ZYWAVE_PROXY_ALLOW", "profiles/,accounts/,industries/")
+ZYWAVE_PROXY_ALLOW = env.get_list("ZYWAVE_PROXY_ALLOW", "profiles/,accounts/,policies/,industries/")
 # The largest request body the proxy forwards to Zywave (its answers are capped by
 # ZYWAVE_MAX_RESPONSE_BYTES).
 ZYWAVE_PROXY_MAX_REQUEST_BYTES = env.get_int(

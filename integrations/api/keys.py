@@ -96,7 +96,16 @@ class ApiKeyAuthentication(BaseAuthentication):
                 "The Authorization header must be `Bearer zwk_...`, an API key of this portal."
             )
         key = credentials.strip()
-        api_key = ApiKey.objects.select_related("owner").filter(prefix=match.group(1)).first()
+        # One query: the key, its owner, the owner's connection and chosen profile (every
+        # endpoint starts from that connection: `views.connection_of`). No ORDER BY.
+        found = list(
+            ApiKey.objects.select_related(
+                "owner", "owner__zywave_connection", "owner__zywave_connection__chosen_profile"
+            )
+            .filter(prefix=match.group(1))
+            .order_by()[:1]
+        )
+        api_key = found[0] if found else None
         if api_key is None or not hmac.compare_digest(api_key.hashed_key, hash_key(key)):
             raise exceptions.AuthenticationFailed("This API key is not known.")
         if api_key.revoked_at is not None:

@@ -44,10 +44,18 @@ TYPE_BASE = "urn:zywave-portal:problem:"
 class Problem(exceptions.APIException):
     """An API error of our own, with a code (the `type`'s last part) and extra members."""
 
-    def __init__(self, status: int, code: str, detail: str, **members: Any) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        headers: dict[str, str] | None = None,
+        **members: Any,
+    ) -> None:
         super().__init__(detail=detail)
         self.status_code = status
         self.problem_code = code
+        self.headers = headers or {}
         self.members = members
 
 
@@ -123,6 +131,9 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> HttpResponse |
             answer[header] = response[header]
     if retry_after is not None:
         answer["Retry-After"] = retry_after
+    if isinstance(exc, Problem):
+        for name, value in exc.headers.items():
+            answer[name] = value
     return answer
 
 

@@ -16,8 +16,10 @@ Bodies are capped both ways.
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import quote, unquote
 
+import orjson
 from django.conf import settings
 from django.http import HttpResponse
 from rest_framework.request import Request
@@ -78,9 +80,29 @@ def canonical(path: str) -> str:
             "The Zywave path must be plain segments (no `.` or `..`, no empty segment, nothing "
             "percent-encoded twice, no `?`, `#`, `%` or `\\` once decoded).",
         )
-    if any(segment in (".", "..") for segment in segments):
+    if any(segment.startswith("..") or not segment.strip(".") for segment in segments):
+        # `..`, `.`, `...`, and `..;x`, which some servers read as `..`.
         raise Problem(400, "path_not_canonical", "The Zywave path may not hold `.` or `..`.")
     return path
+
+
+def without_profile_tokens(body: bytes) -> bytes:
+    """A profile answer without its `ProfileToken`s (any key case, at any depth): a token is
+    the portal's to hold, in memory and encrypted, never the caller's to see (docs/zywave.md
+    §3). What cannot be read as JSON is refused rather than passed on unread."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise Problem(502, "zywave_error", "Zywave's profile answer could not be read.") from exc
+
+    def scrub(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: scrub(v) for k, v in value.items() if str(k).lower() != "profiletoken"}
+        if isinstance(value, list):
+            return [scrub(item) for item in value]
+        return value
+
+    return orjson.dumps(scrub(document))
 
 
 def allowed(path: str) -> bool:
@@ -162,13 +184,19 @@ class ProxyView(APIView):
         content_type = answer.headers.get("Content-Type", "")
         if answer.status_code >= 400 and "json" not in content_type.lower():
             # An error page (a gateway's HTML, an empty 405): the API answers no HTML, ever.
+            # Its Retry-After still reaches the caller (a 429 or 503 from a gateway).
+            retry_after = answer.headers.get("Retry-After")
             raise Problem(
                 answer.status_code,
                 "zywave_error",
                 f"Zywave answered {answer.status_code} without a JSON body.",
+                headers={"Retry-After": retry_after} if retry_after else {},
                 zywave_status=answer.status_code,
             )
-        response = HttpResponse(answer.content, status=answer.status_code)
+        body = answer.content
+        if path.lower().startswith("profiles/") and "json" in content_type.lower():
+            body = without_profile_tokens(body)
+        response = HttpResponse(body, status=answer.status_code)
         named_hop = {
             name.strip().lower() for name in answer.headers.get("Connection", "").split(",")
         }

@@ -129,3 +129,63 @@ def test_filtered_incremental_pulls_still_get_every_tombstone(staff):
     mirror.remove_unseen(conn.pk, 2)  # A2 gone
     found = pull(system, f"/api/v1/accounts?updated_since={mark}&search=Account")
     assert [(r["id"], r["deleted"]) for r in found] == [("A2", True)]
+
+
+def test_the_database_built_page_is_the_python_built_page(staff):
+    """PostgreSQL builds a page in SQL; SQLite (and the account page) in Python: the same JSON,
+    times in UTC with Z, decimals exact, tombstones alike."""
+    import json
+
+    import orjson
+    from django.db import connection as db
+
+    from integrations.api.records import API, pk_of
+    from integrations.mirror import exact_decimal
+
+    if db.vendor != "postgresql":
+        pytest.skip("the SQL-built page is PostgreSQL's")
+    conn = connection(staff)
+    mirror.upsert("accounts", conn.pk, 1, records(5))
+    mirror.upsert(
+        "policies",
+        conn.pk,
+        1,
+        [
+            {"id": "P1", "accountId": "A1", "premium": 1234.5, "expirationDate": "2027-01-01"},
+            {"id": "P2", "premium": "99.999", "updatedDateTime": "2026-01-01T00:00:00.5Z"},
+        ],
+    )
+    mirror.upsert("accounts", conn.pk, 2, records(4))
+    mirror.remove_unseen(conn.pk, 2)
+    for name in ("accounts", "policies"):
+        resource = API[name]
+        rows = resource.rows(conn.pk).order_by("changed_at", "pk")
+        by_sql = json.loads(resource.page(rows, 100).records)
+        in_python = resource.render(rows)
+        for record in in_python:
+            pk_of(record)
+        expected = json.loads(
+            orjson.dumps(in_python, option=orjson.OPT_UTC_Z, default=exact_decimal)
+        )
+        assert by_sql == expected and by_sql
+
+
+def test_a_model_field_the_api_cannot_serve_is_named_at_start():
+    from django.db import models
+    from django.test.utils import isolate_apps
+
+    from integrations.api.records import fields_of
+    from integrations.models import MirrorRecord
+
+    with isolate_apps("integrations"):
+
+        class Odd(MirrorRecord):
+            notes = models.TextField()
+
+            class Meta(MirrorRecord.Meta):
+                app_label = "integrations"
+                constraints: list = []
+                indexes: list = []
+
+        with pytest.raises(TypeError, match=r"Odd\.notes: the API serves no TextField"):
+            fields_of(Odd)

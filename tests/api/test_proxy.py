@@ -94,6 +94,8 @@ def test_429_and_retry_after_pass_through(system: System, zywave: Sandbox) -> No
         "_sandbox/counters",
         "accounts/../_sandbox/counters",
         "accounts/v2.0/./account",
+        "accounts/v2.0/..;/account",  # read as `..` by some servers
+        "accounts/.../v2.0/account",
         "accounts//v2.0/account",
         "accounts/v2.0/account%252F..",  # percent-encoded twice
         "accounts%2F..%2F_sandbox/counters",  # an encoded slash, decoded once by the server
@@ -193,3 +195,34 @@ def test_get_needs_proxy_and_other_methods_proxy_write(linked: Connection) -> No
     assert problem(reader.post(ACCOUNTS, "{}", content_type="application/json"), 403)
     writer = system_of(linked.user, "proxy:write")
     assert problem(writer.get(ACCOUNTS), 403)
+
+
+def test_profile_tokens_never_reach_the_caller(system: System, zywave: Sandbox) -> None:
+    """Zywave's profile detail carries the ProfileToken: the proxy takes it out, in any key
+    case, so a `proxy` key cannot read what the portal keeps encrypted."""
+    listed = system.get("/api/v1/zywave/profiles/V2.0/Profile/B")
+    assert listed.status_code == 200
+    ids = [profile["id"] for profile in zywave.profiles()]
+    answers = [listed.content]
+    for key_case in ("pascal", "camel"):
+        zywave.control("POST", "settings", key_case=key_case)
+        for profile_id in ids:
+            detail = system.get(f"/api/v1/zywave/profiles/V2.0/Profile/B/{profile_id}")
+            assert detail.status_code == 200 and json.loads(detail.content)
+            answers.append(detail.content)
+    text = b"".join(answers).decode()
+    assert "profiletoken" not in text.lower()
+    tokens = [profile["profile_token"] for profile in zywave.profiles()]
+    assert tokens and all(token not in text for token in tokens)
+
+
+def test_a_retry_after_on_an_error_without_json_still_reaches_the_caller(
+    system: System, zywave: Sandbox
+) -> None:
+    inject_fault(
+        zywave, "^/accounts/v2.0/account$", status=429, retry_after="7", body="",
+        content_type="text/plain",
+    )  # fmt: skip
+    answer = system.get(ACCOUNTS)
+    assert problem(answer, 429)["zywave_status"] == 429
+    assert answer["Retry-After"] == "7"

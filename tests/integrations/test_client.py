@@ -514,3 +514,19 @@ def test_each_thread_reuses_its_own_pooled_session() -> None:
     worker.start()
     worker.join()
     assert session() is mine and theirs[0] is not mine
+
+
+def test_the_shared_session_keeps_no_cookie() -> None:
+    """One session serves every connection of a process: a cookie Zywave (or a load
+    balancer) set for one must never go out with another's calls."""
+    import http.cookiejar
+    import urllib.request
+
+    from integrations.client import session
+
+    cookie = http.cookiejar.Cookie(
+        0, "ARRAffinity", "abc", None, False, "127.0.0.1", True, False, "/", True, False,
+        None, False, None, None, {},
+    )  # fmt: skip
+    policy = session().cookies._policy  # type: ignore[attr-defined]
+    assert not policy.set_ok(cookie, urllib.request.Request("http://127.0.0.1/"))

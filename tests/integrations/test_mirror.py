@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -14,7 +15,14 @@ from django.db import connection as db
 from django.test.utils import CaptureQueriesContext
 
 from integrations.client import MalformedResponse
-from integrations.mirror import account_row, contact_row, page_json, remove_unseen, upsert
+from integrations.mirror import (
+    account_row,
+    contact_row,
+    page_json,
+    policy_row,
+    remove_unseen,
+    upsert,
+)
 from integrations.models import Account, Contact
 from tests.conftest import connection
 
@@ -349,3 +357,21 @@ def test_the_default_scopes_ask_for_every_registered_resource() -> None:
     default = set(settings.ZYWAVE_SCOPES)
     for resource in resources():
         assert resource.granted(default), resource.name
+
+
+@pytest.mark.parametrize(
+    ("premium", "stored"),
+    [
+        (1234.5, Decimal("1234.50")),
+        ("99.999", Decimal("100.00")),  # rounded to the column's cents
+        (123456789012.34, Decimal("123456789012.34")),  # 14 digits: the column's most
+        (1e12, None),  # more whole digits than the column holds: no premium, not a failed sync
+        (1e30, None),
+        ("NaN", None),
+        (True, None),
+        ("twelve", None),
+    ],
+)
+def test_a_premium_is_exact_or_left_out_never_a_failed_page(premium: Any, stored: Any) -> None:
+    row = policy_row(1, 1, {"id": "p1", "premium": premium}, NOW)
+    assert row["premium"] == stored

@@ -610,3 +610,20 @@ def test_a_resource_whose_scope_was_not_granted_is_skipped_not_failed(
     assert not any(key.startswith("/policies/") for key in zywave.counters()["api"])
     page = dana.get("/").content.decode()
     assert "Policies are not synced" in page and "Reconnect Zywave to grant it" in page
+
+
+def test_a_full_sync_asked_while_an_incremental_one_runs_does_not_relabel_it(
+    staff: User,
+) -> None:
+    """The running run keeps the kind it started as: relabelled full, it would end as a full
+    run that never removed what Zywave deleted."""
+    conn = connection(staff)
+    running = SyncRun.objects.create(connection=conn, state=SyncRun.State.RUNNING, full=False)
+    assert queue_run(conn, full=True) is None
+    running.refresh_from_db()
+    assert running.full is False
+    running.state = SyncRun.State.QUEUED
+    running.save()
+    assert queue_run(conn, full=True) is None
+    running.refresh_from_db()
+    assert running.full is True  # a queued one, not yet started, does become full
