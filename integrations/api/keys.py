@@ -19,7 +19,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
@@ -82,13 +81,6 @@ def issue(
     return api_key, key
 
 
-def _one(model: type[Any], sql: str, value: Any) -> Any:
-    """One row as a model instance, by plain SQL: these run on every API request, where
-    compiling the ORM's queries cost more than the database answering them (the API
-    benchmark's proxy overhead)."""
-    return next(iter(model.objects.raw(sql, [value])), None)
-
-
 class ApiKeyAuthentication(BaseAuthentication):
     """`Authorization: Bearer zwk_...`. Each refusal says which of missing, malformed,
     unknown, revoked or expired it was (only the holder of a key learns it was revoked)."""
@@ -104,23 +96,24 @@ class ApiKeyAuthentication(BaseAuthentication):
                 "The Authorization header must be `Bearer zwk_...`, an API key of this portal."
             )
         key = credentials.strip()
-        api_key = _one(ApiKey, "SELECT * FROM integrations_apikey WHERE prefix = %s", match[1])
+        # One query: the key, its owner, the owner's connection and chosen profile (every
+        # endpoint starts from that connection: `views.connection_of`). No ORDER BY.
+        found = list(
+            ApiKey.objects.select_related(
+                "owner", "owner__zywave_connection", "owner__zywave_connection__chosen_profile"
+            )
+            .filter(prefix=match.group(1))
+            .order_by()[:1]
+        )
+        api_key = found[0] if found else None
         if api_key is None or not hmac.compare_digest(api_key.hashed_key, hash_key(key)):
             raise exceptions.AuthenticationFailed("This API key is not known.")
         if api_key.revoked_at is not None:
             raise exceptions.AuthenticationFailed("This API key was revoked.")
         if api_key.is_expired:
             raise exceptions.AuthenticationFailed("This API key has expired.")
-        owner = _one(User, "SELECT * FROM auth_user WHERE id = %s", api_key.owner_id)
-        if owner is None or not owner.is_active:
+        if not api_key.owner.is_active:
             raise exceptions.AuthenticationFailed("The owner of this API key is deactivated.")
-        api_key.owner = owner
-        # Every endpoint starts from the owner's connection (`views.connection_of`): loaded
-        # here, cached on the user as `user.zywave_connection` would be.
-        connection = _one(
-            Connection, "SELECT * FROM integrations_connection WHERE user_id = %s", owner.pk
-        )
-        User.zywave_connection.related.set_cached_value(owner, connection)  # type: ignore[attr-defined]
         now = timezone.now()
         if api_key.last_used_at is None or api_key.last_used_at < now - LAST_USED_RESOLUTION:
             # Conditional, so concurrent requests of one key write once per minute at most.
@@ -128,7 +121,7 @@ class ApiKeyAuthentication(BaseAuthentication):
                 last_used_at=now
             )
             api_key.last_used_at = now
-        return owner, api_key
+        return api_key.owner, api_key
 
     def authenticate_header(self, request: Request) -> str:
         return 'Bearer realm="api"'
