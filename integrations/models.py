@@ -698,14 +698,19 @@ class ApiKey(models.Model):
         if not changed:
             return False
         self.refresh_from_db(fields=["revoked_at", "revoked_by"])
-        ConnectionEvent.objects.create(
+        self.audit(ConnectionEvent.Kind.API_KEY_REVOKED, actor)
+        return True
+
+    def audit(self, kind: str, actor: Any, **detail: Any) -> ConnectionEvent:
+        """Record what happened to the key on its owner's audit trail: its prefix and name,
+        never the key."""
+        return ConnectionEvent.objects.create(
             user_id=self.owner_id,
             connection=Connection.objects.filter(user_id=self.owner_id).first(),
-            kind=ConnectionEvent.Kind.API_KEY_REVOKED,
+            kind=kind,
             actor=actor if actor is not None and actor.pk else None,
-            detail={"key": self.prefix, "name": self.name},
+            detail={"key": self.prefix, "name": self.name, **detail},
         )
-        return True
 
 
 class Policy(MirrorRecord):

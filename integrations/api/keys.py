@@ -28,7 +28,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from ..models import ApiKey, Connection, ConnectionEvent
+from ..models import ApiKey, ConnectionEvent
 
 KEY_PATTERN = re.compile(r"zwk_([a-z0-9]{8})_([A-Za-z0-9]{32})")
 _PREFIX_ALPHABET = string.ascii_lowercase + string.digits
@@ -71,13 +71,7 @@ def issue(
             scopes=[scope for scope in SCOPES if scope in scopes],
             expires_at=expires_at,
         )
-        ConnectionEvent.objects.create(
-            user=owner,
-            connection=Connection.objects.filter(user=owner).first(),
-            kind=ConnectionEvent.Kind.API_KEY_CREATED,
-            actor=actor if actor is not None and actor.pk else None,
-            detail={"key": prefix, "name": api_key.name, "scopes": api_key.scopes},
-        )
+        api_key.audit(ConnectionEvent.Kind.API_KEY_CREATED, actor, scopes=api_key.scopes)
     return api_key, key
 
 
