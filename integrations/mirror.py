@@ -33,6 +33,10 @@ class Written(NamedTuple):
     rows: int  # rows written (a page repeating an id writes it once)
     newest: datetime | None  # the newest `updatedDateTime` among them
     skipped: int  # records with an unusable id, not written
+    # What changed, as (Zywave id, kind) with kind created, updated, archived or deleted; rows
+    # the page repeated unchanged are not in it. For `{resource}.changed` webhooks.
+    changes: tuple[tuple[str, str], ...] = ()
+    changed_at: datetime | None = None  # when they changed (the database's clock)
 
 
 def upsert(
@@ -58,16 +62,23 @@ def upsert(
         (r["updated_at_zywave"] for r in rows.values() if r["updated_at_zywave"]), default=None
     )
     if db.vendor == "postgresql":
-        _upsert_postgresql(model, list(rows.values()))
+        changes, changed_at = _upsert_postgresql(model, list(rows.values()))
     else:
-        _keep_unchanged_since(model, connection_id, rows)
+        changes = _keep_unchanged_since(model, connection_id, rows)
+        changed_at = now
         model._base_manager.bulk_create(
             [model(**row) for row in rows.values()],
             update_conflicts=True,
             unique_fields=["connection", "zywave_id"],
             update_fields=[name for name in rows[next(iter(rows))] if name not in KEY_FIELDS],
         )
-    return Written(len(rows), newest, skipped)
+    return Written(len(rows), newest, skipped, tuple(changes), changed_at if changes else None)
+
+
+def change_kind(inserted: bool, archived: bool) -> str:
+    if inserted:
+        return "created"
+    return "archived" if archived else "updated"
 
 
 KEY_FIELDS = {"connection_id", "zywave_id"}
@@ -82,18 +93,29 @@ CHANGED = (
 
 def _keep_unchanged_since(
     model: type[Model], connection_id: int, rows: dict[str, dict[str, Any]]
-) -> None:
-    """SQLite (`make check`): the CASE above, worked out in Python with one query."""
+) -> list[tuple[str, str]]:
+    """SQLite (`make check`): the CASE above, worked out in Python with one query; returns
+    what changed, as `_upsert_postgresql` does."""
     existing = model._base_manager.filter(  # type: ignore[attr-defined]
         connection_id=connection_id, zywave_id__in=list(rows)
     ).values_list("zywave_id", "raw", "changed_at", "deleted_at")
+    unchanged = set()
     for zywave_id, raw, changed_at, deleted_at in existing:
         row = rows[zywave_id]
         if deleted_at is None and raw == row["raw"]:
             row["changed_at"] = changed_at
+            unchanged.add(zywave_id)
+    seen = {zywave_id for zywave_id, *_ in existing}
+    return [
+        (zywave_id, change_kind(zywave_id not in seen, bool(row.get("is_archived"))))
+        for zywave_id, row in rows.items()
+        if zywave_id not in unchanged
+    ]
 
 
-def _upsert_postgresql(model: type[Model], rows: list[dict[str, Any]]) -> None:
+def _upsert_postgresql(
+    model: type[Model], rows: list[dict[str, Any]]
+) -> tuple[list[tuple[str, str]], datetime | None]:
     """The page travels as one JSON parameter that PostgreSQL expands with jsonb_to_recordset.
 
     Django's bulk_create would send one array parameter per column, quoted value by value in
@@ -115,13 +137,25 @@ def _upsert_postgresql(model: type[Model], rows: list[dict[str, Any]]) -> None:
         for c in columns
         if c not in KEY_FIELDS
     )
+    # What changed comes back with the write: `xmax = 0` marks a row this statement inserted,
+    # and a row whose `changed_at` is this statement's time changed (the CASE above).
+    archived = "t.is_archived" if "is_archived" in columns else "false"
     sql = (
         f"INSERT INTO {quote(model._meta.db_table)} AS t ({names}) "  # noqa: S608
         f"SELECT {selected} FROM jsonb_to_recordset(%s::jsonb) AS r({record_type}) "
-        f"ON CONFLICT (connection_id, zywave_id) DO UPDATE SET {updates}"
+        f"ON CONFLICT (connection_id, zywave_id) DO UPDATE SET {updates} "
+        f"RETURNING t.zywave_id, t.xmax = 0, {archived}, t.changed_at = statement_timestamp(), "
+        "statement_timestamp()"
     )
     with db.cursor() as cursor:
         cursor.execute(sql, [page_json(rows)])
+        returned = cursor.fetchall()
+    changes = [
+        (zywave_id, change_kind(inserted, is_archived))
+        for zywave_id, inserted, is_archived, changed, _at in returned
+        if changed
+    ]
+    return changes, (returned[0][4] if returned else None)
 
 
 def page_json(rows: list[dict[str, Any]]) -> str:
@@ -151,15 +185,23 @@ def _text_of(value: Any) -> str:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def remove_unseen(connection_id: int, run_id: int, keep: Collection[str] = ()) -> None:
+Deleted = dict[str, tuple[list[str], datetime | None]]  # resource: (Zywave ids, when)
+
+
+def remove_unseen(connection_id: int, run_id: int, keep: Collection[str] = ()) -> Deleted:
     """After a full run, which saw every record Zywave has: what it did not see was deleted at
     Zywave and becomes a tombstone. Resources in `keep` were not asked (unavailable) and keep
-    their rows. Tombstones older than ZYWAVE_TOMBSTONE_DAYS go for good."""
+    their rows. Tombstones older than ZYWAVE_TOMBSTONE_DAYS go for good. Returns what became a
+    tombstone, per resource."""
+    deleted: Deleted = {}
     for resource in REGISTRY.values():
         if resource.name in keep:
             continue
-        tombstone(resource.live(connection_id).exclude(seen_in_run=run_id))
+        deleted[resource.name] = tombstone_returning(
+            resource.live(connection_id).exclude(seen_in_run=run_id), connection_id
+        )
         purge_tombstones(resource.model, connection_id)
+    return deleted
 
 
 def tombstone(rows: QuerySet[Any]) -> int:
@@ -179,6 +221,24 @@ def tombstone(rows: QuerySet[Any]) -> int:
     )
 
 
+def tombstone_returning(
+    rows: QuerySet[Any], connection_id: int
+) -> tuple[list[str], datetime | None]:
+    """`tombstone`, returning the Zywave ids it turned and when (for `{resource}.changed`).
+    The ids are read first, in the caller's transaction, which holds the run's row or the
+    connection's (no other writer of this connection's mirror runs meanwhile)."""
+    ids = list(rows.filter(deleted_at__isnull=True).values_list("zywave_id", flat=True))
+    if not ids:
+        return [], None
+    tombstone(rows.filter(zywave_id__in=ids))
+    when = (
+        rows.model._base_manager.filter(connection_id=connection_id, zywave_id=ids[0])
+        .values_list("changed_at", flat=True)
+        .first()
+    )
+    return ids, when
+
+
 # Kept by a tombstone (or set by `tombstone` itself); every other column is cleared.
 TOMBSTONE_KEEPS = {
     "connection_id",
@@ -191,10 +251,12 @@ TOMBSTONE_KEEPS = {
 }
 
 
-def tombstone_all(connection_id: int) -> None:
+def tombstone_all(connection_id: int) -> Deleted:
     """Every live record of the connection becomes a tombstone (the profile changed)."""
-    for resource in REGISTRY.values():
-        tombstone(resource.live(connection_id))
+    return {
+        resource.name: tombstone_returning(resource.live(connection_id), connection_id)
+        for resource in REGISTRY.values()
+    }
 
 
 def purge_tombstones(model: type[Model], connection_id: int) -> int:

@@ -253,6 +253,8 @@ class Connection(models.Model):
             transaction.on_commit(self.notify_reauth_required)
         self.save()
         self.record(ConnectionEvent.Kind.REAUTH_REQUIRED, reason=reason)
+        if first:
+            self.announce("connection.reauth_required", reason=reason)
 
     def notify_reauth_required(self) -> bool:
         return notify.send_reauth_required(self.owner_email, self, self.last_error)
@@ -321,6 +323,24 @@ class Connection(models.Model):
         self.profiles.all().delete()
         self.clear_mirror()
         self.record(ConnectionEvent.Kind.DISCONNECTED, actor=actor, revoked=revoked, reason=reason)
+        self.announce("connection.disconnected", reason=reason or None)
+
+    def announce(self, event_type: str, **data: Any) -> None:
+        """A webhook event about the connection, in the caller's transaction (the outbox)."""
+        from . import webhooks  # webhooks imports these models
+
+        webhooks.emit(
+            self.user_id,
+            event_type,
+            {
+                "status": self.status,
+                "refresh_deadline": (
+                    self.refresh_deadline.isoformat() if self.refresh_deadline else None
+                ),
+                **data,
+            },
+            connection_id=self.pk,
+        )
 
     def record(self, kind: str, actor: Any = None, **detail: Any) -> ConnectionEvent:
         return ConnectionEvent.objects.create(
@@ -354,6 +374,12 @@ class ConnectionEvent(models.Model):
         LINK_REMOVED = "link_removed", "Zywave identity link removed by an admin"
         API_KEY_CREATED = "api_key_created", "API key created"
         API_KEY_REVOKED = "api_key_revoked", "API key revoked"
+        WEBHOOK_SUBSCRIBED = "webhook_subscribed", "Webhook subscription created"
+        WEBHOOK_CHANGED = "webhook_changed", "Webhook subscription changed"
+        WEBHOOK_SECRET_ROTATED = "webhook_secret_rotated", "Webhook signing secret rotated"
+        WEBHOOK_DISABLED = "webhook_disabled", "Webhook subscription disabled"
+        WEBHOOK_ENABLED = "webhook_enabled", "Webhook subscription enabled"
+        WEBHOOK_DELETED = "webhook_deleted", "Webhook subscription deleted"
 
     # The person the event concerns; the connection when one exists (a first connect that
     # failed has none).
@@ -741,3 +767,165 @@ class Policy(MirrorRecord):
 
     def __str__(self) -> str:
         return self.policy_number or self.zywave_id
+
+
+class WebhookSubscription(models.Model):
+    """An endpoint of the owner's that hears about the owner's events, signed with its secret.
+
+    The secret is shown once, when it is made or rotated; after a rotation the previous one
+    still signs too (a second signature in the header) until `previous_secret_until`.
+    """
+
+    class State(models.TextChoices):
+        ACTIVE = "active", "Active"
+        DISABLED = "disabled", "Disabled"
+
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_subscriptions"
+    )
+    url = models.CharField("URL", max_length=2000)
+    events = models.JSONField(default=list)
+    state = models.CharField(max_length=10, choices=State.choices, default=State.ACTIVE)
+    secret = EncryptedTextField()
+    previous_secret = EncryptedTextField(null=True, blank=True)
+    previous_secret_until = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    disabled_at = models.DateTimeField(null=True, blank=True)
+    disabled_reason = models.CharField(max_length=300, blank=True)
+    # The last sequence number given to one of its deliveries: raised in the transaction that
+    # writes the delivery, so the numbers a receiver sees have no gaps.
+    last_sequence = models.BigIntegerField(default=0)
+    # One worker at a time delivers to an endpoint (a slow receiver holds one worker, not all).
+    lease_until = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=32, blank=True)
+    # The receiver asked us to wait (429 or 503 with Retry-After), or its last attempt failed:
+    # nothing is sent to it before this.
+    paused_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "webhook subscription"
+
+    def __str__(self) -> str:
+        return f"{self.url} ({self.state})"
+
+    @property
+    def is_active(self) -> bool:
+        return self.state == self.State.ACTIVE
+
+    def listens_to(self, event_type: str) -> bool:
+        return event_type in self.events or event_type == WEBHOOK_TEST_EVENT
+
+    def secrets_now(self, now: datetime | None = None) -> list[str]:
+        """The secrets that sign a delivery now: the current one, and the previous one during
+        the overlap after a rotation."""
+        now = now or timezone.now()
+        keys = [self.secret]
+        if self.previous_secret and self.previous_secret_until and self.previous_secret_until > now:
+            keys.append(self.previous_secret)
+        return keys
+
+
+# The event a subscription's "Send test event" sends: to that subscription only.
+WEBHOOK_TEST_EVENT = "webhook.test"
+
+
+class WebhookEvent(models.Model):
+    """Something that happened to an owner's connection or mirror, written in the transaction
+    that made it happen (the outbox). One row per event; a delivery per subscription."""
+
+    id = models.CharField(primary_key=True, max_length=40)  # msg_…: the webhook-id
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhook_events"
+    )
+    type = models.CharField(max_length=60)
+    data = models.JSONField(default=dict)
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.type} {self.id}"
+
+
+class WebhookDeliveryQuerySet(models.QuerySet):
+    def due(self, now: datetime | None = None) -> WebhookDeliveryQuerySet:
+        return self.filter(
+            state=WebhookDelivery.State.PENDING, next_attempt_at__lte=now or timezone.now()
+        )
+
+    def undelivered(self) -> WebhookDeliveryQuerySet:
+        return self.filter(state__in=[WebhookDelivery.State.PENDING, WebhookDelivery.State.FAILED])
+
+
+class WebhookDelivery(models.Model):
+    """One event for one subscription: its sequence number there, and where delivery stands."""
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        DELIVERED = "delivered", "Delivered"
+        FAILED = "failed", "Failed"
+
+    subscription = models.ForeignKey(
+        WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event = models.ForeignKey(WebhookEvent, on_delete=models.CASCADE, related_name="deliveries")
+    sequence = models.BigIntegerField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+    last_status = models.PositiveIntegerField(null=True, blank=True)
+    last_error = models.CharField(max_length=300, blank=True)
+
+    objects = WebhookDeliveryQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-sequence"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["subscription", "sequence"], name="one_sequence_per_subscription"
+            ),
+            models.UniqueConstraint(
+                fields=["subscription", "event"], name="one_delivery_per_event"
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["subscription", "next_attempt_at"],
+                condition=models.Q(state="pending"),
+                name="webhook_due",
+            ),
+            models.Index(fields=["subscription", "-created_at"]),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.sequence} {self.event_id} ({self.state})"
+
+
+class WebhookAttempt(models.Model):
+    """The log of one attempt: when, how long, what the receiver answered (a short excerpt,
+    never its headers)."""
+
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.PositiveIntegerField(default=0)
+    status = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    response_excerpt = models.CharField(max_length=300, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.status or self.error} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+    @property
+    def ok(self) -> bool:
+        return self.status is not None and 200 <= self.status < 300

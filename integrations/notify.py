@@ -44,3 +44,7 @@ def send_deadline_warning(to: str, connection: Any) -> bool:
 
 def send_reconnect_reminder(to: str, connection: Any) -> bool:
     return send(to, "reconnect_reminder", {"connection": connection})
+
+
+def send_webhook_disabled(to: str, subscription: Any) -> bool:
+    return send(to, "webhook_disabled", {"subscription": subscription})

@@ -131,6 +131,8 @@ def store_connection(
             access_token=connection.access_token_fingerprint,
             refresh_token=connection.refresh_token_fingerprint,
         )
+        if reconnect:
+            connection.announce("connection.reconnected")
         if replaced and replaced != connection.refresh_token:
             # The old grant would otherwise stay live at Zywave for the rest of its 30 days.
             # After commit: never hold the row lock for an HTTP call, and only once the new

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import mirror
+from . import mirror, webhooks
 from .client import SAFE_ID, ZywaveClient
 from .fields import token_fingerprint
 from .models import Connection, ConnectionEvent, Profile
@@ -142,7 +142,7 @@ def choose_profile(
             # Tombstones, not deletion: the API's incremental pulls learn that every record of
             # the old profile is gone (a record the new profile has too comes back to life).
             locked.sync_runs.cancel("profile changed")
-            mirror.tombstone_all(locked.pk)
+            webhooks.announce_deleted(locked, mirror.tombstone_all(locked.pk))
             locked.record(ConnectionEvent.Kind.MIRROR_CLEARED, actor=actor, reason="profile")
         locked.record(
             ConnectionEvent.Kind.PROFILE_CHOSEN,

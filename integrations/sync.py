@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import mirror
+from . import mirror, webhooks
 from .client import (
     Forbidden,
     MalformedResponse,
@@ -224,7 +224,9 @@ def _run(
                 # not failed; the dashboard says a reconnect would grant it.
                 continue
             try:
-                _sync_resource(run, client, resource, since_marks.get(resource), sleep, on_page)
+                _sync_resource(
+                    run, connection, client, resource, since_marks.get(resource), sleep, on_page
+                )
             except Unavailable:
                 log.warning(
                     "Sync run %s: Zywave has no %s list for this connection (404); retried "
@@ -242,7 +244,8 @@ def _run(
                 # Delete only while the run is still ours, holding its row: a cancel (profile
                 # changed) waits, and no newer run's rows can be taken for unseen ones.
                 _lock_if_ours(run)
-                mirror.remove_unseen(run.connection_id, run.pk, keep=skipped)
+                deleted = mirror.remove_unseen(run.connection_id, run.pk, keep=skipped)
+                webhooks.announce_deleted(connection, deleted)
     except Cancelled as exc:
         log.info("Sync run %s stopped: %s", run.pk, exc, extra=log_ids(run))
         run.refresh_from_db()
@@ -277,6 +280,7 @@ def _odata_since(mark: str | None) -> str | None:
 
 def _sync_resource(
     run: SyncRun,
+    connection: Connection,
     client: ZywaveClient,
     resource: str,
     mark: str | None,
@@ -296,6 +300,14 @@ def _sync_resource(
                     _lock_if_ours(run)
                     written = mirror.upsert(resource, run.connection_id, run.pk, page.items)
                     _advance(run, resource, len(page.items), page.total, written)
+                    # The page's event, in the page's transaction (the outbox).
+                    webhooks.emit_changes(
+                        connection.user_id,
+                        connection.pk,
+                        resource,
+                        written.changes,
+                        written.changed_at,
+                    )
                 failures = 0
                 if on_page is not None:
                     on_page(run)
@@ -378,14 +390,16 @@ def _end_run(run: SyncRun, state: str, error: str) -> SyncRun:
         connection = Connection.objects.get(pk=run.connection_id)
         run.marks = {**previous_marks(connection), **run.marks}
     try:
-        _write(
-            run,
-            state=state,
-            error=error[:500],
-            finished_at=timezone.now(),
-            lease_until=None,
-            marks=run.marks,
-        )
+        with transaction.atomic():
+            _write(
+                run,
+                state=state,
+                error=error[:500],
+                finished_at=timezone.now(),
+                lease_until=None,
+                marks=run.marks,
+            )
+            announce_finished(run)
     except Cancelled as exc:
         log.info("Sync run %s not finished here: %s", run.pk, exc, extra=log_ids(run))
         run.refresh_from_db()
@@ -400,6 +414,28 @@ def _end_run(run: SyncRun, state: str, error: str) -> SyncRun:
         extra=log_ids(run),
     )
     return run
+
+
+def announce_finished(run: SyncRun) -> None:
+    """`sync.succeeded` or `sync.failed` (a partial run too: `data.sync.state` says which)."""
+    owner_id = Connection.objects.filter(pk=run.connection_id).values_list("user_id", flat=True)
+    webhooks.emit(
+        owner_id.get(),
+        "sync.succeeded" if run.state == SyncRun.State.SUCCEEDED else "sync.failed",
+        {
+            "sync": {
+                "id": run.pk,
+                "state": run.state,
+                "full": run.full,
+                "trigger": run.trigger,
+                "records": run.records_done,
+                "pages": run.pages_done,
+                "error": run.error or None,
+                "finished_at": run.finished_at.isoformat() if run.finished_at else None,
+            }
+        },
+        connection_id=run.connection_id,
+    )
 
 
 def sync_now(

@@ -68,6 +68,7 @@ def keep_tokens_alive() -> dict[str, int]:
             if won:
                 connection = Connection.objects.select_related("user").get(pk=pk)
                 transaction.on_commit(connection.notify_deadline_approaching)
+                connection.announce("connection.deadline_approaching")
                 warned += 1
     return {"refreshes_queued": len(expiring), "deadline_warnings": warned}
 
@@ -101,3 +102,22 @@ def sync_due_connections() -> dict[str, int]:
         sync_connection.delay_on_commit(pk)
         resumed += 1
     return {"queued": queued, "resumed": resumed}
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def deliver_webhooks(subscription_id: int) -> str:
+    """Send a subscription's due webhook deliveries (one worker per subscription at a time)."""
+    from . import webhooks
+
+    return webhooks.drain(subscription_id)
+
+
+@shared_task
+def reconcile_webhooks() -> dict[str, int]:
+    """Beat: send again what a lost task message left undelivered, and trim the old log."""
+    from . import webhooks
+
+    stranded = webhooks.stranded()
+    for pk in stranded:
+        deliver_webhooks.delay(pk)
+    return {"requeued": len(stranded), "purged": webhooks.purge_log()}

@@ -432,8 +432,13 @@ CELERY_TASK_ROUTES = {
     "integrations.tasks.sync_*": {"queue": "sync"},
     "integrations.tasks.refresh_connection": {"queue": "tokens"},
     "integrations.tasks.keep_tokens_alive": {"queue": "tokens"},
+    "integrations.tasks.deliver_webhooks": {"queue": "webhooks"},
+    "integrations.tasks.reconcile_webhooks": {"queue": "webhooks"},
 }
 ZYWAVE_TOKEN_UPKEEP_MINUTES = env.get_int("ZYWAVE_TOKEN_UPKEEP_MINUTES", 10, minimum=1)
+# How often beat looks for webhook deliveries nobody is sending (a lost task message), and the
+# horizon within which a worker queues its own next retry instead of leaving it to beat.
+WEBHOOKS_RECONCILE_SECONDS = env.get_int("WEBHOOKS_RECONCILE_SECONDS", 30, minimum=1)
 CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "keep-tokens-alive": {
         "task": "integrations.tasks.keep_tokens_alive",
@@ -442,6 +447,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "sync-due-connections": {
         "task": "integrations.tasks.sync_due_connections",
         "schedule": 60.0,
+    },
+    "reconcile-webhooks": {
+        "task": "integrations.tasks.reconcile_webhooks",
+        "schedule": float(WEBHOOKS_RECONCILE_SECONDS),
     },
 }
 
@@ -507,6 +516,31 @@ ZYWAVE_PROXY_ALLOW = env.get_list("ZYWAVE_PROXY_ALLOW", "profiles/,accounts/,pol
 ZYWAVE_PROXY_MAX_REQUEST_BYTES = env.get_int(
     "ZYWAVE_PROXY_MAX_REQUEST_BYTES", 1024 * 1024, minimum=1024
 )
+
+# --- Outbound webhooks ----------------------------------------------------------------------
+
+# Waits before each retry of a failed delivery, in seconds (comma-separated): about a day in
+# all; after the last one fails the subscription is disabled. Drills compress it.
+try:
+    WEBHOOKS_RETRY_SCHEDULE = [
+        float(part)
+        for part in env.get_list("WEBHOOKS_RETRY_SCHEDULE", "5,300,1800,7200,18000,36000,36000")
+    ]
+except ValueError:
+    WEBHOOKS_RETRY_SCHEDULE = []
+if not WEBHOOKS_RETRY_SCHEDULE or any(wait < 0 for wait in WEBHOOKS_RETRY_SCHEDULE):
+    raise ImproperlyConfigured(
+        "WEBHOOKS_RETRY_SCHEDULE must list one or more waits in seconds, comma-separated"
+    )
+# Each attempt ends by this (connect, answer and the first 4 KB of the body).
+WEBHOOKS_TIMEOUT_SECONDS = env.get_int("WEBHOOKS_TIMEOUT_SECONDS", 10, minimum=1)
+# A receiver's Retry-After is honoured up to this.
+WEBHOOKS_MAX_RETRY_AFTER_SECONDS = env.get_int("WEBHOOKS_MAX_RETRY_AFTER_SECONDS", 86400, minimum=1)
+# Delivered deliveries and their attempt log are kept this long.
+WEBHOOKS_LOG_DAYS = env.get_int("WEBHOOKS_LOG_DAYS", 30, minimum=1)
+# Development and tests only: endpoints on private addresses (127.0.0.1) and plain HTTP. With
+# DEBUG off a system check warns, and /health/ and the admin say so.
+WEBHOOKS_ALLOW_PRIVATE = env.get_bool("WEBHOOKS_ALLOW_PRIVATE", default=DEBUG)
 
 # --- Integration API -----------------------------------------------------------------------
 

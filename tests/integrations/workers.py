@@ -73,7 +73,7 @@ class Worker:
                 "portal",
                 "worker",
                 "--queues",
-                "celery,sync,tokens",
+                "celery,sync,tokens,webhooks",
                 "--pool",
                 "prefork",
                 "--concurrency",

@@ -82,7 +82,7 @@ def worker_command(hostname: str) -> list[str]:
         "--quiet",
         "worker",
         "--queues",
-        "celery,sync,tokens",
+        "celery,sync,tokens,webhooks",
         "--concurrency",
         "2",
         "--hostname",

@@ -1,0 +1,268 @@
+"""Requests to addresses our users give us (webhook endpoints): checked, pinned, bounded.
+
+An agency's user chooses a webhook's URL, so the URL may point anywhere: at the metadata service
+of the cloud the portal runs in, at the database on the private network, at the portal itself.
+Before a request is sent, every address the URL's host names is checked to be public (`check`),
+and the request then connects to an address that was checked, never resolving the name again
+(`post`): a name that resolves to a public address for the check and to 127.0.0.1 a moment later
+(DNS rebinding) cannot get past. Nothing is sent to an address that was not checked, not even a
+TCP handshake.
+
+`WEBHOOKS_ALLOW_PRIVATE=true` waives the two rules (public addresses, HTTPS) for development and
+the test suite, whose receivers listen on 127.0.0.1 over plain HTTP.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import urllib3
+from django.conf import settings
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# What a refusal or a failure says: short, never the response's headers or a secret.
+EXCERPT_BYTES = 300
+# The most of a response body that is read at all (then the connection is dropped).
+READ_CAP_BYTES = 4096
+
+
+class UnsafeURL(ValueError):
+    """The URL may not be used: what is wrong with it, in words for the person who gave it."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL that passed the check, with the addresses it was checked against."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path: str  # path and query, as sent in the request line
+    addresses: tuple[str, ...]
+
+    @property
+    def host_header(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        default = 443 if self.scheme == "https" else 80
+        return host if self.port == default else f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    retry_after: float | None
+    excerpt: str
+    duration_ms: int
+
+
+class SendFailed(Exception):
+    """No HTTP answer: the connection was refused, timed out, or TLS failed."""
+
+    def __init__(self, reason: str, duration_ms: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.duration_ms = duration_ms
+
+
+def allow_private() -> bool:
+    return bool(settings.WEBHOOKS_ALLOW_PRIVATE)
+
+
+def is_public(address: Address) -> bool:
+    """A global unicast address, looking through the IPv6 forms that carry an IPv4 one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        embedded = address.ipv4_mapped or address.sixtofour
+        if embedded is None and address.teredo is not None:
+            embedded = address.teredo[1]
+        if embedded is None and address in NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None and not is_public(embedded):
+            return False
+    return address.is_global and not address.is_multicast and not address.is_reserved
+
+
+# The well-known NAT64 prefix (RFC 6052): 64:ff9b::7f00:1 reaches 127.0.0.1 through a gateway.
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def numeric_host(host: str) -> Address | None:
+    """The address a host written as a number stands for, in any spelling a resolver takes:
+    `127.0.0.1`, `::ffff:127.0.0.1`, and the old forms `2130706433`, `0x7f.1`, `0177.0.0.1`."""
+    try:
+        return ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        pass
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
+
+
+def resolve(host: str, port: int) -> list[Address]:
+    """Every address the name resolves to (tests stub socket.getaddrinfo: never DNS there)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError) as exc:
+        raise UnsafeURL(f"{host} does not resolve ({type(exc).__name__})") from None
+    found: list[Address] = []
+    for _family, _type, _proto, _name, sockaddr in infos:
+        address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        if address not in found:
+            found.append(address)
+    if not found:
+        raise UnsafeURL(f"{host} does not resolve")
+    return found
+
+
+def check(url: str, *, resolve_host: bool = True) -> Target:
+    """The URL as a target, or UnsafeURL. Every address it resolves to must be public (one bad
+    address refuses the URL: the resolver may hand out any of them), and the scheme HTTPS."""
+    url = url.strip()
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise UnsafeURL(f"not a valid URL ({exc})") from None
+    scheme = parts.scheme.lower()
+    private_ok = allow_private()
+    if scheme != "https" and not (private_ok and scheme == "http"):
+        raise UnsafeURL("the URL must start with https://")
+    if parts.username is not None or parts.password is not None:
+        raise UnsafeURL("the URL may not carry a user name or password")
+    host = (parts.hostname or "").rstrip(".")
+    if not host:
+        raise UnsafeURL("the URL has no host")
+    if len(url) > 2000:
+        raise UnsafeURL("the URL is longer than 2000 characters")
+    port = port or (443 if scheme == "https" else 80)
+    literal = numeric_host(host)
+    if literal is not None:
+        addresses = [literal]
+    elif resolve_host:
+        addresses = resolve(host, port)
+    else:
+        addresses = []
+    for address in addresses:
+        if not private_ok and not is_public(address):
+            named = f"{host} resolves to {address}, which" if literal is None else str(literal)
+            raise UnsafeURL(f"{named} is not a public address")
+    path = parts.path or "/"
+    if parts.query:
+        path = f"{path}?{parts.query}"
+    return Target(
+        url=url,
+        scheme=scheme,
+        host=host,
+        port=port,
+        path=path,
+        addresses=tuple(str(a) for a in addresses),
+    )
+
+
+def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> Answer:
+    """POST to the first of the target's checked addresses that accepts the connection.
+
+    No redirect is followed (a 3xx is an answer like any other), no retry is made here, and the
+    whole attempt (connect, answer, the first READ_CAP_BYTES of the body) ends by `timeout`.
+    """
+    started = time.monotonic()
+    deadline = started + timeout
+    last_error = "no address to connect to"
+    for address in target.addresses:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        pool = _pool(target, address, remaining)
+        try:
+            response = pool.urlopen(
+                "POST",
+                target.path,
+                body=body,
+                headers={**headers, "Host": target.host_header},
+                redirect=False,
+                retries=False,
+                preload_content=False,
+                assert_same_host=False,
+            )
+            try:
+                excerpt = _read_capped(response, deadline)
+            finally:
+                response.release_conn()
+        except urllib3.exceptions.NewConnectionError as exc:
+            last_error = _reason(exc)
+            continue  # refused on this address: the next one, if any
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise SendFailed(_reason(exc), _ms_since(started)) from None
+        finally:
+            pool.close()
+        return Answer(
+            status=response.status,
+            retry_after=_retry_after(response.headers.get("Retry-After")),
+            excerpt=excerpt.decode("utf-8", "replace")[:EXCERPT_BYTES],
+            duration_ms=_ms_since(started),
+        )
+    raise SendFailed(last_error, _ms_since(started))
+
+
+def _pool(target: Target, address: str, timeout: float) -> urllib3.HTTPConnectionPool:
+    limits = urllib3.Timeout(connect=min(timeout, 5.0), read=timeout, total=timeout)
+    if target.scheme == "https":
+        # Connect to the checked address; TLS still names and verifies the URL's host.
+        return urllib3.HTTPSConnectionPool(
+            address,
+            target.port,
+            timeout=limits,
+            retries=False,
+            maxsize=1,
+            server_hostname=target.host,
+            assert_hostname=target.host,
+            cert_reqs="CERT_REQUIRED",
+        )
+    return urllib3.HTTPConnectionPool(
+        address, target.port, timeout=limits, retries=False, maxsize=1
+    )
+
+
+def _read_capped(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
+    """At most READ_CAP_BYTES of the body, and only until the deadline: a receiver that sends
+    a gigabyte, or a byte a second, ends the attempt on time all the same."""
+    body = b""
+    while len(body) < READ_CAP_BYTES and time.monotonic() < deadline:
+        chunk = response.read1(READ_CAP_BYTES - len(body))  # type: ignore[attr-defined]
+        if not chunk:
+            break
+        body += chunk
+    return body
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After in seconds (RFC 9110 §10.2.3 also allows a date: taken as unknown)."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value.strip()))
+    except ValueError:
+        return None
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, without the URL (it may carry a token the receiver asked for)."""
+    if isinstance(exc, urllib3.exceptions.TimeoutError | socket.timeout | TimeoutError):
+        return "timed out"
+    if isinstance(exc, urllib3.exceptions.SSLError):
+        return "TLS failed (certificate or handshake)"
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionError):
+        return "connection refused or unreachable"
+    if isinstance(exc, urllib3.exceptions.ProtocolError):
+        return "the connection broke (no valid HTTP answer)"
+    return type(exc).__name__
+
+
+def _ms_since(started: float) -> int:
+    return int((time.monotonic() - started) * 1000)
