@@ -193,7 +193,9 @@ def test_a_page_skips_and_counts_records_with_unusable_ids_and_writes_the_rest(
     conn = connection(staff)
     long_a, long_b = "x" * 64 + "a", "x" * 64 + "b"  # would collide if cut to 64
     records = [{"id": "ok-1"}, {"id": "a/b"}, {"id": long_a}, {"id": long_b}, {"id": "ok-2"}]
-    assert upsert("accounts", conn.pk, 1, records) == (2, None, 3)
+    written = upsert("accounts", conn.pk, 1, records)
+    assert written[:3] == (2, None, 3)
+    assert written.changes == (("ok-1", "created"), ("ok-2", "created"))
     stored = set(Account.objects.filter(connection=conn).values_list("zywave_id", flat=True))
     assert stored == {"ok-1", "ok-2"}
 
@@ -224,7 +226,7 @@ def test_upsert_returns_the_rows_written_and_the_newest_update_time(staff: User)
         {"id": 2, "updatedDateTime": "2024-04-03T00:00:00Z"},
         {"id": 3},
     ]
-    assert upsert("accounts", conn.pk, 1, records) == (3, datetime(2024, 4, 3, tzinfo=UTC), 0)
+    assert upsert("accounts", conn.pk, 1, records)[:3] == (3, datetime(2024, 4, 3, tzinfo=UTC), 0)
 
 
 @pytest.mark.django_db
@@ -237,6 +239,22 @@ def test_a_record_seen_again_is_updated_in_place(staff: User) -> None:
     assert again.pk == first.pk
     assert (again.name, again.is_archived, again.seen_in_run) == ("Acme Roofing & Siding", True, 2)
     assert again.raw["name"] == "Acme Roofing & Siding"
+
+
+@pytest.mark.django_db
+def test_a_page_reports_what_changed_and_how(staff: User) -> None:
+    conn = connection(staff)
+    upsert("accounts", conn.pk, 1, [*page(1), {"id": 2, "name": "Two"}, {"id": 3, "name": "3"}])
+    written = upsert(
+        "accounts",
+        conn.pk,
+        2,
+        [*page(1), {"id": 2, "name": "Two", "isArchived": True}, {"id": 4, "name": "Four"}],
+    )
+    # 1 unchanged (not reported), 2 archived, 4 new; 3 not on the page at all.
+    assert sorted(written.changes) == [("2", "archived"), ("4", "created")]
+    stored = Account.all_rows.get(connection=conn, zywave_id="4").changed_at
+    assert written.changed_at == stored
 
 
 @pytest.mark.django_db
@@ -254,10 +272,10 @@ def test_the_same_id_under_another_connection_is_another_row(
 @pytest.mark.django_db
 def test_a_page_repeating_an_id_keeps_the_last_copy(staff: User) -> None:
     conn = connection(staff)
-    written, _, _ = upsert(
+    written = upsert(
         "accounts", conn.pk, 1, [{"id": 1, "name": "first"}, {"id": 1, "name": "last"}]
     )
-    assert written == 1
+    assert (written.rows, written.changes) == (1, (("1", "created"),))
     assert Account.objects.get(connection=conn).name == "last"
 
 
@@ -265,7 +283,7 @@ def test_a_page_repeating_an_id_keeps_the_last_copy(staff: User) -> None:
 def test_an_empty_page_writes_nothing(staff: User) -> None:
     conn = connection(staff)
     with CaptureQueriesContext(db) as queries:
-        assert upsert("accounts", conn.pk, 1, []) == (0, None, 0)
+        assert upsert("accounts", conn.pk, 1, [])[:3] == (0, None, 0)
     assert len(queries) == 0
 
 
