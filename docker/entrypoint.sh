@@ -46,7 +46,7 @@ case "${1:-web}" in
         # Queues: `sync` (mirroring, long), `tokens` (refresh upkeep, short), `celery` (the rest,
         # e.g. heartbeat). See docker/README.md, "Scaling workers".
         exec celery -A portal --quiet worker \
-            --queues "${CELERY_QUEUES:-celery,sync,tokens,webhooks}" \
+            --queues "${CELERY_QUEUES:-celery,sync,tokens,webhooks,refetch}" \
             --concurrency "${CELERY_CONCURRENCY:-4}" \
             --hostname "${CELERY_HOSTNAME:-worker@%h}" \
             --without-gossip --without-mingle \

@@ -40,9 +40,20 @@ class Written(NamedTuple):
 
 
 def upsert(
-    resource: str, connection_id: int, run_id: int, records: list[dict[str, Any]]
+    resource: str,
+    connection_id: int,
+    run_id: int | None,
+    records: list[dict[str, Any]],
+    *,
+    refetched: bool = False,
 ) -> Written:
-    """Write one page as a single INSERT ... ON CONFLICT DO UPDATE on (connection, zywave_id)."""
+    """Write one page as a single INSERT ... ON CONFLICT DO UPDATE on (connection, zywave_id).
+
+    `refetched`: records fetched one by one after a Zywave notification (integrations/hooks.py).
+    Then a row Zywave updated later than the fetched copy is left alone (notifications and
+    fetches arrive in any order), and a row keeps the sync run that saw it (`seen_in_run`), so
+    a full run going on meanwhile does not take it for deleted.
+    """
     model, build = REGISTRY[resource].model, REGISTRY[resource].row
     now = timezone.now()
     rows: dict[str, dict[str, Any]] = {}
@@ -62,15 +73,20 @@ def upsert(
         (r["updated_at_zywave"] for r in rows.values() if r["updated_at_zywave"]), default=None
     )
     if db.vendor == "postgresql":
-        changes, changed_at = _upsert_postgresql(model, list(rows.values()))
+        changes, changed_at = _upsert_postgresql(model, list(rows.values()), refetched)
     else:
+        if refetched:
+            _drop_older(model, connection_id, rows)
+            if not rows:
+                return Written(0, newest, skipped)
         changes = _keep_unchanged_since(model, connection_id, rows)
         changed_at = now
+        kept = KEY_FIELDS | ({"seen_in_run"} if refetched else set())
         model._base_manager.bulk_create(
             [model(**row) for row in rows.values()],
             update_conflicts=True,
             unique_fields=["connection", "zywave_id"],
-            update_fields=[name for name in rows[next(iter(rows))] if name not in KEY_FIELDS],
+            update_fields=[name for name in rows[next(iter(rows))] if name not in kept],
         )
     return Written(len(rows), newest, skipped, tuple(changes), changed_at if changes else None)
 
@@ -89,6 +105,24 @@ CHANGED = (
     "CASE WHEN t.raw IS DISTINCT FROM EXCLUDED.raw OR t.deleted_at IS NOT NULL "
     "THEN EXCLUDED.changed_at ELSE t.changed_at END"
 )
+
+
+# A refetched copy replaces a row only if Zywave did not update the row's copy later.
+NEWER = (
+    "t.deleted_at IS NOT NULL OR t.updated_at_zywave IS NULL "
+    "OR EXCLUDED.updated_at_zywave IS NULL OR EXCLUDED.updated_at_zywave >= t.updated_at_zywave"
+)
+
+
+def _drop_older(model: type[Model], connection_id: int, rows: dict[str, dict[str, Any]]) -> None:
+    """SQLite (`make check`): NEWER, worked out in Python."""
+    existing = model._base_manager.filter(  # type: ignore[attr-defined]
+        connection_id=connection_id, zywave_id__in=list(rows), deleted_at__isnull=True
+    ).values_list("zywave_id", "updated_at_zywave")
+    for zywave_id, updated in existing:
+        fetched = rows[zywave_id]["updated_at_zywave"]
+        if updated is not None and fetched is not None and fetched < updated:
+            del rows[zywave_id]
 
 
 def _keep_unchanged_since(
@@ -114,7 +148,7 @@ def _keep_unchanged_since(
 
 
 def _upsert_postgresql(
-    model: type[Model], rows: list[dict[str, Any]]
+    model: type[Model], rows: list[dict[str, Any]], refetched: bool = False
 ) -> tuple[list[tuple[str, str]], datetime | None]:
     """The page travels as one JSON parameter that PostgreSQL expands with jsonb_to_recordset.
 
@@ -132,11 +166,14 @@ def _upsert_postgresql(
         "statement_timestamp()" if c == "changed_at" else quote(c) for c in columns
     )
     record_type = ", ".join(f"{quote(c)} {t}" for c, t in zip(columns, types, strict=True))
+    kept = KEY_FIELDS | ({"seen_in_run"} if refetched else set())
     updates = ", ".join(
         f"{quote(c)} = {CHANGED if c == 'changed_at' else f'EXCLUDED.{quote(c)}'}"
         for c in columns
-        if c not in KEY_FIELDS
+        if c not in kept
     )
+    if refetched:
+        updates += f" WHERE {NEWER}"
     # What changed comes back with the write: `xmax = 0` marks a row this statement inserted,
     # and a row whose `changed_at` is this statement's time changed (the CASE above).
     archived = "t.is_archived" if "is_archived" in columns else "false"

@@ -42,15 +42,23 @@ class ConnectionQuerySet(models.QuerySet):
 
     def due_for_sync(self, now: datetime | None = None) -> ConnectionQuerySet:
         """Connections able to sync (active, profile chosen) whose last run was queued more
-        than ZYWAVE_SYNC_INTERVAL_MINUTES ago, or that never ran. Only the key is loaded: the
-        caller needs the row, not its encrypted tokens."""
+        than ZYWAVE_SYNC_INTERVAL_MINUTES ago, or that never ran. While Zywave's webhooks
+        arrive for a connection (one within ZYWAVE_WEBHOOK_POLL_MINUTES), it is polled every
+        ZYWAVE_WEBHOOK_POLL_MINUTES instead: the safety net, relaxed. Only the key is loaded:
+        the caller needs the row, not its encrypted tokens."""
         now = now or timezone.now()
         due_before = now - timedelta(minutes=settings.ZYWAVE_SYNC_INTERVAL_MINUTES)
+        relaxed_since = now - timedelta(minutes=settings.ZYWAVE_WEBHOOK_POLL_MINUTES)
+        hooked = Q(hook_last_delivery_at__gt=relaxed_since)
         return (
             self.active()
             .filter(chosen_profile__isnull=False)
             .annotate(last_queued=Max("sync_runs__queued_at"))
-            .filter(Q(last_queued__isnull=True) | Q(last_queued__lt=due_before))
+            .filter(
+                Q(last_queued__isnull=True)
+                | (~hooked & Q(last_queued__lt=due_before))
+                | (hooked & Q(last_queued__lt=relaxed_since))
+            )
             .only("pk")
         )
 
@@ -166,6 +174,15 @@ class Connection(models.Model):
     last_error = models.CharField(max_length=500, blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
     last_error_permanent = models.BooleanField(default=False)
+
+    # Zywave's webhooks: the secret part of the receiver URL (/hooks/zywave/<token>/), kept
+    # encrypted so the dashboard can show the URL, and found by its SHA-256 (integrations/hooks.py).
+    hook_token = EncryptedTextField(null=True, blank=True)
+    hook_token_hash = models.CharField(max_length=64, null=True, blank=True, unique=True)
+    hook_token_rotated_at = models.DateTimeField(null=True, blank=True)
+    # The last notification Zywave delivered (written at most every few seconds): while they
+    # arrive, polling relaxes to ZYWAVE_WEBHOOK_POLL_MINUTES.
+    hook_last_delivery_at = models.DateTimeField(null=True, blank=True)
 
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -380,6 +397,7 @@ class ConnectionEvent(models.Model):
         WEBHOOK_DISABLED = "webhook_disabled", "Webhook subscription disabled"
         WEBHOOK_ENABLED = "webhook_enabled", "Webhook subscription enabled"
         WEBHOOK_DELETED = "webhook_deleted", "Webhook subscription deleted"
+        HOOK_TOKEN_ROTATED = "hook_token_rotated", "Zywave receiver URL made or changed"
 
     # The person the event concerns; the connection when one exists (a first connect that
     # failed has none).
@@ -929,3 +947,39 @@ class WebhookAttempt(models.Model):
     @property
     def ok(self) -> bool:
         return self.status is not None and 200 <= self.status < 300
+
+
+class ZywaveNotification(models.Model):
+    """One notification Zywave delivered to a connection's receiver: written before the 202,
+    so a delivery Zywave saw acknowledged is never lost; then the record is fetched again."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        APPLIED = "applied", "Applied"
+        FAILED = "failed", "Failed"
+
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="zywave_notifications"
+    )
+    received_at = models.DateTimeField(default=timezone.now)
+    event_type = models.CharField(max_length=100)
+    resource = models.CharField(max_length=20)
+    record_id = models.CharField(max_length=64)
+    event_at = models.DateTimeField()
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    applied_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [
+            models.Index(fields=["connection", "-received_at"]),
+            models.Index(
+                fields=["connection", "resource", "record_id"],
+                condition=models.Q(state="queued"),
+                name="zywave_notification_queued",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.resource}/{self.record_id} ({self.state})"

@@ -86,7 +86,7 @@ def _zywave_id(record: dict[str, Any], resource: str) -> str:
     return zywave_id
 
 
-RowBuilder = Callable[[int, int, dict[str, Any], datetime], dict[str, Any]]
+RowBuilder = Callable[[int, int | None, dict[str, Any], datetime], dict[str, Any]]
 
 
 def row_builder(kind: str, columns: Callable[[dict[str, Any]], dict[str, Any]]) -> RowBuilder:
@@ -96,7 +96,7 @@ def row_builder(kind: str, columns: Callable[[dict[str, Any]], dict[str, Any]]) 
     are the same for every resource."""
 
     def build(
-        connection_id: int, run_id: int, record: dict[str, Any], now: datetime
+        connection_id: int, run_id: int | None, record: dict[str, Any], now: datetime
     ) -> dict[str, Any]:
         r = lower_keys(record)
         return {

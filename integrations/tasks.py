@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import socket
 from datetime import timedelta
+from typing import Any
 
 from celery import shared_task
 from django.conf import settings
@@ -121,3 +122,17 @@ def reconcile_webhooks() -> dict[str, int]:
     for pk in stranded:
         deliver_webhooks.delay(pk)
     return {"requeued": len(stranded), "purged": webhooks.purge_log()}
+
+
+@shared_task(bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=8)
+def refetch_record(self: Any, connection_id: int, resource: str, record_id: str) -> str:
+    """Fetch one record Zywave notified us of and mirror it (integrations/hooks.py). Zywave
+    busy or down: retried with backoff (its Retry-After when given); the notification stays
+    queued meanwhile, and polling is the safety net past the last retry."""
+    from . import hooks
+
+    try:
+        return hooks.refetch(connection_id, resource, record_id)
+    except hooks.TryAgain as exc:
+        wait = exc.retry_after if exc.retry_after is not None else 2 ** (self.request.retries + 1)
+        raise self.retry(countdown=min(wait, 300)) from None

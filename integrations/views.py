@@ -14,10 +14,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from social_core.exceptions import SocialAuthBaseException
 from social_django import views as social_views
 
+from . import hooks
 from .client import SAFE_ID, ZywaveClient, ZywaveError
 from .models import Account, Connection, ConnectionEvent, Contact, Policy, SyncRun
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
@@ -507,3 +509,50 @@ def account_detail(request: HttpRequest, zywave_id: str) -> HttpResponse:
         "integrations/account_detail.html",
         {"account": account, "contacts": contacts, "policies": policies},
     )
+
+
+# --- Zywave's webhooks in (integrations/hooks.py) ----------------------------------------------
+
+
+@csrf_exempt  # Zywave posts here; the token in the URL is what authenticates it
+@never_cache
+def zywave_hook(request: HttpRequest, token: str) -> HttpResponse:
+    """GET `?challenge=` echoes it (Zywave's verification of the URL); POST takes one
+    notification: kept, its fetch queued, answered 202 without calling Zywave."""
+    connection = hooks.connection_for(token)
+    if connection is None:
+        hooks.count_refusal(None, "unknown_token")
+        return HttpResponse(status=404)
+    if request.method == "GET":
+        challenge = request.GET.get("challenge")
+        if challenge is None or len(challenge) > 1000:
+            hooks.count_refusal(connection.pk, "bad_request")
+            return HttpResponse(
+                "A GET here must carry ?challenge=", status=400, content_type="text/plain"
+            )
+        return HttpResponse(challenge, content_type="text/plain; charset=utf-8")
+    if request.method != "POST":
+        response = HttpResponse(status=405, content_type="text/plain")
+        response["Allow"] = "GET, POST"
+        return response
+    wait = hooks.allow(connection.pk)
+    if wait is not None:
+        hooks.count_refusal(connection.pk, "rate_limited")
+        response = HttpResponse("Too many deliveries", status=429, content_type="text/plain")
+        response["Retry-After"] = str(int(wait + 0.999))
+        return response
+    length = request.headers.get("Content-Length", "")
+    if length.isdigit() and int(length) > hooks.MAX_BODY_BYTES:
+        hooks.count_refusal(connection.pk, "too_large")
+        return HttpResponse("Body too large", status=413, content_type="text/plain")
+    raw = request.read(hooks.MAX_BODY_BYTES + 1)
+    if len(raw) > hooks.MAX_BODY_BYTES:  # no Content-Length (chunked), or a wrong one
+        hooks.count_refusal(connection.pk, "too_large")
+        return HttpResponse("Body too large", status=413, content_type="text/plain")
+    try:
+        notification = hooks.parse(raw)
+    except hooks.BadNotification as exc:
+        hooks.count_refusal(connection.pk, "bad_request")
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    hooks.receive(connection, notification)
+    return HttpResponse(status=202)

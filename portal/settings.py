@@ -433,6 +433,7 @@ CELERY_TASK_ROUTES = {
     "integrations.tasks.refresh_connection": {"queue": "tokens"},
     "integrations.tasks.keep_tokens_alive": {"queue": "tokens"},
     "integrations.tasks.deliver_webhooks": {"queue": "webhooks"},
+    "integrations.tasks.refetch_record": {"queue": "refetch"},
     "integrations.tasks.reconcile_webhooks": {"queue": "webhooks"},
 }
 ZYWAVE_TOKEN_UPKEEP_MINUTES = env.get_int("ZYWAVE_TOKEN_UPKEEP_MINUTES", 10, minimum=1)
@@ -541,6 +542,16 @@ WEBHOOKS_LOG_DAYS = env.get_int("WEBHOOKS_LOG_DAYS", 30, minimum=1)
 # Development and tests only: endpoints on private addresses (127.0.0.1) and plain HTTP. With
 # DEBUG off a system check warns, and /health/ and the admin say so.
 WEBHOOKS_ALLOW_PRIVATE = env.get_bool("WEBHOOKS_ALLOW_PRIVATE", default=DEBUG)
+
+# --- Zywave's webhooks in --------------------------------------------------------------------
+
+# While Zywave delivers notifications, scheduled polling of a connection relaxes to this
+# interval (it returns to ZYWAVE_SYNC_INTERVAL_MINUTES once none has come for this long).
+ZYWAVE_WEBHOOK_POLL_MINUTES = env.get_int("ZYWAVE_WEBHOOK_POLL_MINUTES", 60, minimum=1)
+# Notifications for one record this close together coalesce into one fetch (two at most).
+ZYWAVE_WEBHOOK_COALESCE_SECONDS = env.get_int("ZYWAVE_WEBHOOK_COALESCE_SECONDS", 2, minimum=1)
+# Deliveries per minute one receiver URL accepts; beyond, 429 with Retry-After.
+ZYWAVE_WEBHOOK_RATE_LIMIT = env.get_int("ZYWAVE_WEBHOOK_RATE_LIMIT", 6000, minimum=1)
 
 # --- Integration API -----------------------------------------------------------------------
 

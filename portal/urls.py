@@ -6,6 +6,7 @@ from django.urls import include, path, re_path
 
 from integrations.api.problems import not_found
 from integrations.urls import oauth_patterns
+from integrations.views import zywave_hook
 from portal.forms import AdminLoginForm, LoginForm
 from portal.health import health
 
@@ -23,6 +24,7 @@ urlpatterns = [
     path("oauth/", include(oauth_patterns)),
     path("admin/", admin.site.urls),
     path("health/", health, name="health"),
+    path("hooks/zywave/<str:token>/", zywave_hook, name="zywave_hook"),
     path("api/", include("integrations.api.urls")),
     re_path(r"^api$", not_found),  # never APPEND_SLASH's redirect (a POST's would be a 500)
     path("", include("integrations.urls")),

@@ -73,7 +73,7 @@ class Worker:
                 "portal",
                 "worker",
                 "--queues",
-                "celery,sync,tokens,webhooks",
+                "celery,sync,tokens,webhooks,refetch",
                 "--pool",
                 "prefork",
                 "--concurrency",

@@ -1,0 +1,297 @@
+"""Zywave's webhooks in (integrations/hooks.py): the receiver URL, notifications kept and
+answered 202, the record fetched again from the real sandbox and mirrored, coalescing, and every
+refusal."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+from django.utils import timezone
+
+from integrations import hooks, webhooks
+from integrations.models import Account, Connection, WebhookDelivery, ZywaveNotification
+from integrations.sync import sync_now
+from tests.conftest import connection
+from tests.sandboxserver import Sandbox
+
+pytestmark = pytest.mark.django_db
+
+NOW = "2026-12-01T10:00:00Z"
+
+
+def notification(record_id: Any = "1", **overrides: Any) -> dict[str, Any]:
+    return {
+        "eventType": "account.updated",
+        "eventDateTime": NOW,
+        "recordType": "Account",
+        "recordId": record_id,
+        **overrides,
+    }
+
+
+def post(token: str, body: Any, **extra: Any) -> Any:
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    return Client().post(
+        f"/hooks/zywave/{token}/", data=data, content_type="application/json", **extra
+    )
+
+
+@pytest.fixture
+def hooked(staff: User) -> tuple[Connection, str]:
+    conn = connection(staff)
+    return conn, hooks.rotate_token(conn)
+
+
+def test_the_receiver_url_is_made_once_and_holds_a_long_random_token(staff: User) -> None:
+    conn = connection(staff)
+    url = hooks.receiver_url(conn)
+    token = url.rstrip("/").rsplit("/", 1)[1]
+    assert len(token) >= 32
+    assert hooks.receiver_url(Connection.objects.get(pk=conn.pk)) == url
+    stored = Connection.objects.filter(pk=conn.pk).values_list("hook_token_hash", flat=True).get()
+    assert stored == hooks.digest(token) and token not in stored
+
+
+def test_an_unknown_token_is_404_with_no_detail(hooked: tuple[Connection, str]) -> None:
+    response = post("x" * 43, notification())
+    assert (response.status_code, response.content) == (404, b"")
+    assert Client().get("/hooks/zywave/nope/?challenge=abc").status_code == 404
+    assert hooks.refusals(None)["unknown_token"] >= 1
+
+
+def test_a_challenge_is_echoed_exactly_as_plain_text(hooked: tuple[Connection, str]) -> None:
+    _, token = hooked
+    response = Client().get(f"/hooks/zywave/{token}/", {"challenge": "a b+c/=é"})
+    assert response.status_code == 200
+    assert response.content.decode() == "a b+c/=é"
+    assert response["Content-Type"].startswith("text/plain")
+
+
+def test_a_get_without_challenge_is_400_and_other_methods_405(
+    hooked: tuple[Connection, str],
+) -> None:
+    conn, token = hooked
+    assert Client().get(f"/hooks/zywave/{token}/").status_code == 400
+    assert Client().put(f"/hooks/zywave/{token}/").status_code == 405
+    assert hooks.refusals(conn.pk)["bad_request"] == 1
+
+
+def test_a_notification_is_kept_and_answered_202_without_calling_zywave(
+    hooked: tuple[Connection, str], django_capture_on_commit_callbacks: Any
+) -> None:
+    conn, token = hooked
+    with django_capture_on_commit_callbacks() as queued:
+        response = post(token, notification("42"))
+    assert response.status_code == 202
+    kept = ZywaveNotification.objects.get(connection=conn)
+    assert (kept.resource, kept.record_id, kept.state) == ("accounts", "42", "queued")
+    assert kept.event_at.isoformat() == "2026-12-01T10:00:00+00:00"
+    assert len(queued) == 1  # the fetch, queued once the notification is committed
+    conn.refresh_from_db()
+    assert conn.hook_last_delivery_at is not None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {
+            "EventType": "Account.Updated",
+            "EventDateTime": NOW,
+            "RecordType": "account",
+            "RecordId": 7,
+        },
+        {"event_type": "x", "event_date_time": NOW, "record_type": "accounts", "record_id": "7"},
+        {"eventType": "account.updated", "timestamp": NOW, "entityId": "7"},
+        {"event": "contact.deleted", "occurredAt": "2026-12-01T10:00:00+02:00", "objectId": "7"},
+    ],
+)
+def test_the_plausible_variants_of_the_body_are_read(body: dict[str, Any]) -> None:
+    parsed = hooks.parse(orjson.dumps(body))
+    assert parsed.record_id == "7"
+    assert parsed.resource in ("accounts", "contacts")
+    assert parsed.event_at.tzinfo is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b"not json", "not a JSON object"),
+        (b"[1, 2]", "not a JSON object"),
+        (orjson.dumps(notification(recordType="Invoice")), "unknown record type"),
+        (orjson.dumps(notification(record_id="../etc")), "record id"),
+        (orjson.dumps(notification(record_id=True)), "record id"),
+        (orjson.dumps(notification(eventDateTime="yesterday")), "event time"),
+        (
+            orjson.dumps({"recordType": "Account", "recordId": "1", "eventDateTime": NOW}),
+            "event type",
+        ),
+    ],
+)
+def test_anything_else_is_400_saying_what_is_wrong(
+    hooked: tuple[Connection, str], body: bytes, why: str
+) -> None:
+    conn, token = hooked
+    response = post(token, body)
+    assert response.status_code == 400
+    assert why in response.content.decode()
+    assert not ZywaveNotification.objects.filter(connection=conn).exists()
+
+
+def test_a_body_over_the_cap_is_413(hooked: tuple[Connection, str]) -> None:
+    conn, token = hooked
+    response = post(token, notification(padding="x" * (hooks.MAX_BODY_BYTES + 1)))
+    assert response.status_code == 413
+    assert hooks.refusals(conn.pk)["too_large"] == 1
+
+
+def test_a_flood_is_429_with_retry_after(hooked: tuple[Connection, str], settings: Any) -> None:
+    conn, token = hooked
+    settings.ZYWAVE_WEBHOOK_RATE_LIMIT = 3
+    statuses = [post(token, notification(str(i))).status_code for i in range(5)]
+    assert statuses == [202, 202, 202, 429, 429]
+    response = post(token, notification())
+    assert 1 <= int(response["Retry-After"]) <= 60
+    assert ZywaveNotification.objects.filter(connection=conn).count() == 3
+    assert hooks.refusals(conn.pk)["rate_limited"] == 3
+
+
+def test_a_rotated_token_answers_404_from_then_on(hooked: tuple[Connection, str]) -> None:
+    conn, old = hooked
+    new = hooks.rotate_token(conn)
+    assert post(old, notification()).status_code == 404
+    assert post(new, notification()).status_code == 202
+
+
+def test_a_disconnected_connection_has_no_receiver(hooked: tuple[Connection, str]) -> None:
+    conn, token = hooked
+    conn.disconnect(actor=None, revoked=True)
+    assert post(token, notification()).status_code == 404
+
+
+def test_notifications_close_together_coalesce_into_at_most_two_fetches(
+    hooked: tuple[Connection, str], django_capture_on_commit_callbacks: Any
+) -> None:
+    conn, _ = hooked
+    from django.core.cache import cache
+
+    cache.delete_many(
+        [f"zywave-refetch:{conn.pk}:accounts:9", f"zywave-refetch:{conn.pk}:accounts:9:again"]
+    )
+    with django_capture_on_commit_callbacks() as queued:
+        outcomes = [hooks.schedule_fetch(conn.pk, "accounts", "9") for _ in range(50)]
+    assert outcomes[:2] == ["now", "later"]
+    assert set(outcomes[2:]) == {"coalesced"}
+    assert len(queued) == 2
+    # Another record is not held back by this one's window.
+    assert hooks.schedule_fetch(conn.pk, "accounts", "10") == "now"
+
+
+def test_polling_relaxes_while_zywave_delivers_and_returns_when_it_stops(
+    hooked: tuple[Connection, str], settings: Any
+) -> None:
+    conn, _ = hooked
+    settings.ZYWAVE_SYNC_INTERVAL_MINUTES = 15
+    settings.ZYWAVE_WEBHOOK_POLL_MINUTES = 60
+    conn.sync_runs.create(queued_at=timezone.now() - timedelta(minutes=20), state="succeeded")
+    due = lambda: Connection.objects.due_for_sync().filter(pk=conn.pk).exists()  # noqa: E731
+    assert due()  # no delivery: polled every 15 minutes
+    Connection.objects.filter(pk=conn.pk).update(hook_last_delivery_at=timezone.now())
+    assert not due()  # deliveries arrive: 20 minutes is not yet 60
+    Connection.objects.filter(pk=conn.pk).update(
+        hook_last_delivery_at=timezone.now() - timedelta(minutes=61)
+    )
+    assert due()  # none for an hour: back to normal
+
+
+# --- The fetch, against the real sandbox -------------------------------------------------------
+
+
+@pytest.fixture
+def mirrored(staff: User, zywave: Sandbox) -> Connection:
+    conn = connection(staff, zywave)
+    sync_now(conn)
+    return conn
+
+
+def first_account(conn: Connection) -> Account:
+    return Account.objects.filter(connection=conn).order_by("zywave_id").first()  # type: ignore[return-value]
+
+
+def test_a_changed_record_is_fetched_and_mirrored_with_its_event(
+    mirrored: Connection, zywave: Sandbox, settings: Any
+) -> None:
+    settings.WEBHOOKS_ALLOW_PRIVATE = True
+    webhooks.subscribe(mirrored.user, "http://127.0.0.1:9/", ["accounts.changed"])
+    profile = mirrored.chosen_profile
+    assert profile is not None
+    changed = zywave.control(
+        "POST", "accounts/change", profile_id=profile.zywave_id, count=1, field="name"
+    )["ids"][0]
+    ZywaveNotification.objects.create(
+        connection=mirrored,
+        event_type="account.updated",
+        resource="accounts",
+        record_id=str(changed),
+        event_at=timezone.now(),
+        received_at=timezone.now() - timedelta(seconds=1),
+    )
+    assert hooks.refetch(mirrored.pk, "accounts", str(changed)) == "updated"
+    assert "(rev" in Account.objects.get(connection=mirrored, zywave_id=str(changed)).name
+    assert ZywaveNotification.objects.get(connection=mirrored).state == "applied"
+    event = WebhookDelivery.objects.get().event
+    assert event.data["changes"] == [{"id": str(changed), "kind": "updated"}]
+    # Fetched again with nothing new: nothing changes, no second event.
+    assert hooks.refetch(mirrored.pk, "accounts", str(changed)) == "unchanged"
+    assert WebhookDelivery.objects.count() == 1
+
+
+def test_a_record_zywave_no_longer_shows_becomes_a_tombstone(
+    mirrored: Connection, zywave: Sandbox
+) -> None:
+    profile = mirrored.chosen_profile
+    assert profile is not None
+    deleted = zywave.control("POST", "accounts/delete", profile_id=profile.zywave_id, count=1)[
+        "ids"
+    ][0]
+    assert hooks.refetch(mirrored.pk, "accounts", str(deleted)) == "deleted"
+    row = Account.all_rows.get(connection=mirrored, zywave_id=str(deleted))
+    assert row.is_tombstone and row.raw == {}
+
+
+def test_a_record_only_another_agency_may_see_changes_nothing(
+    mirrored: Connection, zywave: Sandbox
+) -> None:
+    before = Account.objects.filter(connection=mirrored).count()
+    # An id this profile never had (the sandbox answers 404 or 403 under this profile).
+    assert hooks.refetch(mirrored.pk, "accounts", "999999999") == "unchanged"
+    assert Account.all_rows.filter(connection=mirrored).count() == before
+    assert not Account.all_rows.filter(connection=mirrored, zywave_id="999999999").exists()
+
+
+def test_an_older_copy_never_replaces_a_newer_one(mirrored: Connection) -> None:
+    account = first_account(mirrored)
+    later = timezone.now() + timedelta(days=365)
+    Account.objects.filter(pk=account.pk).update(updated_at_zywave=later, name="newer here")
+    assert hooks.refetch(mirrored.pk, "accounts", account.zywave_id) == "unchanged"
+    assert Account.objects.get(pk=account.pk).name == "newer here"
+
+
+def test_a_fetch_for_a_connection_that_cannot_sync_fails_its_notifications(
+    mirrored: Connection,
+) -> None:
+    ZywaveNotification.objects.create(
+        connection=mirrored,
+        event_type="account.updated",
+        resource="accounts",
+        record_id="1",
+        event_at=timezone.now(),
+        received_at=timezone.now() - timedelta(seconds=1),
+    )
+    Connection.objects.filter(pk=mirrored.pk).update(status=Connection.Status.REAUTH_REQUIRED)
+    assert hooks.refetch(mirrored.pk, "accounts", "1") == "skipped"
+    assert ZywaveNotification.objects.get().state == "failed"
