@@ -75,20 +75,22 @@ class ApiKeyForm(forms.Form):
         return day
 
 
-def _new_form_id(request: HttpRequest) -> str:
+def new_form_id(request: HttpRequest, kept_as: str = SESSION_FORM_IDS) -> str:
+    """A one-time id for a form that shows a secret in its answer, kept in the session under
+    `kept_as` (one list per kind of form; the webhooks pages use it too)."""
     form_id = secrets.token_urlsafe(16)
-    kept = request.session.get(SESSION_FORM_IDS, [])
-    request.session[SESSION_FORM_IDS] = [*kept, form_id][-FORM_IDS_KEPT:]
+    kept = request.session.get(kept_as, [])
+    request.session[kept_as] = [*kept, form_id][-FORM_IDS_KEPT:]
     return form_id
 
 
-def _use_form_id(request: HttpRequest, form_id: str) -> bool:
+def use_form_id(request: HttpRequest, form_id: str, kept_as: str = SESSION_FORM_IDS) -> bool:
     """True once per form id handed out: False for a form sent again (a reload, a double
     click) or one this session never saw."""
-    kept = request.session.get(SESSION_FORM_IDS, [])
+    kept = request.session.get(kept_as, [])
     if form_id not in kept:
         return False
-    request.session[SESSION_FORM_IDS] = [other for other in kept if other != form_id]
+    request.session[kept_as] = [other for other in kept if other != form_id]
     return True
 
 
@@ -105,7 +107,7 @@ def api_keys(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         form = ApiKeyForm(request.POST)
         if form.is_valid():
-            if not _use_form_id(request, form.cleaned_data["form_id"]):
+            if not use_form_id(request, form.cleaned_data["form_id"]):
                 messages.info(
                     request,
                     "That form was already sent, so no other key was made. A key is shown only "
@@ -120,11 +122,11 @@ def api_keys(request: HttpRequest) -> HttpResponse:
                 expires_at=end_of_day(expires_on) if expires_on else None,
                 actor=request.user,
             )
-            form = ApiKeyForm(initial={"form_id": _new_form_id(request)})
+            form = ApiKeyForm(initial={"form_id": new_form_id(request)})
         else:
             status = 400
     else:
-        form = ApiKeyForm(initial={"form_id": _new_form_id(request)})
+        form = ApiKeyForm(initial={"form_id": new_form_id(request)})
     return render(
         request,
         "integrations/api_keys.html",
