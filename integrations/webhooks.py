@@ -465,7 +465,7 @@ def _send_due(subscription_id: int, owner: str) -> int:
         delivery = (
             _due(subscription_id)
             .select_related("event")
-            .order_by("next_attempt_at", "sequence")
+            .order_by("sequence")
             .first()
         )
         if delivery is None:
