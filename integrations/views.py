@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.contrib.auth.models import User
@@ -91,8 +92,30 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "can_sync": connection is not None and connection.can_sync,
             "mirrored": mirrored,
             "not_granted": not_granted,
+            "sync_interval": settings.ZYWAVE_SYNC_INTERVAL_MINUTES,
+            "hook": (
+                {"url": hooks.receiver_url(connection), **hooks.delivery_health(connection)}
+                if connection is not None and connection.is_connected
+                else None
+            ),
         },
     )
+
+
+@require_POST
+@login_required
+def rotate_hook(request: HttpRequest) -> HttpResponse:
+    """A new receiver URL for Zywave's webhooks: the old one answers 404 from now on."""
+    connection = connection_for(request.user)
+    if connection is None or not connection.is_connected:
+        raise Http404
+    hooks.rotate_token(connection, actor=request.user)
+    messages.success(
+        request,
+        "A new receiver URL is ready. Register it at Zywave in place of the old one, which "
+        "no longer accepts deliveries.",
+    )
+    return redirect(reverse("dashboard") + "#hooks-heading")
 
 
 @never_cache

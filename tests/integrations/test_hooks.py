@@ -295,3 +295,33 @@ def test_a_fetch_for_a_connection_that_cannot_sync_fails_its_notifications(
     Connection.objects.filter(pk=mirrored.pk).update(status=Connection.Status.REAUTH_REQUIRED)
     assert hooks.refetch(mirrored.pk, "accounts", "1") == "skipped"
     assert ZywaveNotification.objects.get().state == "failed"
+
+
+# --- The dashboard ------------------------------------------------------------------------------
+
+
+def test_the_dashboard_shows_the_receiver_url_and_whether_zywave_delivers(
+    dana: Any, hooked: tuple[Connection, str]
+) -> None:
+    conn, token = hooked
+    page = dana.get("/").content.decode()
+    assert f"/hooks/zywave/{token}/" in page
+    assert "none yet" in page
+    post(token, notification())
+    page = dana.get("/").content.decode()
+    assert "1 delivery" in page and "relaxed" in page
+
+
+def test_a_new_url_is_made_from_the_dashboard_by_post_only(
+    dana: Any, omar: Any, hooked: tuple[Connection, str]
+) -> None:
+    conn, old = hooked
+    assert dana.get("/zywave/hooks/rotate/").status_code == 405
+    assert Client().post("/zywave/hooks/rotate/").status_code == 302  # to the login page
+    assert omar.post("/zywave/hooks/rotate/").status_code == 404  # omar has no connection
+    response = dana.post("/zywave/hooks/rotate/")
+    assert response.status_code == 302
+    assert post(old, notification()).status_code == 404
+    conn.refresh_from_db()
+    assert conn.hook_token and conn.hook_token != old
+    assert conn.events.filter(kind="hook_token_rotated").count() == 2
