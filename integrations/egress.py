@@ -253,12 +253,13 @@ def _retry_after(value: str | None) -> float | None:
 
 def _reason(exc: BaseException) -> str:
     """What went wrong, without the URL (it may carry a token the receiver asked for)."""
+    # First: urllib3's NewConnectionError (refused, unreachable) is also a ConnectTimeoutError.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionError):
+        return "connection refused or unreachable"
     if isinstance(exc, urllib3.exceptions.TimeoutError | socket.timeout | TimeoutError):
         return "timed out"
     if isinstance(exc, urllib3.exceptions.SSLError):
         return "TLS failed (certificate or handshake)"
-    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionError):
-        return "connection refused or unreachable"
     if isinstance(exc, urllib3.exceptions.ProtocolError):
         return "the connection broke (no valid HTTP answer)"
     return type(exc).__name__

@@ -825,6 +825,21 @@ def test_a_receiver_that_hangs_is_given_up_at_the_timeout_and_logged_as_timed_ou
     assert subscription.paused_until == delivery.next_attempt_at  # no answer: the receiver waits
 
 
+def test_a_receiver_that_is_not_listening_is_logged_as_refused_not_timed_out(
+    staff: User, receiver: Receiver
+) -> None:
+    subscription, _ = subscribe(staff, receiver)
+    receiver.close()  # nothing listens on its port now
+    event = emit(staff)
+    webhooks.drain(subscription.pk)
+    (logged,) = WebhookAttempt.objects.all()
+    assert (logged.status, logged.error) == (None, "connection refused or unreachable")
+    delivery = delivery_of(event)
+    assert delivery.last_error == "connection refused or unreachable"
+    subscription.refresh_from_db()
+    assert subscription.paused_until == delivery.next_attempt_at  # no answer: the receiver waits
+
+
 def test_a_redirect_is_not_followed(staff: User, receiver: Receiver) -> None:
     elsewhere = Receiver()
     try:
