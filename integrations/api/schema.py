@@ -352,6 +352,289 @@ def proxy(method: str) -> Any:
     )
 
 
+# --- Webhook subscriptions ------------------------------------------------------------------
+
+
+class FieldProblem(Problem):
+    field = serializers.ChoiceField(
+        choices=["url", "events"], help_text="The member of the body that is not valid."
+    )
+
+
+def _subscription_fields() -> dict[str, Any]:
+    # A new dict each time: a serializer's class takes its fields out of the dict it is given.
+    return {
+        "id": serializers.IntegerField(),
+        "url": serializers.CharField(help_text="The endpoint deliveries are POSTed to."),
+        "events": serializers.ListField(child=serializers.CharField()),
+        "state": serializers.ChoiceField(
+            choices=["active", "disabled"],
+            help_text="A disabled subscription keeps its events, held until it is enabled.",
+        ),
+        "created_at": serializers.DateTimeField(),
+        "disabled_at": serializers.DateTimeField(allow_null=True),
+        "disabled_reason": serializers.CharField(),
+        "previous_secret_until": serializers.DateTimeField(
+            allow_null=True,
+            help_text="After a rotation, the previous secret signs too (a second `v1,` signature) "
+            "until this time.",
+        ),
+    }
+
+
+_secret = serializers.CharField(help_text="`whsec_...`: shown in this answer only.")
+Subscription = inline_serializer("WebhookSubscription", _subscription_fields())
+SubscriptionWithSecret = inline_serializer(
+    "WebhookSubscriptionWithSecret", {**_subscription_fields(), "secret": _secret}
+)
+_attempt = inline_serializer(
+    "WebhookAttempt",
+    {
+        "at": serializers.DateTimeField(),
+        "duration_ms": serializers.IntegerField(),
+        "status": serializers.IntegerField(
+            allow_null=True, help_text="The receiver's status; null when it gave no answer."
+        ),
+        "error": serializers.CharField(help_text="Why there was no answer (empty when one came)."),
+        "response_excerpt": serializers.CharField(
+            help_text="The start of the receiver's body (at most 300 characters), never headers."
+        ),
+    },
+)
+Delivery = inline_serializer(
+    "WebhookDelivery",
+    {
+        "id": serializers.CharField(
+            help_text="The event's id, `msg_...`: the `webhook-id` header, the same on retries."
+        ),
+        "type": serializers.CharField(),
+        "sequence": serializers.IntegerField(help_text="Per subscription, without gaps."),
+        "state": serializers.ChoiceField(choices=["pending", "delivered", "failed"]),
+        "attempts": serializers.IntegerField(help_text="Attempts since it was last (re)queued."),
+        "created_at": serializers.DateTimeField(),
+        "delivered_at": serializers.DateTimeField(allow_null=True),
+        "next_attempt_at": serializers.DateTimeField(
+            allow_null=True, help_text="When it is tried next (pending only)."
+        ),
+        "last_status": serializers.IntegerField(allow_null=True),
+        "last_error": serializers.CharField(),
+        "attempt_log": serializers.ListField(child=_attempt, help_text="Newest first."),
+    },
+)
+_url_and_events = {
+    "url": serializers.CharField(help_text="HTTPS, to a public address."),
+    "events": serializers.ListField(
+        child=serializers.CharField(), help_text="Event types (`GET /api/v1/webhooks/event-types`)."
+    ),
+}
+_invalid_body = OpenApiResponse(
+    PolymorphicProxySerializer(
+        component_name="WebhookBodyProblem",
+        serializers=[FieldProblem, Problem],
+        resource_type_field_name=None,
+    ),
+    description="Not JSON, not an object, an unknown member, or a `url` or `events` that is "
+    "not valid (`invalid_url`, `invalid_events`, with `field`): a URL that is not HTTPS or "
+    "reaches a private address, an unknown event type.",
+)
+_body_errors = {
+    413: OpenApiResponse(Problem, description="The body is over DATA_UPLOAD_MAX_MEMORY_SIZE."),
+    415: OpenApiResponse(Problem, description="The body is not `application/json`."),
+}
+_no_subscription = OpenApiResponse(Problem, description="No subscription of yours has this id.")
+_disabled = OpenApiResponse(
+    Problem, description="The subscription is disabled (`subscription_disabled`): enable it."
+)
+_ID = OpenApiParameter("subscription_id", int, OpenApiParameter.PATH)
+
+
+def _webhooks(operation_id: str, summary: str, **options: Any) -> Any:
+    return extend_schema(operation_id=operation_id, summary=summary, tags=["webhooks"], **options)
+
+
+webhook_list = _webhooks(
+    "webhooks_list",
+    "Your webhook subscriptions",
+    responses={
+        200: inline_serializer(
+            "WebhookSubscriptionPage",
+            {
+                "results": serializers.ListField(child=Subscription),
+                "next": serializers.URLField(allow_null=True),
+            },
+        ),
+        **ERRORS,
+    },
+)
+webhook_create = _webhooks(
+    "webhook_create",
+    "Subscribe an endpoint",
+    description="The answer carries the signing secret, this once.",
+    request=inline_serializer("WebhookSubscribe", _url_and_events),
+    responses={201: SubscriptionWithSecret, 400: _invalid_body, **_body_errors, **ERRORS},
+)
+webhook_read = _webhooks(
+    "webhook_read",
+    "One subscription",
+    parameters=[_ID],
+    responses={200: Subscription, 404: _no_subscription, **ERRORS},
+)
+webhook_update = _webhooks(
+    "webhook_update",
+    "Change a subscription's URL or events",
+    parameters=[_ID],
+    request=inline_serializer(
+        "WebhookChange",
+        {
+            "url": serializers.CharField(required=False, help_text="HTTPS, to a public address."),
+            "events": serializers.ListField(child=serializers.CharField(), required=False),
+        },
+    ),
+    responses={
+        200: Subscription,
+        400: _invalid_body,
+        404: _no_subscription,
+        **_body_errors,
+        **ERRORS,
+    },
+)
+webhook_delete = _webhooks(
+    "webhook_delete",
+    "Delete a subscription and its delivery log",
+    parameters=[_ID],
+    responses={204: None, 404: _no_subscription, **ERRORS},
+)
+webhook_test = _webhooks(
+    "webhook_test",
+    "Send a test event",
+    description="A `webhook.test` event to this subscription only, queued at once.",
+    parameters=[_ID],
+    request=None,
+    responses={202: Delivery, 404: _no_subscription, 409: _disabled, **ERRORS},
+)
+webhook_rotate_secret = _webhooks(
+    "webhook_rotate_secret",
+    "Rotate the signing secret",
+    description="The new secret, this once. The previous one keeps signing too (a second "
+    "signature in `webhook-signature`) until `previous_secret_until`, 24 hours on.",
+    parameters=[_ID],
+    request=None,
+    responses={200: SubscriptionWithSecret, 404: _no_subscription, **ERRORS},
+)
+webhook_enable = _webhooks(
+    "webhook_enable",
+    "Enable a disabled subscription",
+    description="Sends everything it held or gave up on, oldest first; `replayed` is how "
+    "many. An active subscription is left as it is (`replayed` 0).",
+    parameters=[_ID],
+    request=None,
+    responses={
+        200: inline_serializer(
+            "WebhookEnabled",
+            {
+                **_subscription_fields(),
+                "replayed": serializers.IntegerField(help_text="Deliveries that will be sent."),
+            },
+        ),
+        404: _no_subscription,
+        **ERRORS,
+    },
+)
+webhook_deliveries = _webhooks(
+    "webhook_deliveries_list",
+    "The delivery log",
+    description="Deliveries newest first (by sequence), each with its attempts.",
+    parameters=[
+        _ID,
+        OpenApiParameter(
+            "page_size",
+            int,
+            description=f"Deliveries per page, 1 to {MAX_PAGE_SIZE} (default {DEFAULT_PAGE_SIZE}).",
+        ),
+        OpenApiParameter("cursor", str, description="Given in `next`; do not build it yourself."),
+        OpenApiParameter("state", str, enum=["pending", "delivered", "failed"]),
+        OpenApiParameter(
+            "since", OpenApiTypes.DATETIME, description="RFC 3339: created at or after."
+        ),
+        OpenApiParameter("until", OpenApiTypes.DATETIME, description="RFC 3339: created before."),
+    ],
+    responses={
+        200: inline_serializer(
+            "WebhookDeliveryPage",
+            {
+                "results": serializers.ListField(child=Delivery),
+                "next": serializers.URLField(allow_null=True),
+            },
+        ),
+        400: OpenApiResponse(Problem, description="A bad parameter."),
+        404: _no_subscription,
+        **ERRORS,
+    },
+)
+webhook_delivery_replay = _webhooks(
+    "webhook_delivery_replay",
+    "Send one delivery again",
+    description="The same `webhook-id` and body, with a fresh count of attempts.",
+    parameters=[
+        _ID,
+        OpenApiParameter(
+            "delivery_id", str, OpenApiParameter.PATH, description="The delivery's `id`, msg_..."
+        ),
+    ],
+    request=None,
+    responses={
+        202: Delivery,
+        404: OpenApiResponse(Problem, description="No such subscription of yours or delivery."),
+        409: _disabled,
+        **ERRORS,
+    },
+)
+webhook_replay = _webhooks(
+    "webhook_replay",
+    "Send a time range of deliveries again",
+    description="Every delivery created in [`since`, `until`), delivered or not.",
+    parameters=[_ID],
+    request=inline_serializer(
+        "WebhookReplayRange",
+        {"since": serializers.DateTimeField(), "until": serializers.DateTimeField()},
+    ),
+    responses={
+        202: inline_serializer(
+            "WebhookReplayed",
+            {
+                "replayed": serializers.IntegerField(),
+                "since": serializers.DateTimeField(),
+                "until": serializers.DateTimeField(),
+            },
+        ),
+        400: OpenApiResponse(Problem, description="The body is not valid."),
+        404: _no_subscription,
+        409: _disabled,
+        **_body_errors,
+        **ERRORS,
+    },
+)
+webhook_event_types = _webhooks(
+    "webhook_event_types",
+    "The event types a subscription can ask for",
+    responses={
+        200: inline_serializer(
+            "WebhookEventTypes",
+            {
+                "results": serializers.ListField(
+                    child=inline_serializer(
+                        "WebhookEventType",
+                        {"type": serializers.CharField(), "description": serializers.CharField()},
+                    )
+                ),
+                "next": serializers.URLField(allow_null=True),
+            },
+        ),
+        **ERRORS,
+    },
+)
+
+
 class SchemaView(SpectacularAPIView):
     """`/api/schema/`, built once per process under a lock: it cannot change while the process
     runs, and drf-spectacular's first build is not safe in two threads at once (two first

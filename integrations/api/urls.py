@@ -13,7 +13,7 @@ from drf_spectacular.views import (
 from rest_framework.negotiation import DefaultContentNegotiation
 
 from ..urls import ZywaveIdConverter  # noqa: F401  (registers the zywave_id converter)
-from . import proxy, schema, views
+from . import proxy, schema, views, webhooks
 from .problems import not_found
 from .records import API
 
@@ -39,6 +39,39 @@ urlpatterns = [
     path("v1/syncs", views.SyncList.as_view(), name="syncs"),
     path("v1/syncs/<int:run_id>", views.SyncDetail.as_view(), name="sync"),
     re_path(r"^v1/zywave/(?P<path>.*)$", proxy.ProxyView.as_view(), name="proxy"),
+    path("v1/webhooks", webhooks.WebhookList.as_view(), name="webhooks"),
+    path("v1/webhooks/event-types", webhooks.WebhookEventTypes.as_view(), name="webhook_events"),
+    path("v1/webhooks/<int:subscription_id>", webhooks.WebhookDetail.as_view(), name="webhook"),
+    path(
+        "v1/webhooks/<int:subscription_id>/test",
+        webhooks.WebhookTest.as_view(),
+        name="webhook_test",
+    ),
+    path(
+        "v1/webhooks/<int:subscription_id>/rotate-secret",
+        webhooks.WebhookRotateSecret.as_view(),
+        name="webhook_rotate_secret",
+    ),
+    path(
+        "v1/webhooks/<int:subscription_id>/enable",
+        webhooks.WebhookEnable.as_view(),
+        name="webhook_enable",
+    ),
+    path(
+        "v1/webhooks/<int:subscription_id>/deliveries",
+        webhooks.WebhookDeliveries.as_view(),
+        name="webhook_deliveries",
+    ),
+    path(
+        "v1/webhooks/<int:subscription_id>/deliveries/<str:delivery_id>/replay",
+        webhooks.WebhookDeliveryReplay.as_view(),
+        name="webhook_delivery_replay",
+    ),
+    path(
+        "v1/webhooks/<int:subscription_id>/replay",
+        webhooks.WebhookReplay.as_view(),
+        name="webhook_replay",
+    ),
     # YAML, or JSON on `Accept: application/json` or `?format=json` (the API's own endpoints
     # speak JSON whatever is asked; the schema lets the caller choose, 406 for what it lacks).
     path(

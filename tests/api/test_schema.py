@@ -30,9 +30,9 @@ from openapi_schema_validator import OAS30Validator, oas30_format_checker
 from openapi_schema_validator import validate as validate_instance
 from openapi_spec_validator import validate as validate_spec
 
-from integrations import mirror
+from integrations import mirror, webhooks
 from integrations.api.keys import SCOPES, scope_for
-from integrations.models import Connection, SyncRun
+from integrations.models import Connection, SyncRun, WebhookSubscription
 from tests.api.callers import System, system_of
 from tests.conftest import connection
 from tests.integrations.flows import inject_fault
@@ -499,6 +499,197 @@ def zywave_too_slow(call: Call) -> Any:
     call.fixture("settings").ZYWAVE_HTTP_TIMEOUT = (2.0, 0.5)
     inject_fault(sandbox, "^/industries/v3.0/industries$", count=3, delay_ms=1500)
     return proxy_send(call, call.fixture("proxy_system"), "industries/v3.0/industries")
+
+
+# Webhook subscriptions: dana's, built in the database, with one delivery in its log.
+HOOKS = "/api/v1/webhooks"
+HOOK = HOOKS + "/{subscription_id}"
+ANY_TIME = {"since": "2000-01-01T00:00:00Z", "until": "2100-01-01T00:00:00Z"}
+
+
+@pytest.fixture
+def danas_hook(staff: User, settings: Any) -> WebhookSubscription:
+    settings.WEBHOOKS_ALLOW_PRIVATE = True  # subscriptions to http://127.0.0.1 below
+    subscription, _secret = webhooks.subscribe(staff, "http://127.0.0.1:9/hooks", ["sync.failed"])
+    webhooks.emit(staff.pk, "sync.failed", {"sync": {"state": "failed"}})
+    return subscription
+
+
+@pytest.fixture
+def staff_hooks(staff: User) -> System:
+    return system_of(staff, "webhooks")
+
+
+def hook_url(call: Call, subscription: WebhookSubscription | None = None) -> str:
+    subscription = subscription or call.fixture("danas_hook")
+    delivery = subscription.deliveries.values_list("event_id", flat=True).first() or "msg_x"
+    return call.url(subscription_id=str(subscription.pk), delivery_id=delivery)
+
+
+def hook_send(call: Call, body: Any = None, url: str | None = None, **extra: Any) -> Any:
+    """`call` with a JSON body (POST and PATCH) on dana's subscription."""
+    url = url or hook_url(call)
+    if body is None:
+        return call.send(call.fixture("staff_hooks"), url, **extra)
+    return call.send(call.fixture("staff_hooks"), url, data=json.dumps(body), content_type=JSON)
+
+
+@case(HOOKS, "get", 200)
+def subscriptions_listed(call: Call) -> list[Any]:
+    call.fixture("danas_hook")
+    return [hook_send(call), call.send(system_of(call.fixture("other_staff"), "webhooks"))]
+
+
+@case(HOOKS, "post", 201)
+def a_subscription_made(call: Call) -> Any:
+    call.fixture("settings").WEBHOOKS_ALLOW_PRIVATE = True
+    return hook_send(call, {"url": "http://127.0.0.1:9/new", "events": ["accounts.changed"]})
+
+
+@case(HOOKS, "post", 400)
+@case(HOOK, "patch", 400)
+def a_subscription_body_not_valid(call: Call) -> list[Any]:
+    settings = call.fixture("settings")
+    call.fixture("danas_hook")
+    answers = [
+        hook_send(call, {"url": "http://127.0.0.1:9/x", "events": ["nope.changed"]}),
+        hook_send(call, {"url": "http://127.0.0.1:9/x", "events": ["sync.failed"], "x": 1}),
+        hook_send(call, ["not", "an", "object"]),
+        call.send(call.fixture("staff_hooks"), hook_url(call), data="{not json", content_type=JSON),
+    ]
+    settings.WEBHOOKS_ALLOW_PRIVATE = False
+    answers.append(hook_send(call, {"url": "https://10.0.0.1/x", "events": ["sync.failed"]}))
+    return answers
+
+
+@case(HOOKS, "post", 413)
+@case(HOOK, "patch", 413)
+@case(HOOK + "/replay", "post", 413)
+def a_webhook_body_too_large(call: Call) -> Any:
+    call.fixture("danas_hook")
+    call.fixture("settings").DATA_UPLOAD_MAX_MEMORY_SIZE = 1024
+    return hook_send(call, {"url": "x" * 2048, "events": []})
+
+
+@case(HOOKS, "post", 415)
+@case(HOOK, "patch", 415)
+@case(HOOK + "/replay", "post", 415)
+def a_webhook_body_not_in_json(call: Call) -> Any:
+    call.fixture("danas_hook")
+    return hook_send(call, data="url=x", content_type="application/x-www-form-urlencoded")
+
+
+@case(HOOK, "get", 200)
+def one_subscription(call: Call) -> list[Any]:
+    subscription = call.fixture("danas_hook")
+    first = hook_send(call)
+    webhooks.rotate_secret(subscription, None)
+    webhooks.disable(subscription, "the receiver was down")
+    return [first, hook_send(call)]  # with previous_secret_until and disabled_at set
+
+
+@case(HOOK, "patch", 200)
+def a_subscription_changed(call: Call) -> list[Any]:
+    call.fixture("danas_hook")
+    return [
+        hook_send(call, {"events": ["sync.failed", "contacts.changed"]}),
+        hook_send(call, {"url": "http://127.0.0.1:9/moved"}),
+    ]
+
+
+@case(HOOK, "delete", 204)
+def a_subscription_deleted(call: Call) -> Any:
+    return hook_send(call)
+
+
+@case(HOOK, "get patch delete", 404)
+@case(HOOK + "/test", "post", 404)
+@case(HOOK + "/rotate-secret", "post", 404)
+@case(HOOK + "/enable", "post", 404)
+@case(HOOK + "/deliveries", "get", 404)
+@case(HOOK + "/deliveries/{delivery_id}/replay", "post", 404)
+@case(HOOK + "/replay", "post", 404)
+def a_subscription_that_is_not_yours(call: Call) -> list[Any]:
+    url = hook_url(call)
+    omar = system_of(call.fixture("other_staff"), "webhooks")
+    body = {"data": json.dumps({"events": ["sync.failed"], **ANY_TIME}), "content_type": JSON}
+    extra = body if call.method in {"post", "patch"} else {}
+    answers = [call.send(omar, url, **extra), call.send(omar, call.url(), **extra)]
+    if "{delivery_id}" in call.path:  # dana's own subscription, a delivery it does not have
+        other = call.url(subscription_id=str(call.fixture("danas_hook").pk))
+        answers.append(call.send(call.fixture("staff_hooks"), other))
+    return answers
+
+
+@case(HOOK + "/test", "post", 202)
+def a_test_event_queued(call: Call) -> Any:
+    return hook_send(call)
+
+
+@case(HOOK + "/test", "post", 409)
+@case(HOOK + "/deliveries/{delivery_id}/replay", "post", 409)
+@case(HOOK + "/replay", "post", 409)
+def a_disabled_subscription_sends_nothing(call: Call) -> Any:
+    url = hook_url(call)
+    webhooks.disable(call.fixture("danas_hook"), "down")
+    return hook_send(call, ANY_TIME if call.path == HOOK + "/replay" else None, url=url)
+
+
+@case(HOOK + "/rotate-secret", "post", 200)
+def a_secret_rotated(call: Call) -> Any:
+    return hook_send(call)
+
+
+@case(HOOK + "/enable", "post", 200)
+def a_subscription_enabled(call: Call) -> list[Any]:
+    active = hook_send(call)
+    webhooks.disable(call.fixture("danas_hook"), "down")
+    return [active, hook_send(call)]
+
+
+@case(HOOK + "/deliveries", "get", 200)
+def the_delivery_log(call: Call) -> list[Any]:
+    subscription = call.fixture("danas_hook")
+    call.fixture("settings").WEBHOOKS_RETRY_SCHEDULE = [3600.0]  # no retry queued
+    webhooks.drain(subscription.pk)  # nothing listens on :9: an attempt with an error
+    webhooks.send_test(subscription)  # held: the subscription waits after that failure
+    first = hook_send(call, data={"page_size": "1"})
+    second = hook_send(call, url=json.loads(first.content)["next"])
+    assert json.loads(second.content)["results"][0]["attempt_log"], "an attempt"
+    return [first, second]
+
+
+@case(HOOK + "/deliveries", "get", 400)
+def a_delivery_log_parameter_not_valid(call: Call) -> list[Any]:
+    return [
+        hook_send(call, data=bad)
+        for bad in ({"state": "lost"}, {"since": "today"}, {"cursor": "x"}, {"page_size": "501"})
+    ]
+
+
+@case(HOOK + "/deliveries/{delivery_id}/replay", "post", 202)
+def a_delivery_replayed(call: Call) -> Any:
+    return hook_send(call)
+
+
+@case(HOOK + "/replay", "post", 202)
+def a_range_replayed(call: Call) -> Any:
+    return hook_send(call, ANY_TIME)
+
+
+@case(HOOK + "/replay", "post", 400)
+def a_range_not_valid(call: Call) -> list[Any]:
+    return [
+        hook_send(call, {"since": "2000-01-01T00:00:00Z"}),
+        hook_send(call, {"since": ANY_TIME["until"], "until": ANY_TIME["since"]}),
+        hook_send(call, {**ANY_TIME, "limit": 5}),
+        hook_send(call, "2000"),
+    ]
+
+
+@case(HOOKS + "/event-types", "get", 200)
+def the_event_types(call: Call) -> Any:
+    return call.send(call.fixture("staff_hooks"))
 
 
 # --- The tests --------------------------------------------------------------------------------

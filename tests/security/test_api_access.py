@@ -26,11 +26,13 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import URLPattern, URLResolver, get_resolver, resolve
 from django.utils import timezone
 
+from integrations import webhooks
 from integrations.api.keys import SCOPES
-from integrations.models import ApiKey, Connection, SyncRun
+from integrations.models import ApiKey, Connection, SyncRun, WebhookSubscription
 from tests.api.callers import System, problem, system_of
 from tests.conftest import connection
-from tests.security.cast import SHARED_ID, account_ids, own_data, row_counts, secrets, snapshot
+from tests.security import cast
+from tests.security.cast import SHARED_ID, account_ids, row_counts
 
 pytestmark = pytest.mark.django_db
 
@@ -38,7 +40,8 @@ pytestmark = pytest.mark.django_db
 @dataclass(frozen=True)
 class Endpoint:
     """One endpoint and method. `path` may name an object of the data's owner: `{account}`
-    (an account id only they have) or `{run}` (their sync run)."""
+    (an account id only they have), `{run}` (their sync run), `{webhook}` (their webhook
+    subscription) or `{delivery}` (its delivery)."""
 
     method: str
     path: str
@@ -51,8 +54,21 @@ class Endpoint:
 
     def url(self, owner: User) -> str:
         run = SyncRun.objects.filter(connection__user=owner).values_list("pk", flat=True).first()
-        return self.path.format(account=account_ids(owner)[1], run=run)
+        hook = WebhookSubscription.objects.filter(owner=owner).order_by("pk").first()
+        delivery = hook.deliveries.values_list("event_id", flat=True).first() if hook else None
+        # Once deleted (a row's first call), an id no one has: still this endpoint's route.
+        return self.path.format(
+            account=account_ids(owner)[1],
+            run=run,
+            webhook=hook.pk if hook else 0,
+            delivery=delivery or "msg_none",
+        )
 
+
+HOOK = "/api/v1/webhooks/{webhook}"
+# A subscription to a local address (allowed in these tests: `local_receivers`).
+NEW_HOOK = {"url": "http://127.0.0.1:9/hooks/new", "events": ["sync.failed"]}
+ANY_TIME = {"since": "2000-01-01T00:00:00Z", "until": "2100-01-01T00:00:00Z"}
 
 # Zywave's API (the sandbox's, as Zywave's) serves GET only: a write through the proxy reaches
 # it and comes back as Zywave's 405, which is how these rows show the key was let through.
@@ -95,7 +111,99 @@ ENDPOINTS = [
         Endpoint("DELETE", ZYWAVE_PATH, "proxy:write", 405, "TRACE", zywave=True),
         id="DELETE zywave/{path}",
     ),
+    pytest.param(Endpoint("GET", "/api/v1/webhooks", "webhooks", 200, "PUT"), id="GET webhooks"),
+    pytest.param(
+        Endpoint("POST", "/api/v1/webhooks", "webhooks", 201, "DELETE", body=NEW_HOOK),
+        id="POST webhooks",
+    ),
+    pytest.param(
+        Endpoint("GET", "/api/v1/webhooks/event-types", "webhooks", 200, "POST"),
+        id="GET webhooks/event-types",
+    ),
+    pytest.param(
+        Endpoint("GET", HOOK, "webhooks", 200, "POST", theirs=404), id="GET webhooks/{id}"
+    ),
+    pytest.param(
+        Endpoint(
+            "PATCH", HOOK, "webhooks", 200, "PUT", body={"events": ["sync.failed"]}, theirs=404
+        ),
+        id="PATCH webhooks/{id}",
+    ),
+    pytest.param(
+        Endpoint("DELETE", HOOK, "webhooks", 204, "POST", theirs=404), id="DELETE webhooks/{id}"
+    ),
+    pytest.param(
+        Endpoint("POST", f"{HOOK}/test", "webhooks", 202, "GET", theirs=404),
+        id="POST webhooks/{id}/test",
+    ),
+    pytest.param(
+        Endpoint("POST", f"{HOOK}/rotate-secret", "webhooks", 200, "GET", theirs=404),
+        id="POST webhooks/{id}/rotate-secret",
+    ),
+    pytest.param(
+        Endpoint("POST", f"{HOOK}/enable", "webhooks", 200, "DELETE", theirs=404),
+        id="POST webhooks/{id}/enable",
+    ),
+    pytest.param(
+        Endpoint("GET", f"{HOOK}/deliveries", "webhooks", 200, "POST", theirs=404),
+        id="GET webhooks/{id}/deliveries",
+    ),
+    pytest.param(
+        Endpoint(
+            "POST", f"{HOOK}/deliveries/{{delivery}}/replay", "webhooks", 202, "GET", theirs=404
+        ),
+        id="POST webhooks/{id}/deliveries/{delivery}/replay",
+    ),
+    pytest.param(
+        Endpoint("POST", f"{HOOK}/replay", "webhooks", 202, "PUT", body=ANY_TIME, theirs=404),
+        id="POST webhooks/{id}/replay",
+    ),
 ]
+
+
+@pytest.fixture(autouse=True)
+def local_receivers(settings: Any) -> None:
+    settings.WEBHOOKS_ALLOW_PRIVATE = True  # NEW_HOOK's http://127.0.0.1
+
+
+def own_data(user: User) -> Connection:
+    """`user`'s data of tests.security.cast, and a webhook subscription of theirs (marked with
+    the username) with one delivery in its log."""
+    conn = cast.own_data(user)
+    WebhookSubscription.objects.create(
+        owner=user,
+        url=f"http://127.0.0.1:9/hooks-of-{user.username}",
+        events=["sync.failed"],
+        secret=webhooks.new_secret(),
+    )
+    webhooks.emit(user.pk, "sync.failed", {"sync": {"error": f"error-of-{user.username}"}})
+    return conn
+
+
+def secrets(user: User) -> list[str]:
+    """Strings of `user`'s only: tests.security.cast's, their subscriptions' URLs and secrets."""
+    hooks = WebhookSubscription.objects.filter(owner=user)
+    return [
+        *cast.secrets(user),
+        f"hooks-of-{user.username}",
+        *[secret for hook in hooks for secret in hook.secrets_now()],
+    ]
+
+
+def snapshot(user: User) -> dict[str, object]:
+    """tests.security.cast's snapshot, and the person's subscriptions and their logs."""
+    hooks = WebhookSubscription.objects.filter(owner=user).order_by("pk")
+    return {
+        **cast.snapshot(user),
+        "webhooks": [
+            (h.pk, h.url, h.events, h.state, h.secret, h.previous_secret, h.last_sequence)
+            for h in hooks
+        ],
+        "deliveries": [
+            list(h.deliveries.values_list("event_id", "state", "attempts", "next_attempt_at"))
+            for h in hooks
+        ],
+    }
 
 
 def endpoint_of(row: Any) -> Endpoint:
