@@ -14,6 +14,7 @@ subscription, without gaps, so a receiver can order events and see a missing one
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import random
 import secrets
@@ -367,10 +368,25 @@ def _next_sequences(subscription_ids: list[int]) -> dict[int, int]:
 
 
 def _drain_on_commit(subscription_ids: Iterable[int]) -> None:
+    for pk in sorted(set(subscription_ids)):
+        transaction.on_commit(functools.partial(_queue_drain, pk))
+
+
+def _queue_drain(subscription_id: int) -> None:
+    """Send the drain task. A broker that is down fails nobody: the caller's change and the
+    event are committed already, and the reconciler sends what no task was queued for."""
+    from kombu.exceptions import OperationalError
+
     from .tasks import deliver_webhooks
 
-    for pk in sorted(set(subscription_ids)):
-        deliver_webhooks.delay_on_commit(pk)
+    try:
+        deliver_webhooks.delay(subscription_id)
+    except OperationalError as exc:
+        log.warning(
+            "Webhook delivery to subscription %s not queued (%s): the reconciler sends it",
+            subscription_id,
+            exc,
+        )
 
 
 # --- Delivery --------------------------------------------------------------------------------
@@ -462,12 +478,7 @@ def _due(subscription_id: int) -> QuerySet[WebhookDelivery]:
 def _send_due(subscription_id: int, owner: str) -> int:
     sent = 0
     while True:
-        delivery = (
-            _due(subscription_id)
-            .select_related("event")
-            .order_by("sequence")
-            .first()
-        )
+        delivery = _due(subscription_id).select_related("event").order_by("sequence").first()
         if delivery is None:
             return sent
         renewed = WebhookSubscription.objects.filter(pk=subscription_id, lease_owner=owner).update(
