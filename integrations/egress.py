@@ -14,14 +14,20 @@ the test suite, whose receivers listen on 127.0.0.1 over plain HTTP.
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import ipaddress
 import socket
+import ssl
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import urllib3
+import urllib3.connection
 from django.conf import settings
+from urllib3.util.ssl_match_hostname import CertificateError
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -178,29 +184,38 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        pool = _pool(target, address, remaining)
+        conn = _connection(target, address, min(remaining, 5.0))
+        watchdog = Watchdog(conn, remaining)
         try:
-            response = pool.urlopen(
+            try:
+                conn.connect()
+            except urllib3.exceptions.NewConnectionError as exc:
+                last_error = _reason(exc)
+                continue  # refused on this address: the next one, if any
+            if conn.sock is not None:
+                conn.sock.settimeout(max(deadline - time.monotonic(), 0.001))
+            conn.request(
                 "POST",
                 target.path,
                 body=body,
                 headers={**headers, "Host": target.host_header},
-                redirect=False,
-                retries=False,
                 preload_content=False,
-                assert_same_host=False,
             )
-            try:
-                excerpt = _read_capped(response, deadline)
-            finally:
-                response.release_conn()
-        except urllib3.exceptions.NewConnectionError as exc:
-            last_error = _reason(exc)
-            continue  # refused on this address: the next one, if any
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise SendFailed(_reason(exc), _ms_since(started)) from None
+            response = conn.getresponse()
+            if watchdog.fired:
+                raise TimeoutError  # the status line or headers were cut short at the deadline
+            excerpt = _read_capped(response, deadline)
+        except (
+            urllib3.exceptions.HTTPError,
+            http.client.HTTPException,
+            OSError,
+            CertificateError,  # the certificate is not for the URL's host (a ValueError)
+        ) as exc:
+            reason = "timed out" if watchdog.fired else _reason(exc)
+            raise SendFailed(reason, _ms_since(started)) from None
         finally:
-            pool.close()
+            watchdog.cancel()
+            conn.close()
         return Answer(
             status=response.status,
             retry_after=_retry_after(response.headers.get("Retry-After")),
@@ -210,23 +225,47 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -
     raise SendFailed(last_error, _ms_since(started))
 
 
-def _pool(target: Target, address: str, timeout: float) -> urllib3.HTTPConnectionPool:
-    limits = urllib3.Timeout(connect=min(timeout, 5.0), read=timeout, total=timeout)
+class Watchdog:
+    """Shuts the connection's socket down at the deadline, ending whatever read or write is in
+    progress. Socket timeouts bound each wait, not their sum: a receiver that sends its status
+    line and headers a byte at a time, each in time, would otherwise hold the attempt (and the
+    worker, past its lease on the subscription) for as long as it likes."""
+
+    def __init__(self, conn: urllib3.connection.HTTPConnection, seconds: float) -> None:
+        self.conn = conn
+        self.fired = False
+        self.timer = threading.Timer(seconds, self.fire)
+        self.timer.daemon = True
+        self.timer.start()
+
+    def fire(self) -> None:
+        self.fired = True
+        sock = self.conn.sock
+        if sock is not None:
+            # The plain socket's shutdown, under TLS too (SSLSocket's own would drop its state
+            # while the other thread reads).
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def cancel(self) -> None:
+        self.timer.cancel()
+
+
+def _connection(
+    target: Target, address: str, connect_timeout: float
+) -> urllib3.connection.HTTPConnection:
+    """A connection to the checked address (never the name resolved again)."""
     if target.scheme == "https":
-        # Connect to the checked address; TLS still names and verifies the URL's host.
-        return urllib3.HTTPSConnectionPool(
+        # TLS still names and verifies the URL's host.
+        return urllib3.connection.HTTPSConnection(
             address,
             target.port,
-            timeout=limits,
-            retries=False,
-            maxsize=1,
+            timeout=connect_timeout,
             server_hostname=target.host,
             assert_hostname=target.host,
             cert_reqs="CERT_REQUIRED",
         )
-    return urllib3.HTTPConnectionPool(
-        address, target.port, timeout=limits, retries=False, maxsize=1
-    )
+    return urllib3.connection.HTTPConnection(address, target.port, timeout=connect_timeout)
 
 
 def _read_capped(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
@@ -234,7 +273,12 @@ def _read_capped(response: urllib3.BaseHTTPResponse, deadline: float) -> bytes:
     a gigabyte, or a byte a second, ends the attempt on time all the same."""
     body = b""
     while len(body) < READ_CAP_BYTES and time.monotonic() < deadline:
-        chunk = response.read1(READ_CAP_BYTES - len(body))  # type: ignore[attr-defined]
+        try:
+            chunk = response.read1(READ_CAP_BYTES - len(body))  # type: ignore[attr-defined]
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError):
+            if time.monotonic() < deadline:
+                raise
+            break  # cut at the deadline (`Watchdog`): the status came in time and stands
         if not chunk:
             break
         body += chunk
@@ -254,13 +298,16 @@ def _retry_after(value: str | None) -> float | None:
 def _reason(exc: BaseException) -> str:
     """What went wrong, without the URL (it may carry a token the receiver asked for)."""
     # First: urllib3's NewConnectionError (refused, unreachable) is also a ConnectTimeoutError.
-    if isinstance(exc, urllib3.exceptions.NewConnectionError | ConnectionError):
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
         return "connection refused or unreachable"
     if isinstance(exc, urllib3.exceptions.TimeoutError | socket.timeout | TimeoutError):
         return "timed out"
-    if isinstance(exc, urllib3.exceptions.SSLError):
+    if isinstance(exc, urllib3.exceptions.SSLError | ssl.SSLError | CertificateError):
         return "TLS failed (certificate or handshake)"
-    if isinstance(exc, urllib3.exceptions.ProtocolError):
+    # Once connected, a reset or a closed connection is a broken answer, not a refusal.
+    if isinstance(
+        exc, urllib3.exceptions.ProtocolError | http.client.HTTPException | ConnectionError
+    ):
         return "the connection broke (no valid HTTP answer)"
     return type(exc).__name__
 

@@ -97,6 +97,7 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     hang: float = 0.0  # seconds before answering at all
     stream: int = 0  # answer 200 with a body of this many bytes, written until the caller leaves
+    drip: float = 0.0  # send the status line, then a header line every `drip` seconds, for 10 s
 
 
 class Receiver:
@@ -130,6 +131,12 @@ class Receiver:
                     self.answer(reply)
 
             def answer(self, reply: Reply) -> None:
+                if reply.drip:
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\n")
+                    ends = time.monotonic() + 10
+                    while time.monotonic() < ends and not receiver.released.wait(reply.drip):
+                        self.wfile.write(b"X-Drip: 1\r\n")
+                    return
                 self.send_response(reply.status)
                 for name, value in reply.headers.items():
                     self.send_header(name, value)
@@ -823,6 +830,23 @@ def test_a_receiver_that_hangs_is_given_up_at_the_timeout_and_logged_as_timed_ou
     assert (delivery.state, delivery.last_error) == ("pending", "timed out")
     subscription.refresh_from_db()
     assert subscription.paused_until == delivery.next_attempt_at  # no answer: the receiver waits
+
+
+def test_a_receiver_that_trickles_its_headers_is_given_up_at_the_timeout_all_the_same(
+    staff: User, receiver: Receiver
+) -> None:
+    """A header line every 0.3 s: every read is answered within the timeout, but the attempt
+    as a whole still ends at it (it would otherwise hold the worker as long as the receiver
+    likes, and past its lease on the subscription)."""
+    subscription, _ = subscribe(staff, receiver)
+    event = emit(staff)
+    receiver.answer(Reply(drip=0.3))
+    started = time.monotonic()
+    webhooks.drain(subscription.pk)
+    assert time.monotonic() - started < 3  # WEBHOOKS_TIMEOUT_SECONDS is 1
+    (logged,) = WebhookAttempt.objects.all()
+    assert (logged.status, logged.error) == (None, "timed out")
+    assert delivery_of(event).state == "pending"
 
 
 def test_a_receiver_that_is_not_listening_is_logged_as_refused_not_timed_out(
