@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path, register_converter
 
-from . import renewals, views
+from . import renewals, views, webhook_pages
 from .api import pages as api_pages
 from .client import SAFE_ID
 
@@ -35,6 +35,38 @@ urlpatterns = [
     path("zywave/renewals/", renewals.renewals, name="renewals"),
     path("settings/api-keys/", api_pages.api_keys, name="api_keys"),
     path("settings/api-keys/<int:key_id>/revoke/", api_pages.api_key_revoke, name="api_key_revoke"),
+    path("settings/webhooks/", webhook_pages.subscriptions, name="webhooks"),
+    path("settings/webhooks/<int:subscription_id>/", webhook_pages.subscription, name="webhook"),
+    path(
+        "settings/webhooks/<int:subscription_id>/test/",
+        webhook_pages.send_test,
+        name="webhook_test",
+    ),
+    path(
+        "settings/webhooks/<int:subscription_id>/rotate-secret/",
+        webhook_pages.rotate_secret,
+        name="webhook_rotate_secret",
+    ),
+    path(
+        "settings/webhooks/<int:subscription_id>/enable/",
+        webhook_pages.enable,
+        name="webhook_enable",
+    ),
+    path(
+        "settings/webhooks/<int:subscription_id>/delete/",
+        webhook_pages.delete,
+        name="webhook_delete",
+    ),
+    path(
+        "settings/webhooks/<int:subscription_id>/replay/",
+        webhook_pages.replay_range,
+        name="webhook_replay_range",
+    ),
+    path(
+        "settings/webhooks/<int:subscription_id>/deliveries/<int:delivery_id>/replay/",
+        webhook_pages.replay,
+        name="webhook_replay",
+    ),
 ]
 
 # social-auth reverses "social:complete" to build the redirect URI: keep these names.
