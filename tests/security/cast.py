@@ -115,6 +115,16 @@ PORTAL_URLS = {
     "renewals": "/zywave/renewals/",
     "api_keys": "/settings/api-keys/",
     "api_key_revoke": "/settings/api-keys/0/revoke/",  # no such key: 404 for anyone
+    "webhooks": "/settings/webhooks/",
+    # No such subscription or delivery: 404 for anyone (tests/integrations/test_webhook_pages.py
+    # asks them with real ones, another person's included).
+    "webhook": "/settings/webhooks/0/",
+    "webhook_test": "/settings/webhooks/0/test/",
+    "webhook_rotate_secret": "/settings/webhooks/0/rotate-secret/",
+    "webhook_enable": "/settings/webhooks/0/enable/",
+    "webhook_delete": "/settings/webhooks/0/delete/",
+    "webhook_replay_range": "/settings/webhooks/0/replay/",
+    "webhook_replay": "/settings/webhooks/0/deliveries/0/replay/",
     "social:begin": "/oauth/login/zywave/",
     "social:complete": "/oauth/complete/zywave/",
 }
