@@ -85,20 +85,21 @@ def digest(token: str) -> str:
 
 
 def rotate_token(connection: Connection, actor: Any = None) -> str:
-    """A new receiver token (the old URL answers 404 from now on); audited."""
-    token = secrets.token_urlsafe(32)  # 43 characters, 256 bits
-    connection.hook_token = token
-    connection.hook_token_hash = digest(token)
-    connection.hook_token_rotated_at = timezone.now()
+    """A new receiver token (the old URL answers 404 from now on); audited. A connection gets
+    its first one when it is made (`Connection.save`)."""
+    token = secrets.token_urlsafe(32)
+    connection.set_hook_token(token)
     connection.save(update_fields=["hook_token", "hook_token_hash", "hook_token_rotated_at"])
     connection.record(ConnectionEvent.Kind.HOOK_TOKEN_ROTATED, actor=actor)
     return token
 
 
 def receiver_url(connection: Connection) -> str:
-    """The connection's receiver URL, made on first use."""
-    token = connection.hook_token or rotate_token(connection)
-    return f"{settings.PORTAL_URL}/hooks/zywave/{token}/"
+    """The connection's receiver URL ("" for one made before receivers existed and not yet
+    given one: the dashboard offers to make it)."""
+    if not connection.hook_token:
+        return ""
+    return f"{settings.PORTAL_URL}/hooks/zywave/{connection.hook_token}/"
 
 
 def connection_for(token: str) -> Connection | None:

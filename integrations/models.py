@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -194,6 +196,20 @@ class Connection(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} ↔ {self.zywave_email or self.zywave_subject}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.hook_token_hash is None and not kwargs.get("update_fields"):
+            # Every connection has its receiver URL for Zywave's webhooks from the start, so
+            # showing it (a GET) never writes.
+            self.set_hook_token(secrets.token_urlsafe(32))
+        super().save(*args, **kwargs)
+
+    def set_hook_token(self, token: str) -> None:
+        """The receiver token (43 random characters: 256 bits), kept encrypted for the
+        dashboard and found by its SHA-256 (`integrations/hooks.py`)."""
+        self.hook_token = token
+        self.hook_token_hash = hashlib.sha256(token.encode()).hexdigest()
+        self.hook_token_rotated_at = timezone.now()
 
     @property
     def refresh_deadline(self) -> datetime | None:

@@ -30,6 +30,7 @@ urlpatterns = [
     path("zywave/disconnect/", views.disconnect, name="disconnect"),
     path("zywave/sync/", views.sync, name="sync"),
     path("zywave/sync/status/", views.sync_status, name="sync_status"),
+    path("zywave/hooks/rotate/", views.rotate_hook, name="rotate_hook"),
     path("zywave/accounts/", views.accounts, name="accounts"),
     path("zywave/accounts/<zywave_id:zywave_id>/", views.account_detail, name="account"),
     path("zywave/renewals/", renewals.renewals, name="renewals"),

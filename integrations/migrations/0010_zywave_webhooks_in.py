@@ -6,6 +6,23 @@ import integrations.fields
 from django.db import migrations, models
 
 
+def give_receivers(apps, schema_editor):
+    """Every connection made before receivers existed gets its receiver token now, so that
+    showing the URL (a GET) never has to write."""
+    import hashlib
+    import secrets
+
+    from django.utils import timezone
+
+    Connection = apps.get_model("integrations", "Connection")
+    for connection in Connection.objects.filter(hook_token_hash__isnull=True).iterator():
+        token = secrets.token_urlsafe(32)
+        connection.hook_token = token
+        connection.hook_token_hash = hashlib.sha256(token.encode()).hexdigest()
+        connection.hook_token_rotated_at = timezone.now()
+        connection.save(update_fields=["hook_token", "hook_token_hash", "hook_token_rotated_at"])
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -57,4 +74,5 @@ class Migration(migrations.Migration):
                 'indexes': [models.Index(fields=['connection', '-received_at'], name='integration_connect_5e3732_idx'), models.Index(condition=models.Q(('state', 'queued')), fields=['connection', 'resource', 'record_id'], name='zywave_notification_queued')],
             },
         ),
+        migrations.RunPython(give_receivers, migrations.RunPython.noop),
     ]

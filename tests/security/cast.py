@@ -125,6 +125,8 @@ PORTAL_URLS = {
     "webhook_delete": "/settings/webhooks/0/delete/",
     "webhook_replay_range": "/settings/webhooks/0/replay/",
     "webhook_replay": "/settings/webhooks/0/deliveries/0/replay/",
+    "rotate_hook": "/zywave/hooks/rotate/",
+    "zywave_hook": "/hooks/zywave/no-such-token/",  # 404 for anyone
     "social:begin": "/oauth/login/zywave/",
     "social:complete": "/oauth/complete/zywave/",
 }
