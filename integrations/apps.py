@@ -14,5 +14,6 @@ class IntegrationsConfig(AppConfig):
         from . import checks, support
 
         register(checks.encryption_key_decrypts_canary, Tags.security)
+        register(checks.webhooks_allow_private, Tags.security)
         post_migrate.connect(checks.ensure_canary, sender=self)
         post_migrate.connect(support.grant_support_views)  # every app: its mirror models too

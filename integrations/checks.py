@@ -1,9 +1,13 @@
-"""The encryption key canary and the system check built on it.
+"""The encryption key canary and the system checks built on the app's settings.
 
 A wrong FIELD_ENCRYPTION_KEY must stop the web process and the workers at start, not hand
-ciphertext to Zywave at 3 a.m. The check is registered in `IntegrationsConfig.ready()`;
+ciphertext to Zywave at 3 a.m. The checks are registered in `IntegrationsConfig.ready()`;
 `portal/wsgi.py` and the Celery worker's `worker_init` call `run_startup_checks()` because
 neither gunicorn nor Celery runs Django's system checks.
+
+integrations.E001: the configured keys cannot decrypt the canary (stops web and workers).
+integrations.W001: WEBHOOKS_ALLOW_PRIVATE is on with DEBUG off (also said by /health/ to staff
+and by the admin's webhook pages).
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
-from django.core.checks import Error
+from django.core.checks import Error, Warning
 from django.db import DatabaseError
 
 from .fields import key_fingerprint
@@ -67,6 +71,33 @@ def encryption_key_decrypts_canary(app_configs: Any = None, **kwargs: Any) -> li
         return []  # no database yet (fresh machine before migrate): nothing to protect
     if problem:
         return [Error(problem, id="integrations.E001")]
+    return []
+
+
+PRIVATE_WEBHOOKS = (
+    "WEBHOOKS_ALLOW_PRIVATE is on with DEBUG off: webhook endpoints may use plain HTTP and "
+    "addresses that are not public (loopback 127.0.0.1 and ::1, private networks such as "
+    "10.0.0.0/8, shared 100.64.0.0/10, link-local and the cloud metadata address "
+    "169.254.169.254), so anyone who can subscribe can make the portal send requests into "
+    "its own network."
+)
+
+
+def private_webhooks_allowed() -> str | None:
+    """What WEBHOOKS_ALLOW_PRIVATE lets through, when it is on outside development (DEBUG off);
+    None otherwise. Read at call time: the system check, /health/ and the admin say the same."""
+    if getattr(settings, "WEBHOOKS_ALLOW_PRIVATE", False) and not settings.DEBUG:
+        return PRIVATE_WEBHOOKS
+    return None
+
+
+def webhooks_allow_private(app_configs: Any = None, **kwargs: Any) -> list[Warning]:
+    """System check integrations.W001 (registered with the `security` tag in apps.py): a
+    warning, not an error, because a test or staging deployment may need it on purpose."""
+    problem = private_webhooks_allowed()
+    if problem:
+        hint = "Unset WEBHOOKS_ALLOW_PRIVATE (or set it to false) in production."
+        return [Warning(problem, hint=hint, id="integrations.W001")]
     return []
 
 

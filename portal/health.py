@@ -3,8 +3,11 @@
 Answers JSON and 200 when every check passes, 503 otherwise. Checks: the database answers, the
 broker (Redis) answers (`skipped` on development's file broker), at least one Celery worker
 answers a ping, and the configured encryption keys decrypt the canary. Anonymous callers see
-only `ok` / `fail` / `skipped` per check; staff also see why a check failed. Never a secret, a
-URL, a host name or a version.
+only `ok` / `fail` / `skipped` per check; staff also see why a check failed, and `warnings`:
+settings that work but weaken the deployment (WEBHOOKS_ALLOW_PRIVATE with DEBUG off, the system
+check integrations.W001). A warning does not fail the probe, and it is not shown to anonymous
+callers: that the SSRF rules are off is worth knowing to an attacker. Never a secret, a URL, a
+host name or a version.
 """
 
 from __future__ import annotations
@@ -142,6 +145,16 @@ def run_checks() -> tuple[dict[str, str | None], set[str]]:
     return results, skipped
 
 
+def warnings() -> dict[str, str]:
+    """Each weakening setting in force, by name, with what it allows (staff only)."""
+    from integrations.checks import private_webhooks_allowed
+
+    found: dict[str, str] = {}
+    if problem := private_webhooks_allowed():
+        found["webhooks"] = problem
+    return found
+
+
 @never_cache
 @require_GET
 def health(request: HttpRequest) -> JsonResponse:
@@ -157,4 +170,6 @@ def health(request: HttpRequest) -> JsonResponse:
     user = getattr(request, "user", None)
     if user is not None and user.is_staff:
         body["errors"] = {name: reason for name, reason in results.items() if reason}
+        if found := warnings():
+            body["warnings"] = found
     return JsonResponse(body, status=200 if healthy else 503)

@@ -242,3 +242,45 @@ def test_a_broker_that_cannot_be_reached_is_a_remembered_failure(
     assert [r.json()["checks"]["worker"] for r in responses] == ["fail"] * 3
     assert len(calls) == 1
     assert b"broker.internal" not in responses[0].content
+
+
+# --- Warnings: settings that work but weaken the deployment -------------------------------
+
+
+def test_staff_are_told_when_private_webhook_endpoints_are_allowed_in_production(
+    client: Client,
+    admin_user,  # type: ignore[no-untyped-def]
+    worker_answers,  # type: ignore[no-untyped-def]
+    real_redis,  # type: ignore[no-untyped-def]
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    ensure_canary()
+    settings.DEBUG = False
+    settings.WEBHOOKS_ALLOW_PRIVATE = True
+    anonymous = client.get("/health/")
+    client.force_login(admin_user)
+    staff = client.get("/health/")
+    # A warning, not a failure: the probe still passes, and every check reads as before.
+    assert anonymous.status_code == staff.status_code == 200
+    assert staff.json()["status"] == "ok" and staff.json()["checks"] == anonymous.json()["checks"]
+    warning = staff.json()["warnings"]["webhooks"]
+    assert "WEBHOOKS_ALLOW_PRIVATE is on with DEBUG off" in warning
+    assert "169.254.169.254" in warning and "plain HTTP" in warning
+    # Anonymous callers see the same answer as ever: an attacker learns nothing of it.
+    assert set(anonymous.json()) == {"status", "checks"}
+    assert b"WEBHOOKS" not in anonymous.content and b"webhooks" not in anonymous.content
+
+
+def test_there_is_no_warning_when_the_webhook_rules_hold_or_in_development(
+    client: Client,
+    admin_user,  # type: ignore[no-untyped-def]
+    worker_answers,  # type: ignore[no-untyped-def]
+    settings,  # type: ignore[no-untyped-def]
+) -> None:
+    client.force_login(admin_user)
+    settings.DEBUG = False
+    settings.WEBHOOKS_ALLOW_PRIVATE = False
+    assert "warnings" not in client.get("/health/").json()
+    settings.DEBUG = True
+    settings.WEBHOOKS_ALLOW_PRIVATE = True
+    assert "warnings" not in client.get("/health/").json()
