@@ -18,8 +18,10 @@ from datetime import datetime
 from typing import Any, cast
 
 from django.contrib import admin, messages
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.utils import flatten_fieldsets
-from django.db.models import QuerySet
+from django.db.models import Count, Exists, IntegerField, Max, OuterRef, QuerySet, Subquery
+from django.db.models.functions import Coalesce
 from django.http import HttpRequest
 from django.http.response import HttpResponseBase
 from django.template.response import TemplateResponse
@@ -30,7 +32,7 @@ from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 from social_django.models import Association, Nonce, UserSocialAuth
 
-from . import admin_views
+from . import admin_views, webhooks
 from .admin_views import (
     EMPTY,
     change_url,
@@ -43,6 +45,7 @@ from .admin_views import (
     profile_text,
     when,
 )
+from .checks import private_webhooks_allowed
 from .models import (
     DEADLINE_NOTICE,
     Account,
@@ -53,6 +56,9 @@ from .models import (
     Contact,
     Policy,
     SyncRun,
+    WebhookAttempt,
+    WebhookDelivery,
+    WebhookSubscription,
 )
 from .notify import send_reconnect_reminder
 from .resources import resources
@@ -406,7 +412,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
         ]
 
     def act_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
-        return admin_views.act_on_connection(self, request, object_id)
+        return admin_views.act_on_one(self, request, object_id)
 
     # --- Actions -------------------------------------------------------------------------
 
@@ -718,6 +724,449 @@ class ApiKeyAdmin(ReadOnlyAdmin):
         self.message_user(request, f"Revoke: {'; '.join(parts)}.", messages.SUCCESS)
 
 
+# --- Outbound webhooks -----------------------------------------------------------------------
+
+# The signing secrets are never loaded by these pages' querysets, on the subscription or through
+# a delivery: a page that never holds a secret cannot show one (nor break on a wrong key).
+SECRET_FIELDS = ("secret", "previous_secret")
+DELIVERY_SECRET_FIELDS = ("subscription__secret", "subscription__previous_secret")
+# Deliveries shown on a subscription's page; every one is a link away.
+DELIVERY_ROWS = 20
+
+
+def warn_if_private_webhooks(model_admin: admin.ModelAdmin, request: HttpRequest) -> None:
+    """The webhook pages say so when WEBHOOKS_ALLOW_PRIVATE is on outside development."""
+    problem = private_webhooks_allowed()
+    if problem:
+        model_admin.message_user(request, problem, messages.WARNING)
+
+
+class WebhookPendingFilter(admin.SimpleListFilter):
+    title = "deliveries"
+    parameter_name = "deliveries"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Iterable[tuple[str, str]]:
+        return [("pending", "Some pending"), ("failed", "Some failed"), ("none", "None pending")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        def held(state: str) -> Exists:
+            return Exists(WebhookDelivery.objects.filter(subscription=OuterRef("pk"), state=state))
+
+        if self.value() == "pending":
+            return queryset.filter(held(WebhookDelivery.State.PENDING))
+        if self.value() == "failed":
+            return queryset.filter(held(WebhookDelivery.State.FAILED))
+        if self.value() == "none":
+            return queryset.exclude(held(WebhookDelivery.State.PENDING))
+        return queryset
+
+
+class WebhookSubscriptionAdmin(ReadOnlyAdmin):
+    """Subscriptions are made and changed by their owners (the page, the API); here they are
+    seen, disabled and enabled again. The secret is in no column, field, search or query."""
+
+    list_display = [
+        "owner_name",
+        "url",
+        "event_list",
+        "state_badge",
+        "created_at",
+        "last_delivery",
+        "pending",
+        "disabled_reason",
+    ]
+    list_filter = ["state", WebhookPendingFilter, "created_at"]
+    search_fields = ["owner__username", "owner__email", "url"]
+    search_help_text = "Owner's username or email, or the endpoint's URL."
+    list_per_page = 100
+    actions = ["disable_selected", "enable_selected"]
+    fieldsets = [
+        (None, {"fields": ["owner_link", "url", "event_list", "state_badge", "created_at"]}),
+        ("Signing secret", {"fields": ["secret_state"]}),
+        (
+            "Delivery",
+            {
+                "fields": [
+                    "last_sequence",
+                    "last_delivery",
+                    "pending",
+                    "paused_until",
+                    "lease",
+                    "disabled_at",
+                    "disabled_reason",
+                    "delivery_links",
+                ]
+            },
+        ),
+    ]
+    readonly_fields = flatten_fieldsets(fieldsets)
+    exclude = list(SECRET_FIELDS)
+
+    class Media:
+        css = {"all": ["admin.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        deliveries = WebhookDelivery.objects.filter(subscription=OuterRef("pk")).order_by()
+        pending = (
+            deliveries.filter(state=WebhookDelivery.State.PENDING)
+            .values("subscription")
+            .annotate(n=Count("pk"))
+            .values("n")
+        )
+        delivered = (
+            deliveries.filter(state=WebhookDelivery.State.DELIVERED)
+            .values("subscription")
+            .annotate(at=Max("delivered_at"))
+            .values("at")
+        )
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("owner")
+            .defer(*SECRET_FIELDS)
+            .annotate(
+                pending_count=Coalesce(Subquery(pending, output_field=IntegerField()), 0),
+                last_delivered_at=Subquery(delivered),
+            )
+        )
+
+    def has_act_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("integrations.change_webhooksubscription")
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        if request.method == "GET":
+            warn_if_private_webhooks(self, request)
+        return super().changelist_view(request, extra_context)
+
+    # --- Columns -----------------------------------------------------------------------------
+
+    @admin.display(description="owner", ordering="owner__username")
+    def owner_name(self, obj: WebhookSubscription) -> str:
+        return obj.owner.get_username()
+
+    @admin.display(description="owner")
+    def owner_link(self, obj: WebhookSubscription) -> str:
+        owner = obj.owner
+        return format_html(
+            '<a href="{}">{}</a> {}',
+            change_url(owner, owner.pk),
+            owner.get_username(),
+            f"<{owner.email}>" if owner.email else "",
+        )
+
+    @admin.display(description="events")
+    def event_list(self, obj: WebhookSubscription) -> str:
+        return ", ".join(obj.events) or EMPTY
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: WebhookSubscription) -> str:
+        return format_html(
+            '<span class="zw-badge zw-{}">{}</span>', obj.state, obj.get_state_display()
+        )
+
+    @admin.display(description="last delivered", ordering="last_delivered_at")
+    def last_delivery(self, obj: Any) -> str:
+        return when(obj.last_delivered_at) if obj.last_delivered_at else "never"
+
+    @admin.display(description="pending", ordering="pending_count")
+    def pending(self, obj: Any) -> str:
+        if not obj.pending_count:
+            return "0"
+        return format_html(
+            '<a href="{}">{}</a>',
+            changelist_url(WebhookDelivery, subscription=obj.pk, state__exact="pending"),
+            obj.pending_count,
+        )
+
+    @admin.display(description="signing secret")
+    def secret_state(self, obj: WebhookSubscription) -> str:
+        # The secret itself is deferred and never read: only when it was last rotated.
+        text = "set (shown to its owner once, when made or rotated; never shown here)"
+        until = obj.previous_secret_until
+        if until is not None and until > timezone.now():
+            text += f"; rotated: the previous secret also signs until {when(until)}"
+        return text
+
+    @admin.display(description="leased by a worker until")
+    def lease(self, obj: WebhookSubscription) -> str:
+        return when(obj.lease_until)
+
+    @admin.display(description="deliveries")
+    def delivery_links(self, obj: WebhookSubscription) -> SafeString:
+        links = [
+            (changelist_url(WebhookDelivery, subscription=obj.pk), "all deliveries"),
+            (
+                changelist_url(WebhookDelivery, subscription=obj.pk, state__exact="pending"),
+                "pending",
+            ),
+            (
+                changelist_url(WebhookDelivery, subscription=obj.pk, state__exact="failed"),
+                "failed",
+            ),
+            (changelist_url(ConnectionEvent, user__id__exact=obj.owner_id), "owner's events"),
+        ]
+        return format_html_join(" · ", '<a href="{}">{}</a>', links)
+
+    # --- The subscription's page: its actions above, its latest deliveries below ------------
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
+    ) -> Any:
+        if obj is not None:
+            warn_if_private_webhooks(self, request)
+            context["deliveries"] = obj.deliveries.select_related("event").defer("event__data")[
+                :DELIVERY_ROWS
+            ]
+            context["delivery_rows"] = DELIVERY_ROWS
+            context["deliveries_url"] = changelist_url(WebhookDelivery, subscription=obj.pk)
+            if self.has_act_permission(request):
+                context["subscription_actions"] = [
+                    (name, action[2])
+                    for name, action in self.get_actions(request).items()
+                    if action
+                ]
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_urls(self) -> list[URLPattern]:
+        wrap = self.admin_site.admin_view
+        return [
+            path(
+                "<path:object_id>/act/",
+                wrap(require_POST(self.act_view)),
+                name="integrations_webhooksubscription_act",
+            ),
+            *super().get_urls(),
+        ]
+
+    def act_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        return admin_views.act_on_one(self, request, object_id)
+
+    # --- Actions -------------------------------------------------------------------------
+
+    def _each(self, queryset: QuerySet[Any]) -> list[WebhookSubscription]:
+        ids = queryset.values("pk")
+        return list(
+            WebhookSubscription.objects.filter(pk__in=ids).defer(*SECRET_FIELDS).order_by("pk")
+        )
+
+    @admin.action(description="Disable", permissions=["act"])
+    def disable_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        """Stop sending (events are still recorded and held); audited by `webhooks.disable`,
+        which also emails the owner."""
+        reason = f"disabled by {request.user.get_username()} in the admin"
+        outcomes: Counter[str] = Counter()
+        for subscription in self._each(queryset):
+            disabled = webhooks.disable(subscription, reason, actor=request.user)
+            outcomes["webhook_disabled" if disabled else "webhook_already_disabled"] += 1
+        admin_views.report(self, request, "Disable", outcomes)
+
+    @admin.action(description="Enable (replay pending)", permissions=["act"])
+    def enable_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        """Send again, starting with everything held or given up on; audited by
+        `webhooks.enable` with the number replayed. An active subscription is left alone (its
+        pending deliveries are already being sent on their retry schedule)."""
+        outcomes: Counter[str] = Counter()
+        replayed = 0
+        for subscription in self._each(queryset):
+            if subscription.is_active:
+                outcomes["webhook_already_active"] += 1
+                continue
+            replayed += webhooks.enable(subscription, request.user)
+            outcomes["webhook_enabled"] += 1
+        admin_views.report(self, request, "Enable", outcomes)
+        if replayed:
+            self.message_user(
+                request,
+                f"{replayed} held or failed deliver{'ies' if replayed != 1 else 'y'} "
+                "queued to be sent again, oldest first.",
+                messages.INFO,
+            )
+
+
+class WebhookSubscriptionFilter(admin.SimpleListFilter):
+    """By subscription, from one query that loads neither secrets nor whole rows (Django's
+    related filter would load every subscription, decrypting its secret)."""
+
+    title = "subscription"
+    parameter_name = "subscription"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Iterable[tuple[str, str]]:
+        rows = WebhookSubscription.objects.order_by("owner__username", "pk").values_list(
+            "pk", "owner__username", "url"
+        )
+        return [(str(pk), f"{owner}: {url}") for pk, owner, url in rows]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        value = str(self.value() or "")  # the facet counts pass each lookup's int
+        if value.isdigit():
+            return queryset.filter(subscription_id=int(value))
+        return queryset
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    """A delivery's attempt log: when, how long, what the receiver answered (an excerpt of its
+    body, never its headers)."""
+
+    model = WebhookAttempt
+    fields = ("attempted_at", "duration", "status", "error", "response_excerpt")
+    readonly_fields = fields
+    extra = 0
+    can_delete = False
+    verbose_name = "attempt"
+    verbose_name_plural = "attempts (newest first)"
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="at")
+    def attempted_at(self, obj: WebhookAttempt) -> str:
+        return timezone.localtime(obj.at).strftime("%Y-%m-%d %H:%M:%S")
+
+    @admin.display(description="duration")
+    def duration(self, obj: WebhookAttempt) -> str:
+        return f"{obj.duration_ms} ms"
+
+
+class WebhookDeliveryAdmin(ReadOnlyAdmin):
+    """Each event for each subscription, where its delivery stands and every attempt; replayed
+    from here (same webhook-id and body, a fresh attempt count)."""
+
+    list_display = [
+        "id",
+        "subscription_link",
+        "owner",
+        "sequence",
+        "event_type",
+        "webhook_id",
+        "state_badge",
+        "attempts",
+        "created_at",
+        "next_attempt",
+        "delivered_at",
+        "last_result",
+    ]
+    list_filter = ["state", WebhookSubscriptionFilter, "created_at"]
+    search_fields = ["=event__id", "subscription__url", "subscription__owner__username"]
+    search_help_text = "Event id (msg_…, exact), the endpoint's URL or the owner's username."
+    list_per_page = 100
+    show_full_result_count = False  # a busy endpoint has many: no full count on every page
+    ordering = ["-id"]
+    fields = (
+        "subscription_link",
+        "owner",
+        "sequence",
+        "webhook_id",
+        "event_type",
+        "state_badge",
+        "attempts",
+        "created_at",
+        "next_attempt",
+        "delivered_at",
+        "last_result",
+        "body",
+    )
+    readonly_fields = fields
+    inlines = [WebhookAttemptInline]
+    actions = ["replay_selected"]
+
+    class Media:
+        css = {"all": ["admin.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("subscription__owner", "event")
+            .defer(*DELIVERY_SECRET_FIELDS, "event__data")
+        )
+
+    def has_act_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("integrations.change_webhooksubscription")
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        if request.method == "GET":
+            warn_if_private_webhooks(self, request)
+        return super().changelist_view(request, extra_context)
+
+    @admin.display(description="subscription", ordering="subscription__url")
+    def subscription_link(self, obj: WebhookDelivery) -> str:
+        return format_html(
+            '<a href="{}">{}</a>',
+            change_url(WebhookSubscription, obj.subscription_id),
+            obj.subscription.url,
+        )
+
+    @admin.display(description="owner", ordering="subscription__owner__username")
+    def owner(self, obj: WebhookDelivery) -> str:
+        return obj.subscription.owner.get_username()
+
+    @admin.display(description="event", ordering="event__type")
+    def event_type(self, obj: WebhookDelivery) -> str:
+        return obj.event.type
+
+    @admin.display(description="webhook-id (event id)", ordering="event_id")
+    def webhook_id(self, obj: WebhookDelivery) -> str:
+        return obj.event_id
+
+    @admin.display(description="state", ordering="state")
+    def state_badge(self, obj: WebhookDelivery) -> str:
+        held = (
+            obj.state == WebhookDelivery.State.PENDING
+            and obj.subscription.state == WebhookSubscription.State.DISABLED
+        )
+        label = "Held (subscription disabled)" if held else obj.get_state_display()
+        return format_html('<span class="zw-badge zw-{}">{}</span>', obj.state, label)
+
+    @admin.display(description="next attempt", ordering="next_attempt_at")
+    def next_attempt(self, obj: WebhookDelivery) -> str:
+        return when(obj.next_attempt_at) if obj.state == WebhookDelivery.State.PENDING else EMPTY
+
+    @admin.display(description="last answer")
+    def last_result(self, obj: WebhookDelivery) -> str:
+        if obj.last_error and obj.last_status is None:
+            return obj.last_error
+        if obj.last_status is None:
+            return EMPTY
+        return f"HTTP {obj.last_status}" + (f": {obj.last_error}" if obj.last_error else "")
+
+    @admin.display(description="body sent")
+    def body(self, obj: WebhookDelivery) -> str:
+        # What the receiver gets (ids and the sequence; no secret is in a body). The headers,
+        # signatures included, are never shown.
+        return format_html("<pre>{}</pre>", webhooks.body_of(obj).decode())
+
+    @admin.action(description="Replay (send again, same webhook-id)", permissions=["act"])
+    def replay_selected(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        """Reset the deliveries to pending and send them (`webhooks.replay`); recorded in each
+        delivery's admin history. A disabled subscription's are held until it is enabled."""
+        chosen = list(queryset.order_by("pk").values_list("pk", "subscription__state", named=True))
+        ids = [row.pk for row in chosen]
+        count = webhooks.replay(WebhookDelivery.objects.filter(pk__in=ids))
+        LogEntry.objects.log_actions(
+            user_id=cast(int, request.user.pk),  # the admin: a logged-in User
+            queryset=WebhookDelivery.objects.filter(pk__in=ids),
+            action_flag=CHANGE,
+            change_message="Replayed from the admin",
+        )
+        held = sum(row.subscription__state == WebhookSubscription.State.DISABLED for row in chosen)
+        text = f"Replay: {count} deliver{'ies' if count != 1 else 'y'} queued to be sent again"
+        if held:
+            text += f"; {held} held until their subscription is enabled"
+        self.message_user(request, text + ".", messages.SUCCESS)
+
+
 admin.site.register(Connection, ConnectionAdmin)
 admin.site.register(SyncRun, SyncRunAdmin)
 admin.site.register(ConnectionEvent, ConnectionEventAdmin)
@@ -725,6 +1174,8 @@ admin.site.register(Account, AccountAdmin)
 admin.site.register(Contact, ContactAdmin)
 admin.site.register(Policy, PolicyAdmin)
 admin.site.register(ApiKey, ApiKeyAdmin)
+admin.site.register(WebhookSubscription, WebhookSubscriptionAdmin)
+admin.site.register(WebhookDelivery, WebhookDeliveryAdmin)
 
 
 # social-auth's stock admin shows and edits raw extra_data: replace it with a read-only list.

@@ -114,8 +114,9 @@ def event_summary(detail: Any) -> str:
 # --- Custom admin views --------------------------------------------------------------------
 
 
-def act_on_connection(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponseBase:
-    """An action on one connection, from its page; back to the page afterwards."""
+def act_on_one(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponseBase:
+    """An action on one object (a connection, a webhook subscription), from its page; back to
+    the page afterwards."""
     if not model_admin.has_act_permission(request):
         raise PermissionDenied
     action = model_admin.get_actions(request).get(request.POST.get("action", ""))
@@ -125,7 +126,7 @@ def act_on_connection(model_admin: Any, request: HttpRequest, object_id: str) ->
     if not queryset.exists():
         raise Http404
     response = cast(HttpResponseBase | None, action[0](model_admin, request, queryset))
-    return response or redirect(change_url(Connection, object_id))
+    return response or redirect(change_url(model_admin.model, object_id))
 
 
 def confirm_disconnect(
@@ -164,12 +165,27 @@ OUTCOMES = {
     "error": "failed unexpectedly (see the log)",
     "link_removed": "link removed",
     "still_connected": "skipped (still connected: disconnect first)",
+    "webhook_disabled": "disabled (events are held; the owner is emailed)",
+    "webhook_already_disabled": "already disabled",
+    "webhook_enabled": "enabled",
+    "webhook_already_active": "already active (left alone)",
 }
-GOOD_OUTCOMES = {"refreshed", "queued", "already_queued", "sent", "revoked", "link_removed"}
+GOOD_OUTCOMES = {
+    "refreshed",
+    "queued",
+    "already_queued",
+    "sent",
+    "revoked",
+    "link_removed",
+    "webhook_disabled",
+    "webhook_already_disabled",
+    "webhook_enabled",
+    "webhook_already_active",
+}
 
 
 def report(model_admin: Any, request: HttpRequest, what: str, outcomes: Counter[str]) -> None:
-    """One message for a whole action: how many connections ended which way."""
+    """One message for a whole action: how many objects ended which way."""
     level = messages.SUCCESS if set(outcomes) <= GOOD_OUTCOMES else messages.WARNING
     parts = "; ".join(f"{n} {OUTCOMES[outcome]}" for outcome, n in sorted(outcomes.items()))
     model_admin.message_user(request, f"{what}: {parts}." if parts else f"{what}: nothing.", level)
