@@ -5,7 +5,8 @@
   query strings (also URL-encoded, once or more), form bodies, JSON and Python reprs, the
   `Profile: Token ...` header and `ProfileToken` values, passwords in URLs, the portal's API
   keys (`zwk_...`: only their prefix is left), and the literal values of our own secrets (the
-  Zywave client secret, SECRET_KEY, the field encryption keys), wherever they are in a record:
+  Zywave client secret, SECRET_KEY, the field encryption keys), webhook signing secrets
+  (`whsec_...`: all of it, also URL-encoded), wherever they are in a record:
   the message, its arguments, the exception text, the stack and any `extra` field.
 * `JsonFormatter` writes time, level, logger, event and the context ids: `user_id` and
   `request_id` (bound by `RequestContextMiddleware`), `task_id`, `task` and `connection_id`
@@ -110,6 +111,14 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
     # encoded `=` (`%3Dzwk_...`) or an underscore there is no word boundary. Linear: a literal
     # start, two bounded repeats, then one possessive run that, once entered, always matches.
     (re.compile(r"(zwk_[A-Za-z0-9]{8}_)[A-Za-z0-9]++"), r"\1" + REDACTED),
+    # Webhook signing secrets (`whsec_` and base64, integrations.webhooks.new_secret), whole:
+    # nothing of one names it on a page, so nothing is kept. Base64's `+`, `/` and `=` may be
+    # URL-encoded (`%2B`, `%252F`, ...) and `/` JSON-escaped (`\/`). Linear: a literal start,
+    # then one possessive run whose alternatives each start with a different character.
+    (
+        re.compile(r"(whsec_)(?:[A-Za-z0-9+/=]|%(?:25)*+(?:2[BbFf]|3[Dd])|\\/)++"),
+        r"\1" + REDACTED,
+    ),
 ]
 
 # Secrets shorter than this are not searched for literally: they would mask ordinary words.

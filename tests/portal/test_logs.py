@@ -225,6 +225,11 @@ WORST_CASES: dict[str, Callable[[], tuple[str, str]]] = {
     "api key: a secret of one character each": lambda: _each(
         "zwk_abcdefgh_x ", "zwk_abcdefgh_[redacted] "
     ),
+    "webhook secret: prefixes with no secret": lambda: _same(_megabyte("whsec_ ")),
+    "webhook secret: one %25 after another with no end": lambda: _same("whsec_%" + _megabyte("25")),
+    "webhook secret: a secret of one character each": lambda: _each(
+        "whsec_x ", "whsec_[redacted] "
+    ),
 }
 
 
@@ -374,4 +379,65 @@ def test_an_api_key_in_a_repr_of_headers_is_masked(captured: io.StringIO) -> Non
 
 def test_text_about_a_key_by_its_prefix_is_left_alone() -> None:
     ordinary = "Revoked key zwk_k3y5pr3f… (CRM import) of dana; zwk_ keys start with zwk_"
+    assert logs.redact(ordinary) == ordinary
+
+
+# --- Webhook signing secrets -----------------------------------------------------------------
+
+# A secret as integrations.webhooks.new_secret makes them, with each of base64's + / = in it.
+WEBHOOK_SECRET = "whsec_K9+/Qm3vX2b7Lz0pR4tY8uWcE1nHs5aD6fGj0kMq4Zw="
+MASKED_SECRET = "whsec_[redacted]"
+
+
+def _url_encoded(text: str, times: int = 1) -> str:
+    from urllib.parse import quote
+
+    for _ in range(times):
+        text = quote(text, safe="")
+    return text
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        f"Delivering with secret {WEBHOOK_SECRET} to https://hooks.example.test/in",
+        f'subscription {{"id": 4, "secret": "{WEBHOOK_SECRET}", "state": "active"}}',
+        f"Webhook({WEBHOOK_SECRET!r}) failed: bad signature",
+        f"GET /settings/webhooks/?s={_url_encoded(WEBHOOK_SECRET)}&x=1 404",
+        f"GET /login/?next={_url_encoded('/hook?s=' + WEBHOOK_SECRET, times=2)} 302",
+        f'escaped json {{"secret":"{WEBHOOK_SECRET.replace("/", chr(92) + "/")}"}}',
+    ],
+)
+def test_a_webhook_signing_secret_in_a_log_line_is_masked_whole(
+    captured: io.StringIO, message: str
+) -> None:
+    logging.getLogger("integrations.webhooks").warning(message)
+    (line,) = lines(captured)
+    output = captured.getvalue()
+    # Not the secret, nor its base64 part, nor any long piece of it.
+    body = WEBHOOK_SECRET.removeprefix("whsec_")
+    assert all(body[i : i + 8] not in output for i in range(len(body) - 8))
+    assert MASKED_SECRET in str(line["event"])
+
+
+def test_a_webhook_secret_in_an_exception_or_an_extra_field_is_masked(
+    captured: io.StringIO,
+) -> None:
+    try:
+        raise ValueError(f"cannot sign with {WEBHOOK_SECRET}")
+    except ValueError:
+        logging.getLogger("integrations.tasks").exception(
+            "deliver_webhooks failed", extra={"secrets": [WEBHOOK_SECRET]}
+        )
+    (line,) = lines(captured)
+    assert WEBHOOK_SECRET not in captured.getvalue()
+    assert MASKED_SECRET in str(line["error"]) and MASKED_SECRET in str(line["secrets"])
+
+
+def test_a_real_new_secret_is_masked_and_text_about_secrets_left_alone() -> None:
+    from integrations.webhooks import new_secret
+
+    secret = new_secret()
+    assert logs.redact(f"rotated to {secret}.") == f"rotated to {MASKED_SECRET}."
+    ordinary = "Signing secrets start with whsec_ (Standard Webhooks); subscription 4 rotated"
     assert logs.redact(ordinary) == ordinary
