@@ -536,6 +536,41 @@ def test_a_sync_that_fails_emits_sync_failed_once_with_the_run(
     assert len(outbox(subscription, "connection.reauth_required")) == 1
 
 
+def test_a_run_stopped_by_a_bad_page_announces_the_pages_it_wrote_and_sync_failed_partial(
+    staff: User, zywave: Sandbox, receiver: Receiver
+) -> None:
+    conn = connection(staff, zywave)
+    subscription, _ = subscribe(staff, receiver)
+    inject_fault(
+        zywave,
+        r"^/accounts/v2\.0/contact$",
+        status=200,
+        body='{"items": [1, 2]}',  # not records at all
+        content_type="application/json",
+    )
+    finished = run(conn)
+    assert finished.state == SyncRun.State.PARTIAL
+    mirrored = set(Account.objects.filter(connection=conn).values_list("zywave_id", flat=True))
+    assert set(changes_in(outbox(subscription, "accounts.changed"))) == mirrored
+    assert outbox(subscription, "contacts.changed") == []
+    (failed,) = outbox(subscription, "sync.failed")
+    assert failed["sync"]["state"] == "partial" and failed["sync"]["error"] == finished.error
+
+
+def test_changes_beyond_one_event_are_split_into_events_of_at_most_500(
+    staff: User, receiver: Receiver
+) -> None:
+    conn = connection(staff)
+    subscription, _ = subscribe(staff, receiver)
+    changes = [(f"A{n}", "deleted") for n in range(1200)]
+    written = webhooks.emit_changes(staff.pk, conn.pk, "accounts", changes, timezone.now())
+    assert written == 3
+    events = outbox(subscription, "accounts.changed")
+    assert [len(e["changes"]) for e in events] == [500, 500, 200]
+    assert [c["id"] for e in events for c in e["changes"]] == [i for i, _ in changes]
+    assert len({e["updated_since"] for e in events}) == 1
+
+
 def test_a_run_cancelled_mid_run_writes_neither_the_next_page_nor_its_event(
     staff: User, zywave: Sandbox, receiver: Receiver
 ) -> None:
