@@ -341,7 +341,7 @@ def _write_event(
     event = WebhookEvent.objects.create(
         id=new_event_id(), owner_id=owner_id, type=event_type, data=data
     )
-    numbers = _next_sequences([s.pk for s in subscriptions])
+    numbers = _next_sequences(owner_id, [s.pk for s in subscriptions])
     WebhookDelivery.objects.bulk_create(
         [
             WebhookDelivery(subscription_id=pk, event=event, sequence=sequence)
@@ -352,10 +352,20 @@ def _write_event(
     return event
 
 
-def _next_sequences(subscription_ids: list[int]) -> dict[int, int]:
+def _next_sequences(owner_id: int, subscription_ids: list[int]) -> dict[int, int]:
     """Raise each subscription's counter by one and return the new values: one UPDATE that
     locks the rows until the caller's transaction ends, so two writers never take the same
-    number and a rolled-back one leaves no gap."""
+    number and a rolled-back one leaves no gap.
+
+    All of the owner's subscriptions are locked first, in id order: a transaction that emits
+    twice (a full run's last one, once per resource) would otherwise hold one subscription and
+    wait for another that a second emitter for the owner holds while it waits for the first."""
+    list(
+        WebhookSubscription.objects.select_for_update()
+        .filter(owner_id=owner_id)
+        .order_by("pk")
+        .values_list("pk", flat=True)
+    )
     table = db.ops.quote_name(WebhookSubscription._meta.db_table)
     placeholders = ", ".join(["%s"] * len(subscription_ids))
     with db.cursor() as cursor:

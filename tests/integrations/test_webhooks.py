@@ -422,6 +422,56 @@ def test_a_writer_waiting_on_a_sequence_number_takes_it_when_the_holder_rolls_ba
     assert [(d["n"], d["sequence"]) for d in outbox(subscription, "sync.succeeded")] == [(2, 1)]
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_transaction_emitting_twice_and_a_concurrent_emitter_do_not_deadlock(
+    staff: User, receiver: Receiver
+) -> None:
+    """A full run's last transaction emits once per resource; meanwhile token upkeep (say)
+    emits for the same owner. The first emit takes the one subscription that listens to it,
+    the upkeep's takes both (the other first) and waits; the run's second emit then needs the
+    other. Taking the owner's subscriptions in one order every time, neither waits on the
+    other in a cycle."""
+    lower, _ = subscribe(staff, receiver, ["contacts.changed", "sync.failed"])
+    higher, _ = subscribe(staff, receiver, ["accounts.changed", "contacts.changed", "sync.failed"])
+    assert lower.pk < higher.pk
+    WebhookSubscription.objects.update(state="disabled")  # nothing queued to a broker on commit
+    first_done, second_waiting = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def run_like() -> None:
+        try:
+            with transaction.atomic():
+                emit(staff, "accounts.changed", n=1)  # `higher` only
+                first_done.set()
+                second_waiting.wait(10)
+                time.sleep(0.5)  # the other writer is now waiting for `higher`
+                emit(staff, "contacts.changed", n=2)  # both
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            db.close()
+
+    def upkeep_like() -> None:
+        try:
+            assert first_done.wait(10)
+            second_waiting.set()
+            emit(staff, "sync.failed", n=3)  # both
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=run_like), threading.Thread(target=upkeep_like)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert sorted(
+        d["n"] for d in outbox(higher, "contacts.changed") + outbox(higher, "sync.failed")
+    ) == [2, 3]
+
+
 # --- The outbox: syncs -----------------------------------------------------------------------
 
 
