@@ -39,6 +39,7 @@ if str(REPO_ROOT) not in sys.path:
 
 from tests.drills import infrastructure, load, scan, secrets_sweep, sync, tokens  # noqa: E402
 from tests.drills.helpers import FULL, SHORT, Result, Scale  # noqa: E402
+from tests.drills.ssrf import drill_ssrf  # noqa: E402
 from tests.drills.stack import Stack, redis_server, stop_process  # noqa: E402
 from tests.sandboxserver import free_port  # noqa: E402
 
@@ -110,6 +111,7 @@ def run_all(
             ("hang", lambda: tokens.drill_hang(stack, scale, p["hang"], p["lost"])),
             ("lost answer", lambda: tokens.drill_lost_answer(stack, scale, p["proxy"])),
             ("partition", lambda: infrastructure.drill_partition(stack, scale)),
+            ("ssrf", lambda: drill_ssrf(stack, scale)),
             (
                 "redis restart",
                 lambda: infrastructure.drill_redis_restart(stack, scale, p["redis"], p["overdue"]),
@@ -372,6 +374,13 @@ def render(data: dict[str, Any]) -> str:
         "and contact names carry their number; a page showing another number counts.",
         "- Connect flows start from a logged-in session (created server-side, as `force_login` "
         "does) so that the load measures connecting rather than password hashing.",
+        "- *SSRF*: everything that could send (a Celery worker, a gunicorn serving the API, the "
+        "process calling the webhook functions, their Redis and the receivers) runs in a network "
+        "namespace of its own (`unshare --net`) with only loopback up and no route out; "
+        "93.184.215.14 (a global address, so one the portal accepts) exists only on that "
+        "loopback, for the public receiver. *Connects* are every `connect` of every process in "
+        "it, recorded by tests/netguard (`NETGUARD_LOG`) before the guard lets it through or "
+        "refuses it; names resolve from its stub (`NETGUARD_HOSTS`), never DNS.",
         "- The short versions of these drills run in `make test` "
         "(`tests/drills/test_drills_short.py`) and assert the same correctness figures.",
         "",

@@ -147,3 +147,22 @@ def test_no_secret_anywhere_after_the_drills(drills: dict[str, dict[str, Any]]) 
     assert f["tokens_issued"] >= 24 and f["log_files"] >= 4
     assert f["found_in_the_journals"] >= f["tokens_issued"]  # the search finds what is there
     assert f["hits"] == {"database": 0, "redis": 0, "logs": 0, "mail": 0}
+
+
+def test_ssrf(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "SSRF: webhooks to private addresses")
+    assert f["settings"] == {"DEBUG": False, "WEBHOOKS_ALLOW_PRIVATE": False}
+    assert f["namespace"] == {"links": ["lo"], "default_route": False}
+    assert f["functions_refused"] == f["functions_total"] == 12 and f["functions_created"] == 0
+    assert f["api_created"] == 0 and f["api_patches_refused"] == (6 if f["api_built"] else 0)
+    assert not f["api_built"] or list(f["api_statuses"].values()) == [400] * 6
+    refused = {
+        k: v for k, v in f["deliveries"].items() if k != "control" and not k.startswith("redirect")
+    }
+    assert len(refused) == 7 and all(v["state"] == "failed" for v in refused.values())
+    redirects = [v for k, v in f["deliveries"].items() if k.startswith("redirect")]
+    assert len(redirects) == 3 and all(v["state"] == "failed" for v in redirects)
+    assert f["deliveries"]["control"]["state"] == "delivered"
+    # Requests attempted to a private address, as every process's socket layer recorded them.
+    assert f["connects"]["to_private"] == [] and f["connects"]["refused_by_guard"] == []
+    assert sum(f["trap_connections"].values()) == 0
