@@ -24,8 +24,8 @@ from typing import Any
 
 import orjson
 from django.conf import settings
+from django.db import IntegrityError, transaction
 from django.db import connection as db
-from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
@@ -502,7 +502,9 @@ def _send_due(subscription_id: int, owner: str) -> int:
         if attempt(subscription, delivery):
             sent += 1
             continue
-        subscription.refresh_from_db(fields=["state", "paused_until"])
+        subscription = WebhookSubscription.objects.filter(pk=subscription_id).first()
+        if subscription is None:
+            return sent  # deleted while its attempt was out
         if not subscription.is_active or (
             subscription.paused_until and subscription.paused_until > timezone.now()
         ):
@@ -537,14 +539,20 @@ def attempt(subscription: WebhookSubscription, delivery: WebhookDelivery) -> boo
         error = f"refused: {exc}"
     except egress.SendFailed as exc:
         error, duration_ms = exc.reason, exc.duration_ms
-    WebhookAttempt.objects.create(
-        delivery=delivery,
-        at=at,
-        duration_ms=duration_ms,
-        status=status,
-        error=error[:300],
-        response_excerpt=excerpt[: egress.EXCERPT_BYTES],
-    )
+    try:
+        with transaction.atomic():
+            WebhookAttempt.objects.create(
+                delivery=delivery,
+                at=at,
+                duration_ms=duration_ms,
+                status=status,
+                error=error[:300],
+                response_excerpt=excerpt[: egress.EXCERPT_BYTES],
+            )
+    except IntegrityError:
+        # The subscription (and its deliveries) was deleted while the request was out.
+        log.info("Webhook delivery %s went with its subscription mid-attempt", delivery.pk)
+        return False
     if status is not None and 200 <= status < 300:
         WebhookDelivery.objects.filter(pk=delivery.pk).update(
             state=WebhookDelivery.State.DELIVERED,

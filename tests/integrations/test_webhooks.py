@@ -1130,3 +1130,25 @@ def test_a_worker_retries_a_failed_delivery_by_itself_when_the_retry_is_near(
     assert receiver.ids() == [event.id, event.id]
     wait_for(lambda: delivery_of(event).state == "delivered", what="the delivery recorded")
     assert delivery_of(event).attempts == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_subscription_deleted_while_its_attempt_is_out_ends_the_drain_quietly(
+    staff: User, receiver: Receiver
+) -> None:
+    subscription, _ = subscribe(staff, receiver)
+    emit(staff)
+    emit(staff)
+    # The receiver's answer comes after the owner deleted the subscription (another thread,
+    # as a web request would): its log row has nothing left to belong to.
+
+    def delete_then_answer() -> None:
+        WebhookSubscription.objects.filter(pk=subscription.pk).delete()
+
+    receiver.delay = 0.3
+    deleter = threading.Timer(0.1, delete_then_answer)
+    deleter.start()
+    assert webhooks.drain(subscription.pk) == "sent 0"
+    deleter.join()
+    assert len(receiver.received) == 1  # the second one was never sent
+    assert not WebhookSubscription.objects.filter(pk=subscription.pk).exists()
