@@ -2,8 +2,8 @@
 
 Starts the stack (tests/drills/stack.py: the sandbox, gunicorn, two Celery workers, beat when a
 drill needs it, PostgreSQL database `portal_drills`, Redis DB 13, all on 127.0.0.1 and free
-ports), runs each drill (tests/drills/tokens.py, sync.py, infrastructure.py, load.py,
-secrets_sweep.py, scan.py; helpers.py is what they share), writes the figures to
+ports), runs each drill (tests/drills/tokens.py, sync.py, infrastructure.py, webhooks.py,
+load.py, secrets_sweep.py, scan.py; helpers.py is what they share), writes the figures to
 `var/drills/results.json` and renders `docs/reliability.md` from them.
 
 `--short` runs the small versions that `make test` runs through pytest
@@ -37,7 +37,15 @@ if sys.path and Path(sys.path[0] or ".").resolve() == Path(__file__).resolve().p
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tests.drills import infrastructure, load, scan, secrets_sweep, sync, tokens  # noqa: E402
+from tests.drills import (  # noqa: E402
+    infrastructure,
+    load,
+    scan,
+    secrets_sweep,
+    sync,
+    tokens,
+    webhooks,
+)
 from tests.drills.helpers import FULL, SHORT, Result, Scale  # noqa: E402
 from tests.drills.ssrf import drill_ssrf  # noqa: E402
 from tests.drills.stack import Stack, redis_server, stop_process  # noqa: E402
@@ -68,6 +76,7 @@ def plan(scale: Scale) -> dict[str, Any]:
             "overdue": 48,
             "postgres": [17, 18, 19],
             "proxy": 52,
+            "webhooks": 49,
             "soak": list(range(101, 101 + scale.soak_connections)),
         }
     return {
@@ -82,6 +91,7 @@ def plan(scale: Scale) -> dict[str, Any]:
         "overdue": 9,
         "postgres": [1, 2, 3],
         "proxy": 12,
+        "webhooks": 9,
         "soak": [i for i in range(1, scale.soak_connections + 3) if i not in (10, 11)][
             : scale.soak_connections
         ],
@@ -120,6 +130,7 @@ def run_all(
                 "postgres restart",
                 lambda: infrastructure.drill_postgres_restart(stack, scale, p["postgres"]),
             ),
+            ("webhooks", lambda: webhooks.drill_webhooks(stack, scale, p["webhooks"])),
             ("soak", lambda: load.drill_soak(stack, scale, p["soak"])),
             ("scanner", lambda: scan.drill_scanner(stack, scale)),
             ("secrets", lambda: secrets_sweep.drill_secrets(stack, scale)),
@@ -351,6 +362,20 @@ def render(data: dict[str, Any]) -> str:
         "- **Fixed: gunicorn's `max_requests` recycling cut keep-alive requests** (82 of 18,649 "
         "pages got a reset instead of an answer while workers were recycled; a proxy would have "
         "shown 502s). Recycling is off (`portal/gunicorn.conf.py`).",
+        "- **Fixed: a webhook receiver that was down got a request per new event, not per "
+        "retry step.** Due deliveries were sent by `next_attempt_at`, so when a pause ended an "
+        "event written during it went before the retry that had paused the subscription, "
+        "failed, and paused it for the schedule's first step again: with events arriving "
+        "faster than that step the schedule never advanced, and events reached the receiver "
+        "out of order (the short outage drill: 7 requests in 10 s where the schedule allows 4). "
+        "The oldest (by sequence) goes first now "
+        "(`tests/integrations/test_webhook_retry_order.py`).",
+        "- **Fixed: an event written while Redis was down failed its writer.** The drain task "
+        "was sent with `delay_on_commit`, which raised after the caller's commit: a sync page, a "
+        "disconnect or the OAuth pipeline failed with its change made, and the caller's later "
+        "on-commit callbacks were skipped (the Redis restart drill: 3 of 3 emits raised). A "
+        "refused send is logged now and the reconciler sends the event "
+        "(`tests/integrations/test_webhook_broker_down.py`).",
         "",
         "## Findings of the outside review and the independent identity server",
         "",
@@ -374,6 +399,14 @@ def render(data: dict[str, Any]) -> str:
         "and contact names carry their number; a page showing another number counts.",
         "- Connect flows start from a logged-in session (created server-side, as `force_login` "
         "does) so that the load measures connecting rather than password hashing.",
+        "- *Webhook events lost*: a subscription's deliveries (sequence 1..N) that its "
+        "receiver never answered 200 to, counted at the receiver; *sequence complete*: the "
+        "deliveries' numbers are exactly 1..N; a duplicate is a second request for one sequence "
+        "number, allowed only with the same webhook-id. Every request's signature is checked "
+        "with svix. The webhook drills run on workers of their own (a Redis of their own, "
+        + ", ".join(f"`{k}={v}`" for k, v in webhooks.WEBHOOK_SETTINGS.items())
+        + "), `reconcile_webhooks` called by the drill every "
+        f"{webhooks.WEBHOOK_SETTINGS['WEBHOOKS_RECONCILE_SECONDS']} s as beat would.",
         "- *SSRF*: everything that could send (a Celery worker, a gunicorn serving the API, the "
         "process calling the webhook functions, their Redis and the receivers) runs in a network "
         "namespace of its own (`unshare --net`) with only loopback up and no route out; "

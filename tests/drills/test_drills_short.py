@@ -121,6 +121,36 @@ def test_postgres_restart(drills: dict[str, dict[str, Any]]) -> None:
     assert f["runs_lost"] == 0 and f["duplicates"] == 0 and not f["mirror_mismatches"]
 
 
+def test_webhook_receiver_outage(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Webhook receiver 503s")
+    # Events of real syncs: a page's accounts.changed and the run's sync.succeeded.
+    assert f["events_by_type"].get("accounts.changed", 0) >= 1
+    assert f["events_by_type"].get("sync.succeeded", 0) >= 1
+    # A dead endpoint is retried by the schedule, not once per new event.
+    assert 2 <= f["requests_while_down"] <= f["requests_allowed_by_the_schedule"]
+    assert f["lost"] == 0 and f["sequence_complete"] and f["delivered_in_db"] == f["events"]
+    assert f["duplicates_with_another_id"] == [] and f["signatures_bad"] == 0
+    assert f["state_after"] == "active"
+
+
+def test_webhook_worker_kill_and_redis_restart(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Webhook worker SIGKILL and Redis restart")
+    assert f["lost"] == 0 and f["sequence_complete"] and f["events"] == f["events_emitted"]
+    # The request the worker died in is sent again, with its webhook-id.
+    assert f["held_sequence"] == 1 and 1 in f["received_twice_or_more"]
+    assert f["duplicates_with_another_id"] == []
+    assert f["first_request_after_lease_expiry_seconds"] >= 0
+    assert f["reconciler_requeued_after_kill_seconds"]
+    assert f["emit_errors_redis_down"] == [] and f["events_written_while_redis_down"] > 0
+
+
+def test_webhook_receiver_hanging(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Webhook receiver hanging")
+    assert f["attempts_while_hanging"] >= 2 and set(f["attempt_errors"]) == {"timed out"}
+    assert f["hanging"]["lost"] == 0 and f["healthy"]["lost"] == 0
+    assert f["healthy"]["sequence_complete"] and f["healthy_delay_p95"] <= 2.0
+
+
 def test_sync_soak(drills: dict[str, dict[str, Any]]) -> None:
     f = figures(drills, "Load: sync soak")
     assert f["syncs_lost"] == 0 and f["duplicates"] == 0
