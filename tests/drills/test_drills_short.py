@@ -177,6 +177,12 @@ def test_no_secret_anywhere_after_the_drills(drills: dict[str, dict[str, Any]]) 
     assert f["tokens_issued"] >= 24 and f["log_files"] >= 4
     assert f["found_in_the_journals"] >= f["tokens_issued"]  # the search finds what is there
     assert f["hits"] == {"database": 0, "redis": 0, "logs": 0, "mail": 0}
+    assert f["api_key_hits"] == {"database": 0, "redis": 0, "logs": 0, "mail": 0}
+    # Webhook signing secrets: a subscription made, rotated through the API, delivered to by
+    # workers (signed with both secrets), and neither secret anywhere.
+    assert f["webhook_secrets"] >= 2 and f["webhook_secret_found_in_the_api_answer"] >= 1
+    assert f["webhook_deliveries_verified"] >= 2 and "sync.succeeded" in f["webhook_event_types"]
+    assert f["webhook_hits"] == {"database": 0, "redis": 0, "logs": 0, "mail": 0}
 
 
 def test_ssrf(drills: dict[str, dict[str, Any]]) -> None:

@@ -8,6 +8,10 @@ API keys likewise: after keys were used on every endpoint, refused every way and
 started through the API and run on the worker, no key (nor its secret part, nor anything shaped
 like a key) is in the database outside `hashed_key`, Redis, the logs, the Celery messages the
 portal sent, the API's answers (problem bodies included), or the pages and admin pages.
+
+Webhook signing secrets likewise: after a subscription's life (made and rotated through the API,
+deliveries by the worker, disabled and enabled by an admin), neither its secret nor the previous
+one, whole or without `whsec_`, is anywhere but in the two answers that show it once.
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
 import redis
 from celery.signals import before_task_publish
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
@@ -30,10 +38,12 @@ from django.core import mail
 from django.db import connection as db
 from django.test import Client
 from django.utils import timezone
+from svix.webhooks import Webhook as SvixWebhook
 
+from integrations import webhooks
 from integrations.api.keys import KEY_PATTERN, hash_key
 from integrations.backends import ZywaveOAuth2
-from integrations.models import Account, ApiKey, Connection, SyncRun
+from integrations.models import Account, ApiKey, Connection, SyncRun, WebhookSubscription
 from integrations.tasks import heartbeat
 from integrations.tokens import ReauthRequired, access_token_for, refresh
 from portal.celery import app
@@ -507,3 +517,188 @@ def test_no_api_key_is_found_anywhere_after_keys_were_used(
     # Pages: the owner's keys page and the admin list each key by its prefix.
     for key in keys[:-2]:  # omar's key is not on dana's page
         assert places["pages"].count(key.split("_")[1]) >= 2
+
+
+# --- Webhook signing secrets ---------------------------------------------------------------
+
+
+class Receiver:
+    """A webhook endpoint on 127.0.0.1 (the test settings allow private endpoints, in this
+    process and the worker's): answers 200 and keeps each request."""
+
+    def __init__(self) -> None:
+        self.received: list[tuple[dict[str, str], bytes]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                receiver.received.append(({k.lower(): v for k, v in self.headers.items()}, body))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"thanks")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hooks/in"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    started = Receiver()
+    try:
+        yield started
+    finally:
+        started.stop()
+
+
+def webhook_secret_hits(places: dict[str, str], secrets: list[str]) -> set[tuple[str, int]]:
+    """(place, which secret) for each secret found in a place whole, or its base64 part alone
+    (what a verifier library is given), or anything shaped like a signing secret."""
+    hits = {
+        (place, number)
+        for place, text in places.items()
+        for number, secret in enumerate(secrets)
+        if secret in text or secret.removeprefix("whsec_") in text
+    }
+    return hits | {(place, -1) for place, text in places.items() if SIGNING_SECRET.search(text)}
+
+
+# What webhooks.new_secret makes: whsec_ and the base64 of 32 bytes.
+SIGNING_SECRET = re.compile(r"whsec_[A-Za-z0-9+/]{43}=")
+
+
+@LIFE
+@pytest.mark.slow
+def test_no_webhook_signing_secret_is_found_anywhere_after_a_subscriptions_life(
+    staff: User,
+    admin_user: User,
+    zywave: Sandbox,
+    worker: Worker,
+    receiver: Receiver,
+    every_log: pytest.LogCaptureFixture,
+    published: list[str],
+) -> None:
+    """Subscribed and rotated through the API (the two answers that show a secret, by design,
+    are kept apart), events delivered by the worker and verified with both secrets of the
+    rotation, a test event, disabled and enabled again by an admin (the owner emailed), the
+    owner's pages and every admin page read: no secret in the database (outside its encrypted
+    columns), Redis, the logs, the Celery messages, the mail, the other answers or the pages."""
+    connection(staff)
+    system = system_of(staff, "webhooks")
+    shown_once: list[str] = []  # the answers that carry a secret: creation and rotation
+    answers: list[str] = []
+
+    def api(method: str, path: str, body: Any = None, keep: list[str] = answers) -> Any:
+        data = "" if body is None else json.dumps(body)
+        response = system.generic(method, path, data, content_type="application/json")
+        keep.append(text_of(response))
+        return response
+
+    made = api(
+        "POST",
+        "/api/v1/webhooks",
+        {"url": receiver.url, "events": ["sync.succeeded"]},
+        keep=shown_once,
+    )
+    assert made.status_code == 201, made.content
+    first = made.json()["secret"]
+    subscription = WebhookSubscription.objects.get(pk=made.json()["id"])
+    base = f"/api/v1/webhooks/{subscription.pk}"
+    webhooks.emit(staff.pk, "sync.succeeded", {"sync": {"id": 1}})  # committed: the worker sends
+    wait_for(lambda: len(receiver.received) == 1, timeout=60, what="the first delivery")
+    rotated = api("POST", f"{base}/rotate-secret", {}, keep=shown_once)
+    assert rotated.status_code == 200, rotated.content
+    second = rotated.json()["secret"]
+    assert api("POST", f"{base}/test", {}).status_code == 202
+    wait_for(lambda: len(receiver.received) == 2, timeout=60, what="the test delivery")
+    SvixWebhook(first).verify(receiver.received[0][1], receiver.received[0][0])
+    for secret in (first, second):  # both sign during the overlap; verify raises otherwise
+        SvixWebhook(secret).verify(receiver.received[1][1], receiver.received[1][0])
+
+    # An admin disables it (the owner is emailed), events are held, an admin enables it again.
+    admin = Client()
+    admin.force_login(admin_user)
+    changelist = "/admin/integrations/webhooksubscription/"
+    for action in ("disable_selected", "enable_selected"):
+        if action == "enable_selected":
+            webhooks.emit(staff.pk, "sync.succeeded", {"sync": {"id": 2}})  # held
+        response = admin.post(
+            changelist, {"action": action, ACTION_CHECKBOX_NAME: [subscription.pk], "index": 0}
+        )
+        assert response.status_code == 302
+    wait_for(
+        lambda: list(subscription.deliveries.values_list("state", flat=True)) == ["delivered"] * 3,
+        timeout=60,
+        what="the held delivery",
+    )
+    assert len(receiver.received) == 3
+    assert any(message.to == [staff.email] for message in mail.outbox)
+    for path in ("/api/v1/webhooks", base, f"{base}/deliveries"):
+        assert api("GET", path).status_code == 200, path
+
+    dana = Client()
+    dana.force_login(staff)
+    pages = [
+        text_of(dana.get(url))
+        for url in ("/settings/webhooks/", f"/settings/webhooks/{subscription.pk}/")
+    ]
+    delivery = subscription.deliveries.order_by("pk").first()
+    assert delivery is not None
+    pages += admin_pages(admin).values()
+    pages += [
+        text_of(admin.get(url))
+        for url in (
+            f"{changelist}{subscription.pk}/change/",
+            f"/admin/integrations/webhookdelivery/{delivery.pk}/change/",
+            "/admin/integrations/webhookdelivery/",
+        )
+    ]
+    worker_log = worker.log_path.read_text(errors="replace")
+    places = {
+        "database": database_text(),
+        "redis": redis_text(),
+        "logs": "\n".join(
+            [every_log.text, "\n".join(str(r.__dict__) for r in every_log.records), worker_log]
+        ),
+        "celery": "\n".join(published),
+        "mail": mail_text(),
+        "answers": "\n".join(answers),
+        "pages": "\n".join(pages),
+    }
+    assert webhook_secret_hits(places, [first, second]) == set()
+
+    # Each search saw what it looks through. The two answers that show a secret do show it.
+    assert webhook_secret_hits({"shown once": "\n".join(shown_once)}, [first, second]) == {
+        ("shown once", 0),
+        ("shown once", 1),
+        ("shown once", -1),
+    }
+    # Database: the subscription's row (its URL) and its ciphertext, decrypting to the secret.
+    subscription.refresh_from_db()
+    assert subscription.secret == second and subscription.previous_secret == first
+    assert receiver.url in places["database"]
+    with db.cursor() as cursor:
+        cursor.execute(
+            "SELECT secret FROM integrations_webhooksubscription WHERE id = %s", [subscription.pk]
+        )
+        (ciphertext,) = cursor.fetchone()
+    assert ciphertext in places["database"] and ciphertext != second
+    # Celery: the delivery tasks this process queued, and the worker ran them.
+    task = '"task": "integrations.tasks.deliver_webhooks"'
+    assert f'{task}, "body": [[{subscription.pk}], {{}}' in places["celery"]
+    assert places["celery"].count(task) >= 3
+    assert worker_log.count("integrations.tasks.deliver_webhooks[") >= 3
+    assert "_kombu.binding.webhooks" in places["redis"]
+    # Mail, answers and pages: the disabled email, the delivery log, the subscription's URL.
+    assert receiver.url in places["mail"] and "stopped sending" in places["mail"]
+    assert '"sequence":3,"state":"delivered"' in places["answers"]
+    assert '"type":"webhook.test","sequence":2' in places["answers"]
+    assert places["pages"].count(receiver.url) >= 3
