@@ -14,9 +14,10 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, cast
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.models import CHANGE, LogEntry
 from django.contrib.admin.utils import flatten_fieldsets
@@ -32,7 +33,7 @@ from django.utils.safestring import SafeString
 from django.views.decorators.http import require_POST
 from social_django.models import Association, Nonce, UserSocialAuth
 
-from . import admin_views, webhooks
+from . import admin_views, hooks, webhooks
 from .admin_views import (
     EMPTY,
     change_url,
@@ -69,8 +70,12 @@ from .tokens import ReauthRequired, RefreshFailed, refresh, revoke_and_disconnec
 log = logging.getLogger(__name__)
 
 # Encrypted fields the admin never loads, on the connection and through relations to it.
-TOKEN_FIELDS = ("access_token", "refresh_token", "chosen_profile__profile_token")
-OWNER_TOKEN_FIELDS = ("connection__access_token", "connection__refresh_token")
+TOKEN_FIELDS = ("access_token", "refresh_token", "hook_token", "chosen_profile__profile_token")
+OWNER_TOKEN_FIELDS = (
+    "connection__access_token",
+    "connection__refresh_token",
+    "connection__hook_token",
+)
 # Refreshing calls Zywave once per connection while the admin waits; beyond this many the
 # refreshes are queued for the workers instead.
 INLINE_REFRESH_LIMIT = 20
@@ -118,6 +123,31 @@ class LastSyncFilter(admin.SimpleListFilter):
             return queryset.filter(last_sync_state__in=SyncRun.FAILED_STATES)
         if self.value() == "never":
             return queryset.filter(last_sync_id__isnull=True)
+        return queryset
+
+
+class ZywaveHooksFilter(admin.SimpleListFilter):
+    """Whether Zywave's webhooks reach the connection: those that never received one are the
+    ones whose owners have not registered the receiver URL at Zywave (or whose URL is wrong)."""
+
+    title = "Zywave webhooks"
+    parameter_name = "zywave_hooks"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> Iterable[tuple[str, str]]:
+        return [
+            ("receiving", "Receiving (polling relaxed)"),
+            ("stopped", "Stopped (polling back to normal)"),
+            ("none", "None received"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        since = timezone.now() - timedelta(minutes=settings.ZYWAVE_WEBHOOK_POLL_MINUTES)
+        if self.value() == "receiving":
+            return queryset.filter(hook_last_delivery_at__gt=since)
+        if self.value() == "stopped":
+            return queryset.filter(hook_last_delivery_at__lte=since)
+        if self.value() == "none":
+            return queryset.filter(hook_last_delivery_at__isnull=True)
         return queryset
 
 
@@ -187,8 +217,15 @@ class ConnectionAdmin(ReadOnlyAdmin):
         "refresh_deadline",
         "last_refresh",
         "last_sync",
+        "zywave_hooks",
     ]
-    list_filter = [HealthFilter, ProfileChosenFilter, LastSyncFilter, DeadlineFilter]
+    list_filter = [
+        HealthFilter,
+        ProfileChosenFilter,
+        LastSyncFilter,
+        DeadlineFilter,
+        ZywaveHooksFilter,
+    ]
     list_select_related = ["user", "chosen_profile"]
     list_per_page = 100
     search_fields = ["user__username", "user__email", "zywave_email", "zywave_subject"]
@@ -198,9 +235,10 @@ class ConnectionAdmin(ReadOnlyAdmin):
         "sync_now",
         "full_resync",
         "send_reconnect_reminder",
+        "new_receiver_url",
         "disconnect_selected",
     ]
-    exclude = ["access_token", "refresh_token"]
+    exclude = ["access_token", "refresh_token", "hook_token"]
     fieldsets = [
         (None, {"fields": ["person", "zywave_identity", "health_badge", "last_refresh"]}),
         (
@@ -219,6 +257,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
         ),
         ("Profile", {"fields": ["profile", "profile_token_state", "profiles_listed_at"]}),
         ("Sync", {"fields": ["last_sync", "unavailable", "history_links"]}),
+        ("Zywave webhooks", {"fields": ["zywave_hooks", "hook_deliveries", "hook_refusals"]}),
         ("Record", {"fields": ["stored_status", "created_at", "updated_at"]}),
     ]
     readonly_fields = flatten_fieldsets(fieldsets)
@@ -321,6 +360,30 @@ class ConnectionAdmin(ReadOnlyAdmin):
             change_url(SyncRun, obj.last_sync_id),
             last_sync_text(obj),
         )
+
+    @admin.display(description="Zywave webhooks", ordering="hook_last_delivery_at")
+    def zywave_hooks(self, obj: Connection) -> str:
+        last = obj.hook_last_delivery_at
+        if last is None:
+            return format_html('<span class="zw-quiet">{}</span>', "none received")
+        state = "receiving" if hooks.relaxed(last) else "stopped"
+        return format_html('<span class="zw-hooks-{}">{}: last {}</span>', state, state, when(last))
+
+    @admin.display(description="deliveries in the last day")
+    def hook_deliveries(self, obj: Connection) -> str:
+        health = hooks.delivery_health(obj)
+        rotated = when(obj.hook_token_rotated_at)
+        return (
+            f"{health['last_day']} (receiver URL made {rotated}; the URL itself is shown to its "
+            "owner only)"
+        )
+
+    @admin.display(description="refused deliveries (last 7 days)")
+    def hook_refusals(self, obj: Connection) -> str:
+        counts = {reason: n for reason, n in hooks.refusals(obj.pk).items() if n}
+        if not counts:
+            return "none"
+        return ", ".join(f"{reason.replace('_', ' ')}: {n}" for reason, n in counts.items())
 
     @admin.display(description="access token")
     def access_token_state(self, obj: Connection) -> str:
@@ -493,6 +556,20 @@ class ConnectionAdmin(ReadOnlyAdmin):
             )
             outcomes[result] += 1
         admin_views.report(self, request, "Full resync" if full else "Sync", outcomes)
+
+    @admin.action(description="Make a new receiver URL for Zywave's webhooks", permissions=["act"])
+    def new_receiver_url(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        outcomes: Counter[str] = Counter()
+        for connection in self._each(queryset):
+            hooks.rotate_token(connection, actor=request.user)  # audited
+            outcomes["made"] += 1
+        self.message_user(
+            request,
+            f"New receiver URLs made for {outcomes['made']} connection(s): the old ones answer "
+            "404 from now on. Their owners see the new URL on their dashboard and must register "
+            "it at Zywave.",
+            messages.SUCCESS,
+        )
 
     @admin.action(description="Send a reconnect reminder email", permissions=["act"])
     def send_reconnect_reminder(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:

@@ -502,11 +502,11 @@ def _send_due(subscription_id: int, owner: str) -> int:
         if attempt(subscription, delivery):
             sent += 1
             continue
-        subscription = WebhookSubscription.objects.filter(pk=subscription_id).first()
-        if subscription is None:
+        now_state = WebhookSubscription.objects.filter(pk=subscription_id).first()
+        if now_state is None:
             return sent  # deleted while its attempt was out
-        if not subscription.is_active or (
-            subscription.paused_until and subscription.paused_until > timezone.now()
+        if not now_state.is_active or (
+            now_state.paused_until and now_state.paused_until > timezone.now()
         ):
             return sent
 

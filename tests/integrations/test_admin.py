@@ -397,6 +397,58 @@ def test_the_list_filters_failed_syncs_chosen_profiles_and_near_deadlines(
     assert shown(profile="none") == [lapsed, fine]  # by username
 
 
+def test_the_list_shows_which_connections_zywave_webhooks_reach(
+    staff: User, other_staff: User, root: Person
+) -> None:
+    receiving = connection(staff, hook_last_delivery_at=timezone.now())
+    silent = connection(other_staff)
+    stopped = connection(
+        User.objects.create_user("stopped"),
+        hook_last_delivery_at=timezone.now() - timedelta(days=2),
+    )
+
+    def shown(value: str) -> list[Connection]:
+        return list(root.get(CHANGELIST, {"zywave_hooks": value}).context["cl"].result_list)
+
+    assert shown("receiving") == [receiving]
+    assert shown("none") == [silent]
+    assert shown("stopped") == [stopped]
+    page_html = root.get(CHANGELIST).content.decode()
+    assert "none received" in page_html and "receiving: last" in page_html
+
+
+def test_the_connection_page_counts_deliveries_and_refusals_and_never_shows_the_receiver_url(
+    staff: User, root: Person
+) -> None:
+    from integrations import hooks
+
+    conn = connection(staff)
+    token = hooks.rotate_token(conn)
+    client = Client()
+    client.post(f"/hooks/zywave/{token}/", data=b"nope", content_type="application/json")
+    html = root.get(page(conn)).content.decode()
+    assert "bad request: 1" in html
+    assert token not in html
+    assert hooks.digest(token) not in html
+
+
+def test_a_new_receiver_url_from_the_admin_retires_the_old_one_audited(
+    staff: User, root: Person
+) -> None:
+    from integrations import hooks
+
+    conn = connection(staff)
+    old = conn.hook_token
+    assert old
+    response = act(root, "new_receiver_url", conn)
+    assert response.status_code == 302
+    conn.refresh_from_db()
+    assert conn.hook_token != old
+    assert hooks.connection_for(old) is None
+    event = conn.events.get(kind="hook_token_rotated", actor=root.user)
+    assert old not in str(event.detail) and str(conn.hook_token) not in str(event.detail)
+
+
 def test_search_finds_connections_by_username_email_and_zywave_subject(
     staff: User, other_staff: User, root: Person
 ) -> None:
