@@ -30,6 +30,17 @@ def env_int(name: str, default: int) -> int:
     return int(value) if value else default
 
 
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def env_seconds(name: str, default: list[float]) -> list[float]:
+    """A comma-separated list of seconds ("1,2,4")."""
+    value = os.environ.get(name)
+    return [float(part) for part in value.split(",") if part.strip()] if value else default
+
+
 VAR_DIR = Path(os.environ.get("SANDBOX_VAR_DIR") or REPO_ROOT / "var")
 DATABASE_PATH = Path(os.environ.get("SANDBOX_DATABASE_PATH") or VAR_DIR / "sandbox.sqlite3")
 RSA_KEY_PATH = VAR_DIR / "sandbox-oidc-rsa.pem"
@@ -62,7 +73,31 @@ SANDBOX_DEFAULTS: dict[str, object] = {
     "token_auth_method": os.environ.get("SANDBOX_TOKEN_AUTH_METHOD", "any"),
     # One thing wrong in every id_token issued (zywave.oauth.spoiled_id_token), or "none".
     "id_token_fault": "none",
+    # Webhooks (zywave.webhooks, docs/zywave.md §6). Zywave documents that failed deliveries
+    # are retried with growing waits, not the waits: these are ours. One wait per retry; after
+    # the last one the delivery is given up.
+    "webhook_retry_schedule": env_seconds(
+        "SANDBOX_WEBHOOK_RETRY_SCHEDULE", [1, 2, 4, 8, 16, 32, 60]
+    ),
+    "webhook_timeout": env_float("SANDBOX_WEBHOOK_TIMEOUT", 5),  # seconds per delivery POST
+    "webhook_verify_timeout": env_float("SANDBOX_WEBHOOK_VERIFY_TIMEOUT", 10),  # challenge GET
+    # The body's key names are assumed (the docs name its contents only): "camel"
+    # (eventType, ...) or "pascal" (EventType, ...).
+    "webhook_key_case": os.environ.get("SANDBOX_WEBHOOK_KEY_CASE", "camel"),
+    # Injected delivery faults, all off by default (zywave.webhooks.FAULT_SETTINGS).
+    "webhook_duplicates": False,  # each delivery sent twice
+    "webhook_out_of_order": False,  # each batch of one change queued shuffled
+    "webhook_delay_seconds": 0.0,  # each delivery held this long before its first attempt
+    "webhook_burst": 0,  # N >= 2: each event becomes N deliveries for its record
+    "webhook_foreign": False,  # also delivered to subscribers who may not see the record
+    # Deliveries of one subscription in flight at once: 1 sends them in the order they were
+    # queued; more sends faster, in no particular order (a flood).
+    "webhook_parallel": 1,
 }
+
+# Sender threads per server process (zywave.webhooks.Dispatcher): how many subscriptions one
+# process delivers to at once. Each subscription's own queue goes out one at a time, in order.
+SANDBOX_WEBHOOK_SENDERS = env_int("SANDBOX_WEBHOOK_SENDERS", 4)
 
 # Apps a test adds (comma-separated module paths): a test-only resource is a model in such an
 # app and one registry entry its AppConfig.ready() registers (zywave.resources.register).

@@ -14,7 +14,7 @@ from django.contrib.auth.views import LogoutView
 from django.urls import URLPattern, include, path, re_path
 from oauth2_provider import views as oauth2_views
 
-from sandbox.zywave import api, control, oauth
+from sandbox.zywave import admin_tool, api, control, oauth
 from sandbox.zywave.resources import RESOURCES
 
 
@@ -68,6 +68,17 @@ control_patterns = [
     path("accounts/archive", control.accounts_archive),
     path("accounts/delete", control.accounts_delete),
     path("accounts/count", control.accounts_count),
+    path("accounts/create", control.accounts_create),
+    path("contacts/create", control.contacts_create),
+    path("contacts/change", control.contacts_change),
+    path("contacts/archive", control.contacts_archive),
+    path("contacts/delete", control.contacts_delete),
+    path("webhooks", control.webhooks_collection),
+    path("webhooks/deliveries", control.webhook_deliveries),
+    path("webhooks/drain", control.webhooks_drain),
+    path("webhooks/<int:webhook_id>", control.webhook_detail),
+    path("webhooks/<int:webhook_id>/delete", control.webhook_delete),
+    path("webhooks/<int:webhook_id>/send", control.webhook_send),
     path("tokens/<str:token>", control.token_status),
 ]
 
@@ -93,5 +104,7 @@ urlpatterns = [
     # The toolkit's own routes, unused by clients: its views reverse() these names.
     path("o/", include("oauth2_provider.urls", namespace="oauth2_provider")),
     path("_sandbox/", include(control_patterns)),
+    # The stand-in for Zywave's admin tool, where webhooks are registered (docs/zywave.md §6).
+    re_path(r"^admin/webhooks/?$", admin_tool.webhooks, name="admin-webhooks"),
     path("", oauth.home),
 ]

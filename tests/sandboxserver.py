@@ -148,6 +148,43 @@ class Sandbox:
     def profiles(self, email: str = "agent@example.com") -> list[dict[str, Any]]:
         return self.control("GET", f"users/{email}/profiles")["profiles"]
 
+    # Webhooks (docs/zywave.md §6) --------------------------------------------------------
+
+    def subscribe_webhook(
+        self, uri: str, event_type: str = "account.updated", user: str = "agent@example.com"
+    ) -> dict[str, Any]:
+        """Register a webhook as Zywave's admin tool would; the sandbox first checks that `uri`
+        echoes `GET ?challenge=...` (SandboxError with the reason when it does not)."""
+        return dict(self.control("POST", "webhooks", user=user, event_type=event_type, uri=uri))
+
+    def webhooks(self, user: str | None = None) -> list[dict[str, Any]]:
+        return list(self.control("GET", "webhooks", **({"user": user} if user else {}))["webhooks"])
+
+    def unsubscribe_webhook(self, webhook_id: int) -> Any:
+        return self.control("POST", f"webhooks/{webhook_id}/delete")
+
+    def send_webhook(self, webhook_id: int, record_id: str) -> dict[str, Any]:
+        """Queue one delivery to the webhook about any record id, visible to its user or not."""
+        return dict(self.control("POST", f"webhooks/{webhook_id}/send", record_id=record_id))
+
+    def webhook_deliveries(self, **filters: Any) -> list[dict[str, Any]]:
+        """The delivery log, oldest first (filters: subscription, state, event_type,
+        record_id, limit); each delivery with its `attempts` (at, status, error, duration_ms)."""
+        return list(self.control("GET", "webhooks/deliveries", **filters)["deliveries"])
+
+    def drain_webhooks(self, timeout: float = 30) -> dict[str, Any]:
+        """Wait until no delivery is pending (delivered or given up); SandboxError (408) when
+        some still are after `timeout` seconds. Returns the counts by state."""
+        response = self.http.post(
+            f"{self.url}/_sandbox/webhooks/drain",
+            json={"timeout": timeout},
+            headers={"X-Sandbox-Key": self.control_key},
+            timeout=timeout + 30,  # the sandbox answers after at most `timeout`
+        )
+        if not response.ok:
+            raise SandboxError(f"POST webhooks/drain: {response.status_code} {response.text[:500]}")
+        return dict(response.json())
+
     # OAuth helpers -----------------------------------------------------------------------
 
     def authorize_url(

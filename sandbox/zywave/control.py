@@ -23,17 +23,21 @@ from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from oauth2_provider.models import get_access_token_model, get_application_model
 
+from sandbox.zywave import webhooks
 from sandbox.zywave.middleware import STREAMS
 from sandbox.zywave.models import (
     Account,
     Authorization,
     Baseline,
     ClientPolicy,
+    Contact,
     Counter,
     Fault,
     Person,
     Profile,
     RuntimeSetting,
+    WebhookDelivery,
+    WebhookSubscription,
     sandbox_now,
 )
 from sandbox.zywave.oauth import Grant, RefreshToken, checksum, load_access_token
@@ -57,8 +61,29 @@ SETTING_CHOICES = {
         "expired",
         "bad_signature",
     },
+    "webhook_key_case": {"camel", "pascal"},
 }
-INT_SETTINGS = {"access_token_lifetime", "refresh_token_lifetime", "refresh_grace_seconds"}
+INT_SETTINGS = {
+    "access_token_lifetime",
+    "refresh_token_lifetime",
+    "refresh_grace_seconds",
+    "webhook_burst",
+    "webhook_parallel",
+}
+BOOL_SETTINGS = {
+    "reuse_revokes_grant",
+    "webhook_duplicates",
+    "webhook_out_of_order",
+    "webhook_foreign",
+}
+# Seconds, with the range each may take.
+SECONDS_SETTINGS = {
+    "webhook_timeout": (0.05, 60.0),
+    "webhook_verify_timeout": (0.05, 60.0),
+    "webhook_delay_seconds": (0.0, 3600.0),
+}
+MAX_BURST = 1000
+MAX_PARALLEL = 16
 
 
 class ControlError(Exception):
@@ -112,7 +137,9 @@ def reset(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     With `{"restore": true}` also put the seeded data (when a control call changed it) and the
     registered clients back as the baseline has them: what a test suite wants between tests.
     Without it, data a caller seeded by other means (the drills' own users) is left alone.
-    Users' grants and tokens are never touched."""
+    Webhook subscriptions, their queue and their log go with `restore` too (a plain reset,
+    which drills use to lift faults half-way, leaves them delivering). Users' grants and tokens
+    are never touched."""
     baseline = Baseline.objects.filter(pk=1).first() if data.get("restore") else None
     reseeded = bool(baseline and baseline.dirty)
     if baseline and baseline.dirty:
@@ -125,6 +152,8 @@ def reset(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
         if baseline:
             restore_clients(baseline.clients)
             Baseline.objects.filter(pk=1).update(clients=baseline.clients)
+        if data.get("restore"):
+            WebhookSubscription.objects.all().delete()  # their deliveries and attempts cascade
     return JsonResponse({"ok": True, "reseeded": reseeded, "settings": RuntimeSetting.current()})
 
 
@@ -188,10 +217,39 @@ def runtime_settings(request: HttpRequest, data: dict[str, Any]) -> JsonResponse
             raise ControlError(f"{key} must be one of {sorted(SETTING_CHOICES[key])}")
         if key in INT_SETTINGS:
             value = int(value)
-        if key == "reuse_revokes_grant":
-            value = bool(value)
+        if key in BOOL_SETTINGS:
+            value = as_bool(value)
+        if key in SECONDS_SETTINGS:
+            low, high = SECONDS_SETTINGS[key]
+            value = float(value)
+            if not low <= value <= high:
+                raise ControlError(f"{key} must be between {low} and {high} seconds")
+        if key == "webhook_burst" and not 0 <= value <= MAX_BURST:
+            raise ControlError(f"webhook_burst must be between 0 and {MAX_BURST}")
+        if key == "webhook_parallel" and not 1 <= value <= MAX_PARALLEL:
+            raise ControlError(f"webhook_parallel must be between 1 and {MAX_PARALLEL}")
+        if key == "webhook_retry_schedule":
+            value = retry_schedule(value)
         RuntimeSetting.put(key, value)
     return JsonResponse(RuntimeSetting.current())
+
+
+def as_bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in {"1", "true", "yes", "on"}
+    return bool(value)
+
+
+def retry_schedule(value: Any) -> list[float]:
+    """The waits before each retry, in seconds: a list, or "1,2,4" (at most 20, each at most
+    an hour)."""
+    parts = value.split(",") if isinstance(value, str) else value
+    if not isinstance(parts, list):
+        raise ControlError("webhook_retry_schedule must be a list of seconds")
+    waits = [float(part) for part in parts if str(part).strip()]
+    if len(waits) > 20 or any(not 0 <= wait <= 3600 for wait in waits):
+        raise ControlError("webhook_retry_schedule: at most 20 waits of 0 to 3600 seconds")
+    return waits
 
 
 @control("GET", "POST")
@@ -340,9 +398,44 @@ def agency_accounts(data: dict[str, Any]) -> Any:
     return accounts
 
 
+def agency_contacts(data: dict[str, Any]) -> Any:
+    profile = get_object_or_404(Profile, pk=int(data["profile_id"]))
+    contacts = Contact.objects.filter(agency_id=profile.agency_id)
+    if "account_id" in data:
+        contacts = contacts.filter(account_id=int(data["account_id"]))
+    if "ids" in data:
+        contacts = contacts.filter(pk__in=[int(i) for i in data["ids"]])
+    return contacts
+
+
 def pick_ids(accounts: Any, data: dict[str, Any], *ordering: str) -> list[int]:
-    count = int(data.get("count", 1))
+    """The first `count` ids of `accounts` in this order: by default 1, or all of `ids`."""
+    count = int(data.get("count", len(data["ids"]) if "ids" in data else 1))
     return list(accounts.order_by(*ordering).values_list("id", flat=True)[:count])
+
+
+def new_count(data: dict[str, Any]) -> int:
+    count = int(data.get("count", 1))
+    if not 1 <= count <= 1000:
+        raise ControlError("count must be between 1 and 1000")
+    return count
+
+
+def revised(value: str) -> str:
+    """`value (rev N+1)`: a new version a mirror can tell from the old one."""
+    match = re.fullmatch(r"(.*) \(rev (\d+)\)", value)
+    base, rev = (match.group(1), int(match.group(2))) if match else (value, 1)
+    return f"{base} (rev {rev + 1})"
+
+
+def change(resource: Resource, rows: QuerySet[Any], field: str | None, now: datetime) -> None:
+    """Bump updatedDateTime of `rows`, revising `field` too, and queue `{noun}.updated`."""
+    for row in rows:
+        if field:
+            setattr(row, field, revised(getattr(row, field)))
+        row.updated = now
+        row.save()
+    webhooks.queue_changes(resource, "updated", rows, now)
 
 
 @control("POST", changes_data=True)
@@ -355,25 +448,55 @@ def accounts_change(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     now = sandbox_now()
     with transaction.atomic():
         ids = pick_ids(agency_accounts(data), data, "updated", "id")
-        for account in Account.objects.filter(pk__in=ids):
-            if field:
-                value = getattr(account, field)
-                match = re.fullmatch(r"(.*) \(rev (\d+)\)", value)
-                base, rev = (match.group(1), int(match.group(2))) if match else (value, 1)
-                setattr(account, field, f"{base} (rev {rev + 1})")
-            account.updated = now
-            account.save()
+        change(resource_named("accounts"), Account.objects.filter(pk__in=ids), field, now)
     return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()})
 
 
+@control("POST", changes_data=True)
+def accounts_create(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Create N accounts in the profile's agency (`name`, numbered when N > 1)."""
+    profile = get_object_or_404(Profile, pk=int(data["profile_id"]))
+    count = new_count(data)
+    name = str(data.get("name") or "New account")
+    now = sandbox_now()
+    with transaction.atomic():
+        ids = [
+            Account.objects.create(
+                agency_id=profile.agency_id,
+                name=name if count == 1 else f"{name} {number}",
+                updated=now,
+            ).pk
+            for number in range(1, count + 1)
+        ]
+        webhooks.queue_changes(
+            resource_named("accounts"), "created", Account.objects.filter(pk__in=ids), now
+        )
+    return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()}, status=201)
+
+
 def archive(resource: Resource, rows: QuerySet[Any], now: datetime) -> None:
-    """Archive `rows` of `resource` and, all the way down the registry, what hangs under them."""
+    """Archive `rows` of `resource` and, all the way down the registry, what hangs under them;
+    queue `{noun}.archived` for each row that was not archived yet."""
     for child in children(resource):
         under = child.model._default_manager.filter(
             **{f"{child.parent_field}__in": rows.values("pk")}
         )
         archive(child, under, now)
+    archived = resource.fields.get("isArchived")
+    live = rows.filter(**{archived[0]: False}) if archived else rows
+    webhooks.queue_changes(resource, "archived", live, now)
     rows.update(**resource.archived_values(now))
+
+
+def queue_deletions(resource: Resource, rows: QuerySet[Any], now: datetime) -> None:
+    """Queue `{noun}.deleted` for `rows` and, down the registry, what hangs under them (their
+    foreign keys cascade): before they are deleted."""
+    for child in children(resource):
+        under = child.model._default_manager.filter(
+            **{f"{child.parent_field}__in": rows.values("pk")}
+        )
+        queue_deletions(child, under, now)
+    webhooks.queue_changes(resource, "deleted", rows, now)
 
 
 @control("POST", changes_data=True)
@@ -393,7 +516,75 @@ def accounts_delete(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     keys cascade)."""
     with transaction.atomic():
         ids = pick_ids(agency_accounts(data), data, "-id")
-        Account.objects.filter(pk__in=ids).delete()
+        rows = Account.objects.filter(pk__in=ids)
+        queue_deletions(resource_named("accounts"), rows, sandbox_now())
+        rows.delete()
+    return JsonResponse({"ids": ids})
+
+
+@control("POST", changes_data=True)
+def contacts_create(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Create N contacts under `account_id` (default: the agency's first live account)."""
+    profile = get_object_or_404(Profile, pk=int(data["profile_id"]))
+    count = new_count(data)
+    accounts = Account.objects.filter(agency_id=profile.agency_id)
+    if "account_id" in data:
+        account = get_object_or_404(accounts, pk=int(data["account_id"]))
+    else:
+        account = get_object_or_404(accounts.filter(is_archived=False).order_by("id")[:1])
+    last_name = str(data.get("last_name") or "Contact")
+    now = sandbox_now()
+    with transaction.atomic():
+        ids = [
+            Contact.objects.create(
+                account=account,
+                agency_id=account.agency_id,
+                first_name="New",
+                last_name=last_name if count == 1 else f"{last_name} {number}",
+                updated=now,
+            ).pk
+            for number in range(1, count + 1)
+        ]
+        webhooks.queue_changes(
+            resource_named("contacts"), "created", Contact.objects.filter(pk__in=ids), now
+        )
+    return JsonResponse(
+        {"ids": ids, "account_id": account.pk, "updatedDateTime": now.isoformat()}, status=201
+    )
+
+
+@control("POST", changes_data=True)
+def contacts_change(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Change the N least recently updated contacts (of `account_id`, or `ids`), optionally
+    editing `first_name`, `last_name` or `title`."""
+    field = data.get("field")
+    if field not in {None, "first_name", "last_name", "title"}:
+        raise ControlError("field must be 'first_name', 'last_name' or 'title'")
+    now = sandbox_now()
+    with transaction.atomic():
+        ids = pick_ids(agency_contacts(data), data, "updated", "id")
+        change(resource_named("contacts"), Contact.objects.filter(pk__in=ids), field, now)
+    return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()})
+
+
+@control("POST", changes_data=True)
+def contacts_archive(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Archive N contacts (of `account_id`, or `ids`), lowest ids first."""
+    now = sandbox_now()
+    with transaction.atomic():
+        ids = pick_ids(agency_contacts(data).filter(is_archived=False), data, "id")
+        archive(resource_named("contacts"), Contact.objects.filter(pk__in=ids), now)
+    return JsonResponse({"ids": ids})
+
+
+@control("POST", changes_data=True)
+def contacts_delete(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Hard-delete N contacts (of `account_id`, or `ids`), the newest first."""
+    with transaction.atomic():
+        ids = pick_ids(agency_contacts(data), data, "-id")
+        rows = Contact.objects.filter(pk__in=ids)
+        queue_deletions(resource_named("contacts"), rows, sandbox_now())
+        rows.delete()
     return JsonResponse({"ids": ids})
 
 
@@ -429,3 +620,95 @@ def token_status(request: HttpRequest, data: dict[str, Any], token: str) -> Json
         )
         return JsonResponse({"active": live, "type": "refresh_token"})
     return JsonResponse({"active": False, "type": None})
+
+
+# Webhooks (docs/zywave.md §6) ----------------------------------------------------------------
+
+
+@control("GET", "POST")
+def webhooks_collection(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """POST `{"user", "event_type", "uri"}`: verify the URI with the challenge and register the
+    subscription (201; 200 when it exists already; 400 saying why it was refused). GET: every
+    subscription, or one user's with `?user=`."""
+    if request.method == "POST":
+        subscription, created = webhooks.subscribe(
+            str(data["user"]), str(data["event_type"]), str(data["uri"])
+        )
+        return JsonResponse(subscription.as_json(), status=201 if created else 200)
+    rows = WebhookSubscription.objects.select_related("user").order_by("id")
+    if request.GET.get("user"):
+        rows = rows.filter(user__username__iexact=request.GET["user"])
+    return JsonResponse({"webhooks": [row.as_json() for row in rows]})
+
+
+def subscription_of(webhook_id: int) -> WebhookSubscription:
+    return get_object_or_404(WebhookSubscription.objects.select_related("user"), pk=webhook_id)
+
+
+@control("GET", "DELETE")
+def webhook_detail(request: HttpRequest, data: dict[str, Any], webhook_id: int) -> JsonResponse:
+    """GET one subscription; DELETE it with its queue and log."""
+    subscription = subscription_of(webhook_id)
+    if request.method == "DELETE":
+        subscription.delete()
+        return JsonResponse({"deleted": webhook_id})
+    return JsonResponse(subscription.as_json())
+
+
+@control("POST")
+def webhook_delete(request: HttpRequest, data: dict[str, Any], webhook_id: int) -> JsonResponse:
+    """The same as DELETE webhooks/<id>."""
+    subscription_of(webhook_id).delete()
+    return JsonResponse({"deleted": webhook_id})
+
+
+@control("POST")
+def webhook_send(request: HttpRequest, data: dict[str, Any], webhook_id: int) -> JsonResponse:
+    """Queue one hand-made delivery to the subscription about `record_id`, whoever may see it
+    and whether it exists: a notification the portal must check, not trust."""
+    subscription = subscription_of(webhook_id)
+    record_id = str(data["record_id"])
+    if not record_id or len(record_id) > 50:
+        raise ControlError("record_id must be 1 to 50 characters")
+    with transaction.atomic():
+        delivery = webhooks.queue_one(subscription, record_id, sandbox_now())
+    return JsonResponse({"id": delivery.pk, "body": delivery.body}, status=201)
+
+
+@control("GET")
+def webhook_deliveries(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """The delivery log, oldest first: each delivery with its body, state, faults and every
+    attempt (time, status or error, duration). Filters: `subscription`, `state`, `event_type`,
+    `record_id`; `limit` (default 1000)."""
+    rows = (
+        WebhookDelivery.objects.select_related("subscription__user")
+        .prefetch_related("attempt_log")
+        .order_by("id")
+    )
+    if request.GET.get("subscription"):
+        rows = rows.filter(subscription_id=int(request.GET["subscription"]))
+    for name in ("state", "event_type", "record_id"):
+        if request.GET.get(name):
+            rows = rows.filter(**{name: request.GET[name]})
+    limit = int(request.GET.get("limit") or 1000)
+    return JsonResponse(
+        {
+            "deliveries": [delivery.as_json() for delivery in rows[:limit]],
+            "counts": webhooks.counts(),
+        }
+    )
+
+
+@control("POST")
+def webhooks_drain(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Wait until no delivery is pending (due, held, retrying or being sent): 200 with the
+    counts by state, or 408 when some still are after `timeout` seconds (default 30, at most
+    120)."""
+    timeout = float(data.get("timeout", 30))
+    if not 0 <= timeout <= 120:
+        raise ControlError("timeout must be between 0 and 120 seconds")
+    empty = webhooks.wait_until_empty(timeout)
+    body: dict[str, Any] = {"empty": empty, **webhooks.counts()}
+    if not empty:
+        body["error"] = f"Deliveries still pending after {timeout:g} s"
+    return JsonResponse(body, status=200 if empty else 408)

@@ -340,3 +340,145 @@ class Baseline(models.Model):
 
     def __str__(self) -> str:
         return f"baseline: {self.accounts} accounts, {len(self.clients)} clients"
+
+
+class WebhookSubscription(models.Model):
+    """A webhook as Zywave's admin tool registers it: one user, one event type, one URI
+    (docs/zywave.md §6). Deliveries only carry records the user may see.
+
+    `lease_owner` / `lease_until`: which sender thread of which server process is delivering
+    this subscription's queue now. One at a time, so that a subscription's deliveries go out
+    in the order they were queued (see zywave.webhooks)."""
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="webhooks"
+    )
+    event_type = models.CharField(max_length=100)
+    uri = models.CharField(max_length=2000)
+    created = models.DateTimeField(auto_now_add=True)
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["user", "event_type", "uri"], name="webhook_subscription_unique"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} -> {self.uri}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.pk,
+            "user": self.user.username,
+            "event_type": self.event_type,
+            "uri": self.uri,
+            "created": self.created.isoformat(),
+        }
+
+    @classmethod
+    def take_lease(cls, pk: int, owner: str, seconds: float) -> bool:
+        """Whether `owner` now holds the subscription's lease. The conditional UPDATE's row
+        count decides between the sender threads of every server process."""
+        now = timezone.now()
+        free = models.Q(lease_until__isnull=True) | models.Q(lease_until__lt=now)
+        return bool(
+            cls.objects.filter(free, pk=pk).update(
+                lease_owner=owner, lease_until=now + timedelta(seconds=seconds)
+            )
+        )
+
+    @classmethod
+    def renew_lease(cls, pk: int, owner: str, seconds: float) -> bool:
+        """False when the lease is lost (expired and taken, or the subscription deleted)."""
+        until = timezone.now() + timedelta(seconds=seconds)
+        return bool(cls.objects.filter(pk=pk, lease_owner=owner).update(lease_until=until))
+
+    @classmethod
+    def release_lease(cls, pk: int, owner: str) -> None:
+        cls.objects.filter(pk=pk, lease_owner=owner).update(lease_owner="", lease_until=None)
+
+
+class WebhookDelivery(models.Model):
+    """One notification queued for one subscription, and its fate. The body is fixed when the
+    change queues it; `due_at` is when it is (next) sent, in real time (not the sandbox's
+    clock, which tests move by days)."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"  # given up after the last retry
+    STATES = [(PENDING, PENDING), (DELIVERED, DELIVERED), (FAILED, FAILED)]
+
+    subscription = models.ForeignKey(
+        WebhookSubscription, on_delete=models.CASCADE, related_name="deliveries"
+    )
+    event_type = models.CharField(max_length=100)
+    record_type = models.CharField(max_length=50)
+    record_id = models.CharField(max_length=50)
+    event_time = models.DateTimeField()
+    body = models.TextField()
+    state = models.CharField(max_length=10, choices=STATES, default=PENDING)
+    due_at = models.DateTimeField()
+    attempts = models.PositiveIntegerField(default=0)
+    # Which injected faults made this delivery ("duplicate,delayed", ...): empty for an
+    # ordinary one. See zywave.webhooks.FAULT_SETTINGS.
+    faults = models.CharField(max_length=100, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        verbose_name_plural = "webhook deliveries"
+        indexes = [
+            models.Index(fields=["state", "due_at"], name="delivery_state_due"),
+            models.Index(fields=["subscription", "state", "id"], name="delivery_subscription"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.record_id} -> {self.subscription_id} ({self.state})"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "id": self.pk,
+            "subscription": self.subscription_id,
+            "user": self.subscription.user.username,
+            "uri": self.subscription.uri,
+            "event_type": self.event_type,
+            "record_type": self.record_type,
+            "record_id": self.record_id,
+            "event_time": self.event_time.isoformat(),
+            "body": self.body,
+            "state": self.state,
+            "faults": self.faults.split(",") if self.faults else [],
+            "created": self.created.isoformat(),
+            "due_at": self.due_at.isoformat(),
+            "finished_at": self.finished_at.isoformat() if self.finished_at else None,
+            "attempts": [attempt.as_json() for attempt in self.attempt_log.all()],
+        }
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery: when, how long, and the answer's status (None: no answer)."""
+
+    delivery = models.ForeignKey(
+        WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    at = models.DateTimeField()
+    status = models.PositiveSmallIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=300, blank=True)
+    duration_ms = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"{self.delivery_id} at {self.at}: {self.status or self.error}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "at": self.at.isoformat(),
+            "status": self.status,
+            "error": self.error,
+            "duration_ms": self.duration_ms,
+        }
