@@ -228,7 +228,13 @@ def send_test(subscription: WebhookSubscription) -> WebhookDelivery:
     )
     data = {"connection_id": connection_id, "message": "A test event from the portal."}
     with transaction.atomic():
-        event = _write_event(subscription.owner_id, WEBHOOK_TEST_EVENT, data, [subscription])
+        _lock_subscriptions(subscription.owner_id)
+        event = _write_event(
+            subscription.owner_id,
+            WEBHOOK_TEST_EVENT,
+            data,
+            [(subscription.pk, subscription.state)],
+        )
     return event.deliveries.get()
 
 
@@ -266,16 +272,18 @@ def emit(
 ) -> WebhookEvent | None:
     """Record an event for every subscription of the owner that listens to its type, in the
     caller's transaction; delivered after commit. None when nobody listens (nothing written)."""
-    listening = [
-        subscription
-        for subscription in WebhookSubscription.objects.filter(owner_id=owner_id).only(
-            "id", "events", "state"
-        )
-        if subscription.listens_to(event_type) and event_type != WEBHOOK_TEST_EVENT
-    ]
-    if not listening:
-        return None
-    with transaction.atomic():
+    if event_type == WEBHOOK_TEST_EVENT:
+        return None  # sent to one subscription by `send_test`, never emitted
+    # No savepoint: in a sync page's transaction it would cost two more round trips a page,
+    # and a failure here fails the caller's transaction anyway.
+    with transaction.atomic(savepoint=False):
+        listening = [
+            (pk, state)
+            for pk, events, state in _lock_subscriptions(owner_id)
+            if event_type in events
+        ]
+        if not listening:
+            return None
         return _write_event(
             owner_id, event_type, {"connection_id": connection_id, **data}, listening
         )
@@ -332,40 +340,113 @@ def _cursor(changed_at: datetime | None) -> str | None:
     return before.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _lock_subscriptions(owner_id: int) -> list[tuple[int, list[str], str]]:
+    """The owner's subscriptions (id, events, state), their rows locked in id order until the
+    transaction ends. Sequence numbers are taken under these locks; and a transaction that
+    emits more than once (a full run's removals, one event per resource) holds them all from
+    its first event, so two emitters for one owner never each hold one and wait for the other
+    (a deadlock). One statement: it runs for every page of every sync."""
+    table = db.ops.quote_name(WebhookSubscription._meta.db_table)
+    lock = " FOR UPDATE" if db.features.has_select_for_update else ""
+    with db.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, events, state FROM {table} WHERE owner_id = %s ORDER BY id{lock}",  # noqa: S608
+            [owner_id],
+        )
+        rows = cursor.fetchall()
+    return [
+        (int(pk), orjson.loads(events) if isinstance(events, str | bytes) else events, state)
+        for pk, events, state in rows
+    ]
+
+
 def _write_event(
     owner_id: int,
     event_type: str,
     data: dict[str, Any],
-    subscriptions: Iterable[WebhookSubscription],
+    subscriptions: list[tuple[int, str]],
 ) -> WebhookEvent:
-    event = WebhookEvent.objects.create(
-        id=new_event_id(), owner_id=owner_id, type=event_type, data=data
+    """The event and a numbered delivery for each (id, state) of `subscriptions`, whose rows the
+    caller locked (`_lock_subscriptions`). A delivery task is queued on commit for each active
+    subscription that had no delivery due yet: one that had is being sent or has its task
+    queued, and that drain sends this one too (after releasing the subscription's lease, which
+    waits for this transaction's lock, it looks again). So a sync of 200 pages queues one task
+    while the first waits, not 200; a task lost on the way is the reconciler's."""
+    event = WebhookEvent(
+        id=new_event_id(), owner_id=owner_id, type=event_type, data=data, created_at=timezone.now()
     )
-    numbers = _next_sequences(owner_id, [s.pk for s in subscriptions])
-    WebhookDelivery.objects.bulk_create(
-        [
-            WebhookDelivery(subscription_id=pk, event=event, sequence=sequence)
-            for pk, sequence in numbers.items()
-        ]
-    )
-    _drain_on_commit([s.pk for s in subscriptions if s.state == WebhookSubscription.State.ACTIVE])
+    ids = [pk for pk, _state in subscriptions]
+    active = {pk for pk, state in subscriptions if state == WebhookSubscription.State.ACTIVE}
+    if db.vendor == "postgresql":
+        waiting = _insert_event(event, ids, active)
+    else:
+        numbers = _next_sequences(ids)
+        event.save(force_insert=True)
+        WebhookDelivery.objects.bulk_create(
+            [
+                WebhookDelivery(
+                    subscription_id=pk, event=event, sequence=sequence, created_at=event.created_at
+                )
+                for pk, sequence in numbers.items()
+            ]
+        )
+        waiting = set(
+            WebhookDelivery.objects.due(event.created_at)
+            .filter(subscription_id__in=active)
+            .exclude(event=event)
+            .values_list("subscription_id", flat=True)
+        )
+    _drain_on_commit(active - waiting)
     return event
 
 
-def _next_sequences(owner_id: int, subscription_ids: list[int]) -> dict[int, int]:
-    """Raise each subscription's counter by one and return the new values: one UPDATE that
-    locks the rows until the caller's transaction ends, so two writers never take the same
-    number and a rolled-back one leaves no gap.
+def _insert_event(event: WebhookEvent, subscription_ids: list[int], active: set[int]) -> set[int]:
+    """PostgreSQL, one statement: raise the subscriptions' counters (`_next_sequences`), write
+    the event and its numbered deliveries, and return which `active` subscriptions already had
+    a delivery due. Its snapshot is taken after `_lock_subscriptions` took the rows, so it sees
+    every delivery committed before."""
+    subscriptions = db.ops.quote_name(WebhookSubscription._meta.db_table)
+    events = db.ops.quote_name(WebhookEvent._meta.db_table)
+    deliveries = db.ops.quote_name(WebhookDelivery._meta.db_table)
+    at = event.created_at
+    with db.cursor() as cursor:
+        cursor.execute(
+            f"WITH numbered AS (UPDATE {subscriptions} SET last_sequence = last_sequence + 1 "  # noqa: S608
+            "WHERE id = ANY(%s::bigint[]) RETURNING id, last_sequence), "
+            f"new_event AS (INSERT INTO {events} (id, owner_id, type, data, created_at) "
+            "VALUES (%s, %s, %s, %s::jsonb, %s)), "
+            f"new_deliveries AS (INSERT INTO {deliveries} (subscription_id, event_id, sequence, "
+            "state, attempts, created_at, next_attempt_at, last_error) "
+            "SELECT id, %s, last_sequence, %s, 0, %s, %s, '' FROM numbered) "
+            f"SELECT DISTINCT subscription_id FROM {deliveries} "
+            "WHERE subscription_id = ANY(%s::bigint[]) AND state = %s AND next_attempt_at <= %s",
+            [
+                subscription_ids,
+                event.id,
+                event.owner_id,
+                event.type,
+                orjson.dumps(event.data, option=orjson.OPT_NON_STR_KEYS).decode(),
+                at,
+                event.id,
+                WebhookDelivery.State.PENDING,
+                at,
+                at,
+                sorted(active),
+                WebhookDelivery.State.PENDING,
+                at,
+            ],
+        )
+        waiting = {int(pk) for (pk,) in cursor.fetchall()}
+    event._state.adding = False
+    event._state.db = db.alias
+    return waiting
 
-    All of the owner's subscriptions are locked first, in id order: a transaction that emits
-    twice (a full run's last one, once per resource) would otherwise hold one subscription and
-    wait for another that a second emitter for the owner holds while it waits for the first."""
-    list(
-        WebhookSubscription.objects.select_for_update()
-        .filter(owner_id=owner_id)
-        .order_by("pk")
-        .values_list("pk", flat=True)
-    )
+
+def _next_sequences(subscription_ids: list[int]) -> dict[int, int]:
+    """Raise each subscription's counter by one and return the new values (other databases
+    than PostgreSQL; there `_insert_event` does it). The rows are the caller's, locked until
+    its transaction ends, so two writers never take the same number and a rolled-back one
+    leaves no gap."""
     table = db.ops.quote_name(WebhookSubscription._meta.db_table)
     placeholders = ", ".join(["%s"] * len(subscription_ids))
     with db.cursor() as cursor:
