@@ -181,7 +181,9 @@ RESOURCES = [
         name="contacts",
         model=Contact,
         route="accounts/v2.0/contact",
-        detail_route=None,
+        # Not seen in Zywave's clients (the account's is): assumed, so that the portal can
+        # fetch one contact again after Zywave's notification (docs/zywave.md §6).
+        detail_route="accounts/v2.0/contact/{id}",
         scopes=ACCOUNT_SCOPES,
         parent="accounts",
         nested="contacts",

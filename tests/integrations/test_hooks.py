@@ -326,3 +326,19 @@ def test_a_new_url_is_made_from_the_dashboard_by_post_only(
     conn.refresh_from_db()
     assert conn.hook_token and conn.hook_token != old
     assert conn.events.filter(kind="hook_token_rotated").count() == 2  # the fixture's, and this
+
+
+def test_a_changed_contact_is_fetched_on_its_own_route_and_mirrored(
+    mirrored: Connection, zywave: Sandbox
+) -> None:
+    from integrations.models import Contact
+
+    profile = mirrored.chosen_profile
+    assert profile is not None
+    changed = zywave.control(
+        "POST", "contacts/change", profile_id=profile.zywave_id, count=1, field="last_name"
+    )["ids"][0]
+    assert hooks.refetch(mirrored.pk, "contacts", str(changed)) == "updated"
+    contact = Contact.objects.get(connection=mirrored, zywave_id=str(changed))
+    assert contact.raw["lastName"] == contact.last_name
+    assert hooks.refetch(mirrored.pk, "contacts", str(changed)) == "unchanged"
