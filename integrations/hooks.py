@@ -183,8 +183,6 @@ def schedule_fetch(connection_id: int, resource: str, record_id: str) -> str:
     once; any later one in the window asks for one more fetch at the window's end (so the last
     change is always seen), and the rest ride along. At most two fetches per record per
     window, whichever process received them. Without the shared cache, every one fetches."""
-    from .tasks import refetch_record
-
     window = settings.ZYWAVE_WEBHOOK_COALESCE_SECONDS
     key = f"zywave-refetch:{connection_id}:{resource}:{record_id}"
     try:
@@ -195,10 +193,10 @@ def schedule_fetch(connection_id: int, resource: str, record_id: str) -> str:
         leading, trailing = True, False
     args = (connection_id, resource, record_id)
     if leading:
-        transaction.on_commit(lambda: refetch_record.delay(*args))
+        send_task("integrations.tasks.refetch_record", *args)
         return "now"
     if trailing:
-        transaction.on_commit(lambda: refetch_record.apply_async(args, countdown=window))
+        send_task("integrations.tasks.refetch_record", *args, countdown=window)
         return "later"
     return "coalesced"
 
@@ -222,11 +220,27 @@ def refetch(connection_id: int, resource: str, record_id: str) -> str:
     if not connection.can_sync or not REGISTRY[resource].granted(connection.scopes):
         _settle(connection_id, resource, record_id, started, "failed", "connection cannot sync")
         return "skipped"
+    if _no_detail_route(connection_id, resource):
+        return _poll_instead(connection, resource, record_id, started)
+    client = client_for(connection)
     try:
-        record = client_for(connection).get(f"{REGISTRY[resource].path}/{record_id}")
+        record = client.get(f"{REGISTRY[resource].path}/{record_id}")
     except (NotFound, Forbidden):
         # Gone, or not visible under this profile (a record of another agency): Zywave shows
-        # nothing of it to this connection, so neither does the mirror.
+        # nothing of it to this connection, so neither does the mirror. Unless the route for
+        # one record is what is missing (assumed for contacts: docs/zywave.md §6): then a
+        # record the mirror holds live is not found either, and deleting on a 404 would empty
+        # the mirror one notification at a time.
+        if not _detail_route_answers(connection, client, resource, record_id):
+            cache.set(_no_detail_key(connection_id, resource), 1, timeout=86400)
+            log.warning(
+                "Zywave has no route for one %s record (a live one is not found): "
+                "notifications for %s queue a sync instead, for a day",
+                resource,
+                resource,
+                extra={"connection_id": connection_id},
+            )
+            return _poll_instead(connection, resource, record_id, started)
         record = None
     except RateLimited as exc:
         raise TryAgain(exc.retry_after) from None
@@ -264,6 +278,64 @@ def refetch(connection_id: int, resource: str, record_id: str) -> str:
         outcome = changes[0][1] if changes else "unchanged"
         _settle(connection_id, resource, record_id, started, "applied", outcome)
     return outcome
+
+
+def _no_detail_key(connection_id: int, resource: str) -> str:
+    return f"zywave-no-detail-route:{connection_id}:{resource}"
+
+
+def _no_detail_route(connection_id: int, resource: str) -> bool:
+    try:
+        return bool(cache.get(_no_detail_key(connection_id, resource)))
+    except Exception:  # the cache is down: ask Zywave (the probe decides again)
+        return False
+
+
+def _detail_route_answers(connection: Connection, client: Any, resource: str, missing: str) -> bool:
+    """After a 404 for `missing`: does the route answer for a record the mirror holds live? With
+    no other live record there is nothing to compare, and the 404 stands."""
+    probe = (
+        REGISTRY[resource]
+        .live(connection.pk)
+        .exclude(zywave_id=missing)
+        .values_list("zywave_id", flat=True)
+        .first()
+    )
+    if probe is None:
+        return True
+    try:
+        client.get(f"{REGISTRY[resource].path}/{probe}")
+    except (NotFound, Forbidden):
+        return False
+    except ZywaveError:
+        return True  # a hiccup on the probe: take the first 404 as Zywave meant it
+    return True
+
+
+def _poll_instead(connection: Connection, resource: str, record_id: str, started: datetime) -> str:
+    """No way to fetch one record: an incremental sync brings the change (one at a time per
+    connection, so a flood of notifications queues one)."""
+    from .sync import queue_run
+
+    if queue_run(connection, trigger="webhook") is not None:
+        send_task("integrations.tasks.sync_connection", connection.pk)
+    _settle(connection.pk, resource, record_id, started, "applied", "sync queued")
+    return "sync queued"
+
+
+def send_task(name: str, *args: Any, countdown: float | None = None) -> None:
+    """Queue a task of `integrations.tasks` after commit, by name: tasks.py imports this module,
+    so this module does not import it back. A broker that refuses is logged, never raised: the
+    notification is in the database and polling is the safety net."""
+    from celery import current_app
+
+    def send() -> None:
+        try:
+            current_app.tasks[name].apply_async(args, countdown=countdown)
+        except Exception as exc:
+            log.warning("Could not queue %s (%s)", name, type(exc).__name__)
+
+    transaction.on_commit(send)
 
 
 def _settle(

@@ -342,3 +342,37 @@ def test_a_changed_contact_is_fetched_on_its_own_route_and_mirrored(
     contact = Contact.objects.get(connection=mirrored, zywave_id=str(changed))
     assert contact.raw["lastName"] == contact.last_name
     assert hooks.refetch(mirrored.pk, "contacts", str(changed)) == "unchanged"
+
+
+def test_without_a_route_for_one_record_a_404_queues_a_sync_instead_of_a_deletion(
+    mirrored: Connection, zywave: Sandbox
+) -> None:
+    from django.core.cache import cache
+
+    from integrations.models import Contact, SyncRun
+
+    cache.delete(f"zywave-no-detail-route:{mirrored.pk}:contacts")
+    first, second = Contact.objects.filter(connection=mirrored).values_list("zywave_id", flat=True)[
+        :2
+    ]
+    # A Zywave without /accounts/v2.0/contact/{id} (assumed, docs/zywave.md §6): the record
+    # asked and a record the mirror holds live are both "not found".
+    zywave.add_fault(r"^/accounts/v2\.0/contact/\d+", count=2, status=404)
+    assert hooks.refetch(mirrored.pk, "contacts", first) == "sync queued"
+    assert Contact.objects.filter(connection=mirrored, zywave_id=first).exists()
+    assert SyncRun.objects.filter(connection=mirrored, trigger="webhook", state="queued").exists()
+    # For a day, the next notification goes straight to a sync (absorbed: one is queued).
+    assert hooks.refetch(mirrored.pk, "contacts", second) == "sync queued"
+    assert Contact.objects.filter(connection=mirrored, zywave_id=second).exists()
+    cache.delete(f"zywave-no-detail-route:{mirrored.pk}:contacts")
+
+
+def test_a_404_while_the_route_answers_for_a_live_record_is_a_deletion(
+    mirrored: Connection, zywave: Sandbox
+) -> None:
+    from integrations.models import Contact
+
+    first = Contact.objects.filter(connection=mirrored).values_list("zywave_id", flat=True)[0]
+    zywave.add_fault(r"^/accounts/v2\.0/contact/\d+", count=1, status=404)
+    assert hooks.refetch(mirrored.pk, "contacts", first) == "deleted"
+    assert Contact.all_rows.get(connection=mirrored, zywave_id=first).is_tombstone
