@@ -28,7 +28,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import mirror, webhooks
+from . import mirror, queueing, webhooks
 from .client import (
     Forbidden,
     NotFound,
@@ -193,10 +193,10 @@ def schedule_fetch(connection_id: int, resource: str, record_id: str) -> str:
         leading, trailing = True, False
     args = (connection_id, resource, record_id)
     if leading:
-        send_task("integrations.tasks.refetch_record", *args)
+        queueing.after_commit("refetch_record", *args)
         return "now"
     if trailing:
-        send_task("integrations.tasks.refetch_record", *args, countdown=window)
+        queueing.after_commit("refetch_record", *args, countdown=window)
         return "later"
     return "coalesced"
 
@@ -318,24 +318,9 @@ def _poll_instead(connection: Connection, resource: str, record_id: str, started
     from .sync import queue_run
 
     if queue_run(connection, trigger="webhook") is not None:
-        send_task("integrations.tasks.sync_connection", connection.pk)
+        queueing.after_commit("sync_connection", connection.pk)
     _settle(connection.pk, resource, record_id, started, "applied", "sync queued")
     return "sync queued"
-
-
-def send_task(name: str, *args: Any, countdown: float | None = None) -> None:
-    """Queue a task of `integrations.tasks` after commit, by name: tasks.py imports this module,
-    so this module does not import it back. A broker that refuses is logged, never raised: the
-    notification is in the database and polling is the safety net."""
-    from celery import current_app
-
-    def send() -> None:
-        try:
-            current_app.tasks[name].apply_async(args, countdown=countdown)
-        except Exception as exc:
-            log.warning("Could not queue %s (%s)", name, type(exc).__name__)
-
-    transaction.on_commit(send)
 
 
 def _settle(

@@ -273,9 +273,10 @@ class Connection(models.Model):
         self.refresh_token_fingerprint = ""
         self.access_token_expires_at = None
 
-    def mark_reauth_required(self, reason: str) -> None:
+    def mark_reauth_required(self, reason: str) -> bool:
         """The grant has ended: stop using it until the person connects again, and tell them
-        once for this incident (after the transaction commits)."""
+        once for this incident (after the transaction commits). True when this ended it (it
+        was active): `tokens.end_grant` then announces it to webhooks, once."""
         first = self.status == self.Status.ACTIVE
         self.status = self.Status.REAUTH_REQUIRED
         self.last_error = reason[:500]
@@ -286,8 +287,7 @@ class Connection(models.Model):
             transaction.on_commit(self.notify_reauth_required)
         self.save()
         self.record(ConnectionEvent.Kind.REAUTH_REQUIRED, reason=reason)
-        if first:
-            self.announce("connection.reauth_required", reason=reason)
+        return first
 
     def notify_reauth_required(self) -> bool:
         return notify.send_reauth_required(self.owner_email, self, self.last_error)
@@ -356,24 +356,6 @@ class Connection(models.Model):
         self.profiles.all().delete()
         self.clear_mirror()
         self.record(ConnectionEvent.Kind.DISCONNECTED, actor=actor, revoked=revoked, reason=reason)
-        self.announce("connection.disconnected", reason=reason or None)
-
-    def announce(self, event_type: str, **data: Any) -> None:
-        """A webhook event about the connection, in the caller's transaction (the outbox)."""
-        from . import webhooks  # webhooks imports these models
-
-        webhooks.emit(
-            self.user_id,
-            event_type,
-            {
-                "status": self.status,
-                "refresh_deadline": (
-                    self.refresh_deadline.isoformat() if self.refresh_deadline else None
-                ),
-                **data,
-            },
-            connection_id=self.pk,
-        )
 
     def record(self, kind: str, actor: Any = None, **detail: Any) -> ConnectionEvent:
         return ConnectionEvent.objects.create(

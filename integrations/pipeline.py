@@ -15,6 +15,7 @@ from django.utils import timezone
 from social_core.exceptions import AuthAssociationError, AuthException
 from social_django.models import UserSocialAuth
 
+from . import webhooks
 from .fields import token_fingerprint
 from .models import Connection, ConnectionEvent
 
@@ -132,7 +133,7 @@ def store_connection(
             refresh_token=connection.refresh_token_fingerprint,
         )
         if reconnect:
-            connection.announce("connection.reconnected")
+            webhooks.announce_connection(connection, "connection.reconnected")
         if replaced and replaced != connection.refresh_token:
             # The old grant would otherwise stay live at Zywave for the rest of its 30 days.
             # After commit: never hold the row lock for an HTTP call, and only once the new

@@ -12,6 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from . import webhooks
 from .models import Connection, SyncRun
 from .tokens import MARGIN, ReauthRequired, RefreshFailed, access_token_for, margin_for
 
@@ -69,7 +70,7 @@ def keep_tokens_alive() -> dict[str, int]:
             if won:
                 connection = Connection.objects.select_related("user").get(pk=pk)
                 transaction.on_commit(connection.notify_deadline_approaching)
-                connection.announce("connection.deadline_approaching")
+                webhooks.announce_connection(connection, "connection.deadline_approaching")
                 warned += 1
     return {"refreshes_queued": len(expiring), "deadline_warnings": warned}
 
@@ -108,16 +109,12 @@ def sync_due_connections() -> dict[str, int]:
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def deliver_webhooks(subscription_id: int) -> str:
     """Send a subscription's due webhook deliveries (one worker per subscription at a time)."""
-    from . import webhooks
-
     return webhooks.drain(subscription_id)
 
 
 @shared_task
 def reconcile_webhooks() -> dict[str, int]:
     """Beat: send again what a lost task message left undelivered, and trim the old log."""
-    from . import webhooks
-
     stranded = webhooks.stranded()
     for pk in stranded:
         deliver_webhooks.delay(pk)

@@ -23,6 +23,7 @@ from social_core.exceptions import (
 from social_django.models import UserSocialAuth
 from social_django.utils import load_backend, load_strategy
 
+from . import webhooks
 from .client import ZywaveClient
 from .fields import token_fingerprint
 from .models import Connection, ConnectionEvent
@@ -103,7 +104,7 @@ def refresh(
         ):
             pass  # refreshed by someone else while we waited for the lock
         elif not locked.refresh_token:
-            locked.mark_reauth_required("Zywave gave no refresh token (offline_access missing)")
+            end_grant(locked, "Zywave gave no refresh token (offline_access missing)")
             outcome = ReauthRequired("no refresh token")
         else:
             outcome = _call_token_endpoint(locked)
@@ -122,7 +123,7 @@ def _call_token_endpoint(locked: Connection) -> Exception | None:
         response = zywave_backend().refresh_token(locked.refresh_token)
     except AuthCredentialError as exc:
         # invalid_grant: revoked, reused after rotation, or past the 30-day deadline.
-        locked.mark_reauth_required(f"Zywave ended the grant ({exc.provider_code or exc.code})")
+        end_grant(locked, f"Zywave ended the grant ({exc.provider_code or exc.code})")
         return ReauthRequired("invalid_grant")
     except SocialAuthBaseException as exc:
         retry_after = _seconds(getattr(exc, "retry_after", None))
@@ -206,6 +207,20 @@ def revoke_tokens(connection: Connection) -> tuple[bool, str]:
     return True, ""
 
 
+def end_grant(connection: Connection, reason: str) -> None:
+    """The grant ended: mark the connection (`mark_reauth_required`) and, the first time,
+    announce `connection.reauth_required` to its owner's webhooks, in the same transaction."""
+    if connection.mark_reauth_required(reason):
+        webhooks.announce_connection(connection, "connection.reauth_required", reason=reason)
+
+
+def disconnect(connection: Connection, actor: Any, revoked: bool, reason: str = "") -> None:
+    """Forget the tokens, the profile and the mirror (`Connection.disconnect`; the caller
+    revoked at Zywave first) and announce `connection.disconnected`, in one transaction."""
+    connection.disconnect(actor=actor, revoked=revoked, reason=reason)
+    webhooks.announce_connection(connection, "connection.disconnected", reason=reason or None)
+
+
 def revoke_and_disconnect(connection: Connection, actor: Any) -> tuple[bool, str]:
     """Revoke the tokens at Zywave, then forget them, under the connection's row lock.
 
@@ -217,7 +232,7 @@ def revoke_and_disconnect(connection: Connection, actor: Any) -> tuple[bool, str
     with transaction.atomic():
         locked = Connection.objects.select_for_update().get(pk=connection.pk)
         revoked, reason = revoke_tokens(locked)
-        locked.disconnect(actor=actor, revoked=revoked, reason=reason)
+        disconnect(locked, actor=actor, revoked=revoked, reason=reason)
         # The identity link goes too, so the same Zywave identity can be linked again, by this
         # person or another (a shared agency login, a person who moved desks).
         UserSocialAuth.objects.filter(user_id=locked.user_id, provider="zywave").delete()

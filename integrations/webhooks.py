@@ -14,7 +14,6 @@ subscription, without gaps, so a receiver can order events and see a missing one
 from __future__ import annotations
 
 import base64
-import functools
 import logging
 import random
 import secrets
@@ -30,7 +29,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from . import egress, notify
+from . import egress, notify, queueing
 from .models import (
     WEBHOOK_TEST_EVENT,
     ConnectionEvent,
@@ -320,6 +319,22 @@ def emit_changes(
     return written
 
 
+def announce_connection(connection: Any, event_type: str, **data: Any) -> None:
+    """A `connection.*` event, in the caller's transaction: its status and refresh deadline,
+    and what the caller adds (`reason`)."""
+    deadline = connection.refresh_deadline
+    emit(
+        connection.user_id,
+        event_type,
+        {
+            "status": connection.status,
+            "refresh_deadline": deadline.isoformat() if deadline else None,
+            **data,
+        },
+        connection_id=connection.pk,
+    )
+
+
 def announce_deleted(
     connection: Any, deleted: dict[str, tuple[list[str], datetime | None]]
 ) -> None:
@@ -459,25 +474,10 @@ def _next_sequences(subscription_ids: list[int]) -> dict[int, int]:
 
 
 def _drain_on_commit(subscription_ids: Iterable[int]) -> None:
+    """Queue a drain per subscription after commit (a refusing broker leaves it to the
+    reconciler: the event is committed already)."""
     for pk in sorted(set(subscription_ids)):
-        transaction.on_commit(functools.partial(_queue_drain, pk))
-
-
-def _queue_drain(subscription_id: int) -> None:
-    """Send the drain task. A broker that is down fails nobody: the caller's change and the
-    event are committed already, and the reconciler sends what no task was queued for."""
-    from kombu.exceptions import OperationalError
-
-    from .tasks import deliver_webhooks
-
-    try:
-        deliver_webhooks.delay(subscription_id)
-    except OperationalError as exc:
-        log.warning(
-            "Webhook delivery to subscription %s not queued (%s): the reconciler sends it",
-            subscription_id,
-            exc,
-        )
+        queueing.after_commit("deliver_webhooks", pk)
 
 
 # --- Delivery --------------------------------------------------------------------------------
@@ -686,8 +686,6 @@ def _failed(
 def _schedule_next(subscription_id: int) -> None:
     """Queue the next drain when a retry falls due soon; later ones are the reconciler's (a
     task held for hours in the broker would be delivered again at its visibility timeout)."""
-    from .tasks import deliver_webhooks
-
     subscription = WebhookSubscription.objects.filter(
         pk=subscription_id, state=WebhookSubscription.State.ACTIVE
     ).first()
@@ -705,7 +703,7 @@ def _schedule_next(subscription_id: int) -> None:
         earliest = subscription.paused_until
     wait = (earliest - timezone.now()).total_seconds()
     if wait <= settings.WEBHOOKS_RECONCILE_SECONDS:
-        deliver_webhooks.apply_async((subscription_id,), countdown=max(0.0, wait) + 0.05)
+        queueing.send("deliver_webhooks", subscription_id, countdown=max(0.0, wait) + 0.05)
 
 
 def stranded() -> list[int]:

@@ -44,7 +44,7 @@ from integrations.profiles import choose_profile
 from integrations.resources import resources
 from integrations.sync import claim, queue_run, run_sync, sync_now
 from integrations.tasks import keep_tokens_alive, reconcile_webhooks
-from integrations.tokens import client_for
+from integrations.tokens import client_for, disconnect, end_grant
 from tests.api.callers import system_of
 from tests.conftest import Person, connection
 from tests.integrations.flows import connect, inject_fault, sandbox_counts
@@ -283,7 +283,7 @@ def test_the_body_is_type_timestamp_and_data_with_sequence_and_connection_id(
 ) -> None:
     conn = connection(staff)
     subscription, _ = subscribe(staff, receiver)
-    conn.mark_reauth_required("grant revoked at Zywave")
+    end_grant(conn, "grant revoked at Zywave")
     webhooks.drain(subscription.pk)
     (received,) = receiver.received
     body = received.json
@@ -368,7 +368,7 @@ def test_another_users_subscription_gets_nothing(
     theirs, _ = subscribe(other_staff, receiver)
     conn = connection(staff)
     assert webhooks.emit(staff.pk, "sync.succeeded", {}, conn.pk) is None  # nobody listens
-    conn.mark_reauth_required("revoked")
+    end_grant(conn, "revoked")
     assert not theirs.deliveries.exists()
     assert webhooks.drain(theirs.pk) == "sent 0"
     assert receiver.received == []
@@ -707,8 +707,8 @@ def test_reauth_required_is_emitted_once_not_on_a_second_mark(
 ) -> None:
     conn = connection(staff)
     subscription, _ = subscribe(staff, receiver)
-    conn.mark_reauth_required("revoked")
-    conn.mark_reauth_required("revoked again")
+    end_grant(conn, "revoked")
+    end_grant(conn, "revoked again")
     (event,) = outbox(subscription, "connection.reauth_required")
     assert event["reason"] == "revoked" and event["connection_id"] == conn.pk
 
@@ -716,7 +716,7 @@ def test_reauth_required_is_emitted_once_not_on_a_second_mark(
 def test_disconnecting_emits_disconnected(staff: User, receiver: Receiver) -> None:
     conn = connection(staff)
     subscription, _ = subscribe(staff, receiver)
-    conn.disconnect(staff, revoked=True, reason="person asked")
+    disconnect(conn, staff, revoked=True, reason="person asked")
     (event,) = outbox(subscription, "connection.disconnected")
     assert (event["status"], event["reason"], event["connection_id"]) == (
         "disconnected",
