@@ -125,10 +125,12 @@ def _first(body: dict[str, Any], keys: tuple[str, ...]) -> Any:
 
 
 def resource_for(record_type: str) -> str | None:
-    """`Account`, `account`, `accounts` (and the same of every registered resource)."""
+    """`Account`, `account`, `accounts`, `Policy`, `policies` (and the same of every
+    registered resource)."""
     wanted = record_type.strip().lower()
     for name in REGISTRY:
-        if wanted in (name, name.removesuffix("s")):
+        singular = name[:-3] + "y" if name.endswith("ies") else name.removesuffix("s")
+        if wanted in (name, singular):
             return name
     return None
 
