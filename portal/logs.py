@@ -119,6 +119,10 @@ _PATTERNS: list[tuple[re.Pattern[str], str]] = [
         re.compile(r"(whsec_)(?:[A-Za-z0-9+/=]|%(?:25)*+(?:2[BbFf]|3[Dd])|\\/)++"),
         r"\1" + REDACTED,
     ),
+    # The receiver token of Zywave's webhooks (integrations.hooks), in the path of every
+    # delivery: the access log's request line, django.request's line for a 4xx. Linear: a
+    # literal start, then one possessive run that ends at the path's next delimiter.
+    (re.compile(r"""(/hooks/zywave/)[^/\s?#"']++"""), r"\1" + REDACTED),
 ]
 
 # Secrets shorter than this are not searched for literally: they would mask ordinary words.
