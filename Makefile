@@ -100,6 +100,7 @@ bench: $(VENV)/.dev
 	cd tests/bench && ../../$(BIN)/python bench_sync.py
 	cd tests/bench && ../../$(BIN)/python bench_logs.py
 	cd tests/bench && ../../$(BIN)/python bench_api.py
+	cd tests/bench && ../../$(BIN)/python bench_webhooks.py
 
 clean:
 	rm -rf var

@@ -35,9 +35,10 @@ def bench_database(name: str, var_dir: Path) -> str:
     return f"sqlite:///{var_dir / (name + '.sqlite3')}"
 
 
-def setup_django(database_url: str, sandbox_url: str, var_dir: Path) -> None:
+def setup_django(database_url: str, sandbox_url: str, var_dir: Path, **env: str) -> None:
     """Production settings (DEBUG off): with DEBUG on, Django keeps every query, with its
-    parameters, in memory, which is not what a production worker does."""
+    parameters, in memory, which is not what a production worker does. `env` adds to them or
+    replaces them (a benchmark that needs Redis as the broker)."""
     from cryptography.fernet import Fernet
 
     os.environ.update(
@@ -55,6 +56,7 @@ def setup_django(database_url: str, sandbox_url: str, var_dir: Path) -> None:
         CELERY_BROKER_URL="filesystem://",
         PORTAL_VAR_DIR=str(var_dir),
     )
+    os.environ.update(env)
     import django
 
     django.setup()
