@@ -13,6 +13,7 @@ safety net, at a relaxed interval while notifications arrive (`Connection.object
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import secrets
@@ -233,7 +234,9 @@ def refetch(connection_id: int, resource: str, record_id: str) -> str:
         # one record is what is missing (assumed for contacts: docs/zywave.md §6): then a
         # record the mirror holds live is not found either, and deleting on a 404 would empty
         # the mirror one notification at a time.
-        if not _detail_route_answers(connection, client, resource, record_id):
+        if not _detail_route_seen(connection_id, resource) and not _detail_route_answers(
+            connection, client, resource, record_id
+        ):
             cache.set(_no_detail_key(connection_id, resource), 1, timeout=86400)
             log.warning(
                 "Zywave has no route for one %s record (a live one is not found): "
@@ -252,6 +255,7 @@ def refetch(connection_id: int, resource: str, record_id: str) -> str:
         _settle(connection_id, resource, record_id, started, "failed", str(exc)[:200])
         return "failed"
     if record is not None:
+        _detail_route_works(connection_id, resource)
         try:
             body = lower_keys(record)
         except ZywaveError:
@@ -293,25 +297,47 @@ def _no_detail_route(connection_id: int, resource: str) -> bool:
         return False
 
 
+def _detail_ok_key(connection_id: int, resource: str) -> str:
+    return f"zywave-detail-route-answers:{connection_id}:{resource}"
+
+
+def _detail_route_works(connection_id: int, resource: str) -> None:
+    """The route for one record answered with a record: a later 404 on it is a deletion."""
+    with contextlib.suppress(Exception):  # the cache is down: the probe decides after a 404
+        cache.set(_detail_ok_key(connection_id, resource), 1, timeout=86400)
+
+
+def _detail_route_seen(connection_id: int, resource: str) -> bool:
+    try:
+        return bool(cache.get(_detail_ok_key(connection_id, resource)))
+    except Exception:
+        return False
+
+
+PROBES = 3  # live records tried before a 404 is taken for a missing route
+
+
 def _detail_route_answers(connection: Connection, client: Any, resource: str, missing: str) -> bool:
-    """After a 404 for `missing`: does the route answer for a record the mirror holds live? With
+    """After a 404 for `missing`: does the route answer for a record the mirror holds live? A
+    probed record may have been deleted at Zywave too (deletions come in batches: an account and
+    its contacts), so the route is missing only if none of PROBES live records is found. With
     no other live record there is nothing to compare, and the 404 stands."""
-    probe = (
+    probes = list(
         REGISTRY[resource]
         .live(connection.pk)
         .exclude(zywave_id=missing)
-        .values_list("zywave_id", flat=True)
-        .first()
+        .values_list("zywave_id", flat=True)[:PROBES]
     )
-    if probe is None:
+    for probe in probes:
+        try:
+            client.get(f"{REGISTRY[resource].path}/{probe}")
+        except (NotFound, Forbidden):
+            continue
+        except ZywaveError:
+            return True  # a hiccup on the probe: take the first 404 as Zywave meant it
+        _detail_route_works(connection.pk, resource)
         return True
-    try:
-        client.get(f"{REGISTRY[resource].path}/{probe}")
-    except (NotFound, Forbidden):
-        return False
-    except ZywaveError:
-        return True  # a hiccup on the probe: take the first 404 as Zywave meant it
-    return True
+    return not probes
 
 
 def _poll_instead(connection: Connection, resource: str, record_id: str, started: datetime) -> str:

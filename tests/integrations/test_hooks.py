@@ -373,8 +373,8 @@ def test_without_a_route_for_one_record_a_404_queues_a_sync_instead_of_a_deletio
         :2
     ]
     # A Zywave without /accounts/v2.0/contact/{id} (assumed, docs/zywave.md §6): the record
-    # asked and a record the mirror holds live are both "not found".
-    zywave.add_fault(r"^/accounts/v2\.0/contact/\d+", count=2, status=404)
+    # asked and every record the mirror holds live that the portal probes are "not found".
+    zywave.add_fault(r"^/accounts/v2\.0/contact/\d+", count=1 + hooks.PROBES, status=404)
     assert hooks.refetch(mirrored.pk, "contacts", first) == "sync queued"
     assert Contact.objects.filter(connection=mirrored, zywave_id=first).exists()
     assert SyncRun.objects.filter(connection=mirrored, trigger="webhook", state="queued").exists()
