@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.cache import cache
+from django.db import connection as db
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -146,6 +147,8 @@ def parse(raw: bytes) -> Notification:
     event_type = _first(body, EVENT_TYPE_KEYS)
     if not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
         raise BadNotification("no event type (eventType)")
+    if not event_type.isprintable():
+        raise BadNotification("the event type holds control characters")
     record_type = _first(body, RECORD_TYPE_KEYS)
     if record_type is None and "." in event_type:
         record_type = event_type.split(".", 1)[0]  # account.updated names its record type
@@ -156,11 +159,13 @@ def parse(raw: bytes) -> Notification:
     if record_id is None:
         raise BadNotification("no usable record id (recordId)")
     when = _first(body, EVENT_TIME_KEYS)
-    event_at = parse_datetime(when) if isinstance(when, str) else None
+    try:
+        event_at = parse_datetime(when) if isinstance(when, str) else None
+    except ValueError:  # well formed, impossible: month 13, an offset of a day
+        event_at = None
     if event_at is None:
         raise BadNotification("no parsable event time (eventDateTime, RFC 3339)")
-    if event_at.tzinfo is None:
-        event_at = event_at.replace(tzinfo=UTC)
+    event_at = (event_at if event_at.tzinfo else event_at.replace(tzinfo=UTC)).astimezone(UTC)
     return Notification(event_type, resource, record_id, event_at)
 
 
@@ -173,12 +178,28 @@ def receive(connection: Connection, notification: Notification) -> ZywaveNotific
         record_id=notification.record_id,
         event_at=notification.event_at,
     )
-    now = timezone.now()
-    Connection.objects.filter(pk=connection.pk).filter(
-        Q(hook_last_delivery_at__isnull=True) | Q(hook_last_delivery_at__lt=now - TOUCH_EVERY)
-    ).update(hook_last_delivery_at=now)
+    _touch(connection.pk, timezone.now())
     schedule_fetch(connection.pk, notification.resource, notification.record_id)
     return kept
+
+
+def _touch(connection_id: int, now: datetime) -> None:
+    """`hook_last_delivery_at`, at most every TOUCH_EVERY, and never waiting: while a token
+    refresh or a profile change holds the connection's row, a delivery skips the write instead
+    of queueing behind it (a flood would otherwise fill every web thread)."""
+    if db.vendor != "postgresql":
+        Connection.objects.filter(pk=connection_id).filter(
+            Q(hook_last_delivery_at__isnull=True) | Q(hook_last_delivery_at__lt=now - TOUCH_EVERY)
+        ).update(hook_last_delivery_at=now)
+        return
+    table = db.ops.quote_name(Connection._meta.db_table)
+    with db.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET hook_last_delivery_at = %s WHERE id = ("  # noqa: S608
+            f"SELECT id FROM {table} WHERE id = %s AND (hook_last_delivery_at IS NULL "
+            "OR hook_last_delivery_at < %s) FOR NO KEY UPDATE SKIP LOCKED)",
+            [now, connection_id, now - TOUCH_EVERY],
+        )
 
 
 def schedule_fetch(connection_id: int, resource: str, record_id: str) -> str:
@@ -278,7 +299,9 @@ def refetch(connection_id: int, resource: str, record_id: str) -> str:
                 .values_list("pk", flat=True)
                 .first()
             )
-            written = mirror.upsert(resource, connection_id, running, [record], refetched=True)
+            written = mirror.upsert(
+                resource, connection_id, running, [record], refetched=True, fetched_at=started
+            )
             changes, when = list(written.changes), written.changed_at
         webhooks.emit_changes(connection.user_id, connection_id, resource, changes, when)
         outcome = changes[0][1] if changes else "unchanged"
@@ -333,8 +356,11 @@ def _detail_route_answers(connection: Connection, client: Any, resource: str, mi
             client.get(f"{REGISTRY[resource].path}/{probe}")
         except (NotFound, Forbidden):
             continue
-        except ZywaveError:
-            return True  # a hiccup on the probe: take the first 404 as Zywave meant it
+        except RateLimited as exc:
+            raise TryAgain(exc.retry_after) from None
+        except (ServerError, ZywaveTimeout, RefreshFailed, ZywaveError) as exc:
+            # A hiccup on the probe decides nothing: ask again later rather than delete.
+            raise TryAgain(getattr(exc, "retry_after", None)) from None
         _detail_route_works(connection.pk, resource)
         return True
     return not probes
@@ -347,7 +373,12 @@ def _poll_instead(connection: Connection, resource: str, record_id: str, started
 
     if queue_run(connection, trigger="webhook") is not None:
         queueing.after_commit("sync_connection", connection.pk)
-    _settle(connection.pk, resource, record_id, started, "applied", "sync queued")
+        outcome = "sync queued"
+    else:
+        # A run is already queued (it will see the change) or running (it may be past the
+        # record already: the next scheduled poll brings it).
+        outcome = "sync already queued or running"
+    _settle(connection.pk, resource, record_id, started, "applied", outcome)
     return "sync queued"
 
 
@@ -414,6 +445,52 @@ def _count(key: str, timeout: int) -> int:
     except ValueError:  # expired between add and incr
         cache.add(key, 1, timeout=timeout)
         return 1
+
+
+# A queued notification older than this (its fetch's message lost, or its retries spent) is
+# fetched again by the reconciler; one older than GIVE_UP is given up and a sync queued.
+STRANDED_AFTER = timedelta(seconds=60)
+GIVE_UP = timedelta(hours=6)
+KEEP = timedelta(days=7)
+
+
+def reconcile(now: datetime | None = None, limit: int = 1000) -> dict[str, int]:
+    """Beat: fetch again records whose notifications were acknowledged but never applied (a
+    task message lost with a restarted Redis, a refused send, retries spent), give up on very
+    old ones (a sync is queued for their connection instead), and trim the log."""
+    now = now or timezone.now()
+    window = timedelta(seconds=settings.ZYWAVE_WEBHOOK_COALESCE_SECONDS)
+    queued = ZywaveNotification.objects.filter(state=ZywaveNotification.State.QUEUED)
+    stale = (
+        queued.filter(received_at__lt=now - window - STRANDED_AFTER, received_at__gte=now - GIVE_UP)
+        .values_list("connection_id", "resource", "record_id")
+        .distinct()
+        .order_by()[:limit]
+    )
+    requeued = 0
+    for connection_id, resource, record_id in stale:
+        queueing.after_commit("refetch_record", connection_id, resource, record_id)
+        requeued += 1
+    abandoned = queued.filter(received_at__lt=now - GIVE_UP)
+    given_up = 0
+    for connection_id in set(abandoned.values_list("connection_id", flat=True)):
+        connection = Connection.objects.filter(pk=connection_id).first()
+        if connection is not None and connection.can_sync:
+            from .sync import queue_run
+
+            if queue_run(connection, trigger="webhook") is not None:
+                queueing.after_commit("sync_connection", connection_id)
+    given_up = abandoned.update(
+        state=ZywaveNotification.State.FAILED,
+        applied_at=now,
+        outcome="not fetched in 6 hours: a sync was queued",
+    )
+    purged, _ = (
+        ZywaveNotification.objects.exclude(state=ZywaveNotification.State.QUEUED)
+        .filter(received_at__lt=now - KEEP)
+        .delete()
+    )
+    return {"requeued": requeued, "given_up": given_up, "purged": purged}
 
 
 def delivery_health(connection: Connection) -> dict[str, Any]:

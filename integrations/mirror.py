@@ -46,16 +46,19 @@ def upsert(
     records: list[dict[str, Any]],
     *,
     refetched: bool = False,
+    fetched_at: datetime | None = None,
 ) -> Written:
     """Write one page as a single INSERT ... ON CONFLICT DO UPDATE on (connection, zywave_id).
 
     `refetched`: records fetched one by one after a Zywave notification (integrations/hooks.py).
     Then a row Zywave updated later than the fetched copy is left alone (notifications and
     fetches arrive in any order), and a row keeps the sync run that saw it (`seen_in_run`), so
-    a full run going on meanwhile does not take it for deleted.
+    a full run going on meanwhile does not take it for deleted. `fetched_at`, when the fetch
+    began, becomes the rows' `synced_at`: a tombstone made after that time (a deletion another
+    fetch saw) is not brought back by this older copy.
     """
     model, build = REGISTRY[resource].model, REGISTRY[resource].row
-    now = timezone.now()
+    now = fetched_at or timezone.now()
     rows: dict[str, dict[str, Any]] = {}
     skipped = 0
     for record in records:
@@ -109,19 +112,25 @@ CHANGED = (
 
 # A refetched copy replaces a row only if Zywave did not update the row's copy later.
 NEWER = (
-    "t.deleted_at IS NOT NULL OR t.updated_at_zywave IS NULL "
-    "OR EXCLUDED.updated_at_zywave IS NULL OR EXCLUDED.updated_at_zywave >= t.updated_at_zywave"
+    "CASE WHEN t.deleted_at IS NOT NULL THEN t.deleted_at < EXCLUDED.synced_at "
+    "ELSE t.updated_at_zywave IS NULL OR EXCLUDED.updated_at_zywave IS NULL "
+    "OR EXCLUDED.updated_at_zywave >= t.updated_at_zywave END"
 )
 
 
 def _drop_older(model: type[Model], connection_id: int, rows: dict[str, dict[str, Any]]) -> None:
     """SQLite (`make check`): NEWER, worked out in Python."""
     existing = model._base_manager.filter(  # type: ignore[attr-defined]
-        connection_id=connection_id, zywave_id__in=list(rows), deleted_at__isnull=True
-    ).values_list("zywave_id", "updated_at_zywave")
-    for zywave_id, updated in existing:
-        fetched = rows[zywave_id]["updated_at_zywave"]
-        if updated is not None and fetched is not None and fetched < updated:
+        connection_id=connection_id, zywave_id__in=list(rows)
+    ).values_list("zywave_id", "updated_at_zywave", "deleted_at")
+    for zywave_id, updated, deleted_at in existing:
+        row = rows[zywave_id]
+        fetched = row["updated_at_zywave"]
+        if deleted_at is not None:
+            older = deleted_at >= row["synced_at"]
+        else:
+            older = updated is not None and fetched is not None and fetched < updated
+        if older:
             del rows[zywave_id]
 
 

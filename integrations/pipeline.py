@@ -103,7 +103,7 @@ def store_connection(
         )
         if social.user_id != user.pk:  # linked by someone else between the check and here
             raise IdentityInUse(backend)
-        connection = Connection.objects.select_for_update().filter(user=user).first()
+        connection = Connection.objects.select_for_update(no_key=True).filter(user=user).first()
         reconnect = connection is not None
         if connection is None:
             connection = Connection(user=user)

@@ -61,7 +61,7 @@ def refresh_profiles(connection: Connection, client: ZywaveClient) -> list[Profi
         records[(code, zywave_id)] = record
     now = timezone.now()
     with transaction.atomic():
-        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        locked = Connection.objects.select_for_update(no_key=True).get(pk=connection.pk)
         if (
             locked.status == Connection.Status.DISCONNECTED
             or locked.zywave_subject != connection.zywave_subject
@@ -114,7 +114,7 @@ def choose_profile(
 
         raise MalformedResponse("Zywave's profile answer has no ProfileToken")
     with transaction.atomic():
-        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        locked = Connection.objects.select_for_update(no_key=True).get(pk=connection.pk)
         # Zywave was asked outside the lock: a disconnect (or a reconnect as another identity)
         # may have run meanwhile. Store nothing then, and never with save(): on a row the
         # disconnect deleted, save() would INSERT it again, ProfileToken and all.
@@ -165,7 +165,7 @@ def refetch_profile_token(connection: Connection, client: ZywaveClient) -> str |
     if not isinstance(token, str) or not token:
         return None
     with transaction.atomic():
-        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        locked = Connection.objects.select_for_update(no_key=True).get(pk=connection.pk)
         # Only for the profile that is still the chosen one of a live connection: the person
         # may have chosen another, or disconnected, while Zywave was asked.
         if locked.status != Connection.Status.ACTIVE or locked.chosen_profile_id != profile.pk:

@@ -96,7 +96,7 @@ def refresh(
     """
     outcome: Exception | None = None
     with transaction.atomic():
-        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        locked = Connection.objects.select_for_update(no_key=True).get(pk=connection.pk)
         if locked.status != Connection.Status.ACTIVE:
             outcome = ReauthRequired(f"connection {locked.pk} is {locked.status}")
         elif (refused is None or locked.access_token != refused) and _fresh(
@@ -230,7 +230,7 @@ def revoke_and_disconnect(connection: Connection, actor: Any) -> tuple[bool, str
     revokes. The lock is held for the revocation calls, each bounded by the HTTP timeout.
     """
     with transaction.atomic():
-        locked = Connection.objects.select_for_update().get(pk=connection.pk)
+        locked = Connection.objects.select_for_update(no_key=True).get(pk=connection.pk)
         revoked, reason = revoke_tokens(locked)
         disconnect(locked, actor=actor, revoked=revoked, reason=reason)
         # The identity link goes too, so the same Zywave identity can be linked again, by this

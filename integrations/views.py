@@ -558,7 +558,15 @@ def zywave_hook(request: HttpRequest, token: str) -> HttpResponse:
         response = HttpResponse(status=405, content_type="text/plain")
         response["Allow"] = "GET, POST"
         return response
-    wait = hooks.allow(connection.pk)
+    try:
+        wait = hooks.allow(connection.pk)
+    except Exception as exc:  # the shared cache (Redis) is down: no count, so no delivery
+        log.warning(
+            "Zywave delivery refused: the rate limit is unavailable (%s)", type(exc).__name__
+        )
+        response = HttpResponse("Try again shortly", status=503, content_type="text/plain")
+        response["Retry-After"] = "30"
+        return response
     if wait is not None:
         hooks.count_refusal(connection.pk, "rate_limited")
         response = HttpResponse("Too many deliveries", status=429, content_type="text/plain")

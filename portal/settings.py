@@ -434,7 +434,9 @@ CELERY_TASK_ROUTES = {
     "integrations.tasks.keep_tokens_alive": {"queue": "tokens"},
     "integrations.tasks.deliver_webhooks": {"queue": "webhooks"},
     "integrations.tasks.refetch_record": {"queue": "refetch"},
-    "integrations.tasks.reconcile_webhooks": {"queue": "webhooks"},
+    # The reconcilers run on `celery`, never behind the backlog they are there to rescue.
+    "integrations.tasks.reconcile_webhooks": {"queue": "celery"},
+    "integrations.tasks.reconcile_refetches": {"queue": "celery"},
 }
 ZYWAVE_TOKEN_UPKEEP_MINUTES = env.get_int("ZYWAVE_TOKEN_UPKEEP_MINUTES", 10, minimum=1)
 # How often beat looks for webhook deliveries nobody is sending (a lost task message), and the
@@ -452,6 +454,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "reconcile-webhooks": {
         "task": "integrations.tasks.reconcile_webhooks",
         "schedule": float(WEBHOOKS_RECONCILE_SECONDS),
+    },
+    "reconcile-refetches": {
+        "task": "integrations.tasks.reconcile_refetches",
+        "schedule": 60.0,
     },
 }
 

@@ -393,3 +393,139 @@ def test_a_404_while_the_route_answers_for_a_live_record_is_a_deletion(
     zywave.add_fault(r"^/accounts/v2\.0/contact/\d+", count=1, status=404)
     assert hooks.refetch(mirrored.pk, "contacts", first) == "deleted"
     assert Contact.all_rows.get(connection=mirrored, zywave_id=first).is_tombstone
+
+
+# --- Review fixes: nothing acknowledged is lost, nothing live is deleted on a hiccup ----------
+
+
+def test_the_reconciler_fetches_again_what_was_acknowledged_and_never_applied(
+    hooked: tuple[Connection, str], django_capture_on_commit_callbacks: Any
+) -> None:
+    conn, _ = hooked
+    now = timezone.now()
+
+    def kept(record_id: str, age: timedelta, state: str = "queued") -> None:
+        ZywaveNotification.objects.create(
+            connection=conn,
+            event_type="account.updated",
+            resource="accounts",
+            record_id=record_id,
+            event_at=now - age,
+            received_at=now - age,
+            state=state,
+        )
+
+    kept("fresh", timedelta(seconds=1))  # its fetch may still be on its way: left alone
+    kept("lost", timedelta(minutes=2))
+    kept("lost", timedelta(minutes=3))  # the same record: one fetch
+    kept("ancient", timedelta(hours=7))
+    kept("done", timedelta(days=8), state="applied")
+    with django_capture_on_commit_callbacks() as queued:
+        outcome = hooks.reconcile()
+    assert outcome == {"requeued": 1, "given_up": 1, "purged": 1}
+    assert len(queued) == 2  # the lost record's fetch, and a sync for the ancient one
+    assert conn.sync_runs.filter(trigger="webhook", state="queued").exists()
+    states = dict(ZywaveNotification.objects.values_list("record_id", "state").order_by("id"))
+    assert states == {"fresh": "queued", "lost": "queued", "ancient": "failed"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        notification(eventDateTime="2026-13-01T10:00:00Z"),
+        notification(eventDateTime="2026-12-01T10:00:00+25:00"),
+        notification(eventType="account.updated\x00"),
+    ],
+)
+def test_impossible_times_and_control_characters_are_400_not_500(
+    hooked: tuple[Connection, str], body: dict[str, Any]
+) -> None:
+    _, token = hooked
+    assert post(token, body).status_code == 400
+
+
+def test_the_event_time_is_kept_in_utc(hooked: tuple[Connection, str]) -> None:
+    conn, token = hooked
+    post(token, notification(eventDateTime="2026-12-01T12:00:00+02:00"))
+    kept = ZywaveNotification.objects.get(connection=conn)
+    assert kept.event_at.isoformat() == "2026-12-01T10:00:00+00:00"
+
+
+def test_without_the_shared_cache_the_receiver_answers_503_to_be_retried(
+    hooked: tuple[Connection, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn, token = hooked
+
+    def down(*args: Any, **kwargs: Any) -> int:
+        raise ConnectionError("Redis is restarting")
+
+    # A mock: the run's Redis is shared by every test, so it cannot be stopped for this one.
+    monkeypatch.setattr(hooks, "_count", down)
+    response = post(token, notification())
+    assert (response.status_code, response["Retry-After"]) == (503, "30")
+    assert not ZywaveNotification.objects.filter(connection=conn).exists()
+
+
+def test_a_probe_that_fails_asks_again_later_instead_of_deleting(
+    mirrored: Connection, zywave: Sandbox
+) -> None:
+    from django.core.cache import cache
+
+    from integrations.models import Contact
+
+    for key in ("no-detail-route", "detail-route-works"):
+        cache.delete(f"zywave-{key}:{mirrored.pk}:contacts")
+    first = Contact.objects.filter(connection=mirrored).values_list("zywave_id", flat=True)[0]
+    zywave.add_fault(r"^/accounts/v2\.0/contact/\d+", count=1, status=404)
+    zywave.add_fault(r"^/accounts/v2\.0/contact/\d+", count=3, status=503)
+    with pytest.raises(hooks.TryAgain):
+        hooks.refetch(mirrored.pk, "contacts", first)
+    assert Contact.objects.filter(connection=mirrored, zywave_id=first).exists()
+
+
+def test_an_older_copy_does_not_bring_back_a_record_deleted_after_it_was_fetched(
+    mirrored: Connection,
+) -> None:
+    from integrations import mirror
+
+    account = first_account(mirrored)
+    copy = dict(account.raw)
+    fetched = timezone.now()
+    mirror.tombstone(Account.objects.filter(pk=account.pk))  # another fetch saw it gone
+    mirror.upsert("accounts", mirrored.pk, None, [copy], refetched=True, fetched_at=fetched)
+    assert Account.all_rows.get(pk=account.pk).is_tombstone
+    # A copy fetched after the deletion (the record is back at Zywave) revives it.
+    mirror.upsert("accounts", mirrored.pk, None, [copy], refetched=True)
+    assert not Account.all_rows.get(pk=account.pk).is_tombstone
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_delivery_never_waits_behind_a_lock_on_the_connection(staff: User) -> None:
+    import threading
+
+    from django.db import connection as db
+    from django.db import transaction
+
+    conn = connection(staff)
+    token = hooks.rotate_token(conn)
+    Connection.objects.filter(pk=conn.pk).update(hook_last_delivery_at=None)
+    locked, release = threading.Event(), threading.Event()
+
+    def refresh_holding_the_row() -> None:  # as tokens.refresh holds it across its HTTP call
+        with transaction.atomic():
+            Connection.objects.select_for_update(no_key=True).get(pk=conn.pk)
+            locked.set()
+            release.wait(10)
+        db.close()
+
+    holder = threading.Thread(target=refresh_holding_the_row)
+    holder.start()
+    try:
+        assert locked.wait(5)
+        started = timezone.now()
+        assert post(token, notification()).status_code == 202
+        assert (timezone.now() - started).total_seconds() < 2
+    finally:
+        release.set()
+        holder.join()
+    assert ZywaveNotification.objects.filter(connection=conn).count() == 1
