@@ -19,7 +19,7 @@ Measured side by side in one run:
    due when the later pages commit). Not timed is sending: no worker consumes during the syncs
    (with one sending meanwhile, a page whose predecessor was already delivered queues a task
    again, about 1 ms). Also measured in place: a page's time in the outbox
-   (`webhooks.emit_changes`, and the tasks sent after commit), which the load of a shared
+   (`webhooks.emit_changes`, and `queueing.send` for the tasks), which the load of a shared
    machine moves less than the rates.
 2. delivery: `--events` events across `--subscriptions` subscriptions (one owner each, 100
    changes an event, as a sync page's) committed one transaction each as fast as this process
@@ -189,14 +189,14 @@ class Written(NamedTuple):
 class OutboxClock:
     """The seconds a sync spends in the outbox, measured in place: `webhooks.emit_changes` (a
     page's event, in the page's transaction; without a subscription, the lookup that finds
-    none) and `webhooks._queue_drain` (a delivery task sent after a commit)."""
+    none) and `queueing.send` (a delivery task sent after a commit)."""
 
     def __init__(self) -> None:
-        from integrations import webhooks
+        from integrations import queueing, webhooks
 
         self.seconds = 0.0
-        for name in ("emit_changes", "_queue_drain"):
-            setattr(webhooks, name, self.timed(getattr(webhooks, name)))
+        webhooks.emit_changes = self.timed(webhooks.emit_changes)
+        queueing.send = self.timed(queueing.send)
 
     def timed(self, function: Any) -> Any:
         def timed(*args: Any, **kwargs: Any) -> Any:
