@@ -9,7 +9,7 @@ from typing import Any
 
 from celery import shared_task
 from django.conf import settings
-from django.db import transaction
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from . import webhooks
@@ -133,3 +133,8 @@ def refetch_record(self: Any, connection_id: int, resource: str, record_id: str)
     except hooks.TryAgain as exc:
         wait = exc.retry_after if exc.retry_after is not None else 2 ** (self.request.retries + 1)
         raise self.retry(countdown=min(wait, 300)) from None
+    except (OperationalError, InterfaceError):
+        # The database went away under the fetch (a restart, a failover): the notification is
+        # kept, still queued, and Zywave was answered 202, so nobody sends it again. Fetch again
+        # once the database is back rather than leave the change to the next poll.
+        raise self.retry(countdown=min(2 ** (self.request.retries + 1), 300)) from None
