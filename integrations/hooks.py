@@ -112,6 +112,9 @@ def connection_for(token: str) -> Connection | None:
     return (
         Connection.objects.filter(hook_token_hash=digest(token))
         .exclude(status=Connection.Status.DISCONNECTED)
+        # What a delivery needs, not the tokens: each is decrypted as it is read, on every
+        # request of a flood. Anything else is read when asked for.
+        .only("id", "status", "hook_last_delivery_at")
         .first()
     )
 
@@ -178,7 +181,10 @@ def receive(connection: Connection, notification: Notification) -> ZywaveNotific
         record_id=notification.record_id,
         event_at=notification.event_at,
     )
-    _touch(connection.pk, timezone.now())
+    now = timezone.now()
+    last = connection.hook_last_delivery_at
+    if last is None or last < now - TOUCH_EVERY:  # as read with the connection: no query
+        _touch(connection.pk, now)
     schedule_fetch(connection.pk, notification.resource, notification.record_id)
     return kept
 
