@@ -90,6 +90,8 @@ def is_public(address: Address) -> bool:
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
         if embedded is not None and not is_public(embedded):
             return False
+        if address.is_site_local:
+            return False  # fec0::/10: deprecated (RFC 3879), yet `is_global` lets it through
     return address.is_global and not address.is_multicast and not address.is_reserved
 
 

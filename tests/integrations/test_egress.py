@@ -251,6 +251,7 @@ REFUSED = {
     "IPv4-mapped, hex": ("https://[::ffff:7f00:1]/", "::ffff:7f00:1 is not a public address"),
     "unique local": ("https://[fc00::1]/", "fc00::1 is not a public address"),
     "link-local v6": ("https://[fe80::1]/", "fe80::1 is not a public address"),
+    "site-local v6 (deprecated)": ("https://[fec0::1]/", "fec0::1 is not a public address"),
     "private 10/8": ("https://10.0.0.1/", "10.0.0.1 is not a public address"),
     "private 172.16/12": ("https://172.16.0.1/", "172.16.0.1 is not a public address"),
     "private 192.168/16": ("https://192.168.1.1/", "192.168.1.1 is not a public address"),
@@ -290,6 +291,7 @@ MIXED = {
     "public and IPv4-mapped loopback": ([PUBLIC_V4, "::ffff:127.0.0.1"], "::ffff:7f00:1"),
     "the metadata address last": ([PUBLIC_V4, PUBLIC_V6, "169.254.169.254"], "169.254.169.254"),
     "public and NAT64 of 10.0.0.1": ([PUBLIC_V4, "64:ff9b::a00:1"], "64:ff9b::a00:1"),
+    "public and site-local fec0::/10": ([PUBLIC_V6, "fec0::a:1"], "fec0::a:1"),
     "only a private one": (["192.168.1.1"], "192.168.1.1"),
 }
 
