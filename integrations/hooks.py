@@ -211,13 +211,19 @@ def _touch(connection_id: int, now: datetime) -> None:
 def schedule_fetch(connection_id: int, resource: str, record_id: str) -> str:
     """Queue the record's fetch, coalescing: the first notification of a window fetches at
     once; any later one in the window asks for one more fetch at the window's end (so the last
-    change is always seen), and the rest ride along. At most two fetches per record per
-    window, whichever process received them. Without the shared cache, every one fetches."""
+    change is always seen), and the rest ride along. That later fetch opens the next window, so
+    a stream of notifications makes one fetch per window, whichever process received them.
+    Without the shared cache, every one fetches."""
     window = settings.ZYWAVE_WEBHOOK_COALESCE_SECONDS
     key = f"zywave-refetch:{connection_id}:{resource}:{record_id}"
     try:
         leading = cache.add(key, 1, timeout=window)
         trailing = not leading and cache.add(f"{key}:again", 1, timeout=window)
+        if trailing:
+            # The window goes on for one more after the fetch at its end: a notification then
+            # asks for the next fetch at that window's end. Ending with the first window, the
+            # next notification fetched at once, just before the fetch at its end: two a window.
+            cache.set(key, 1, timeout=2 * window)
     except Exception as exc:  # the cache is down: fetch every time rather than lose one
         log.warning("Coalescing unavailable (%s): fetching at once", type(exc).__name__)
         leading, trailing = True, False

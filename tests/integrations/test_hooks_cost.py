@@ -1,5 +1,5 @@
-"""What one delivery to the receiver costs: the queries of a flood's every request
-(tests/bench/bench_hooks.py measures the whole of it)."""
+"""What a flood of deliveries costs: the queries of its every request, and the fetches its
+notifications make (tests/bench/bench_hooks.py measures the whole of it)."""
 
 from __future__ import annotations
 
@@ -63,3 +63,24 @@ def test_a_delivery_reads_no_token_and_touches_the_connection_only_when_due(
         assert deliver(token, "3") == 202
     touched = Connection.objects.values_list("hook_last_delivery_at", flat=True).get(pk=conn.pk)
     assert touched is not None and touched > stale
+
+
+def test_a_stream_of_notifications_makes_one_fetch_per_window(
+    staff: User, settings: Any, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The fetch at a window's end opens the next window: a notification after it waits for
+    that window's end too, instead of fetching at once just after (two fetches a window)."""
+    import time
+
+    from django.core.cache import cache
+
+    settings.ZYWAVE_WEBHOOK_COALESCE_SECONDS = 1
+    conn = connection(staff)
+    key = f"zywave-refetch:{conn.pk}:accounts:77"
+    cache.delete_many([key, f"{key}:again"])
+    with django_capture_on_commit_callbacks() as queued:
+        outcomes = [hooks.schedule_fetch(conn.pk, "accounts", "77") for _ in range(2)]
+        time.sleep(1.2)  # the first window is over, its trailing fetch due
+        outcomes += [hooks.schedule_fetch(conn.pk, "accounts", "77") for _ in range(2)]
+    assert outcomes == ["now", "later", "later", "coalesced"]
+    assert len(queued) == 3
