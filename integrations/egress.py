@@ -21,9 +21,11 @@ import socket
 import ssl
 import threading
 import time
+import unicodedata
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
+import idna
 import urllib3
 import urllib3.connection
 from django.conf import settings
@@ -47,9 +49,9 @@ class Target:
 
     url: str
     scheme: str
-    host: str
+    host: str  # ASCII: an international name in its IDNA form (Host, SNI, the certificate's)
     port: int
-    path: str  # path and query, as sent in the request line
+    path: str  # path and query, as sent in the request line (ASCII, non-ASCII percent-encoded)
     addresses: tuple[str, ...]
 
     @property
@@ -130,8 +132,17 @@ def resolve(host: str, port: int) -> list[Address]:
 
 def check(url: str, *, resolve_host: bool = True) -> Target:
     """The URL as a target, or UnsafeURL. Every address it resolves to must be public (one bad
-    address refuses the URL: the resolver may hand out any of them), and the scheme HTTPS."""
+    address refuses the URL: the resolver may hand out any of them), and the scheme HTTPS.
+
+    What is sent is ASCII, as HTTP and TLS need it (a non-ASCII URL that reached http.client
+    raised UnicodeEncodeError at every attempt): an international host name in its IDNA form
+    (UTS 46, as browsers map it; what does not encode is refused), non-ASCII in the path and
+    query percent-encoded as UTF-8. Spaces and control characters are refused, not encoded:
+    urlsplit drops tabs and newlines silently, so the URL checked would not be the URL shown."""
     url = url.strip()
+    unprintable = _unprintable(url)
+    if unprintable:
+        raise UnsafeURL(f"the URL may not contain spaces or control characters ({unprintable})")
     try:
         parts = urlsplit(url)
         port = parts.port
@@ -143,10 +154,13 @@ def check(url: str, *, resolve_host: bool = True) -> Target:
         raise UnsafeURL("the URL must start with https://")
     if parts.username is not None or parts.password is not None:
         raise UnsafeURL("the URL may not carry a user name or password")
-    host = (parts.hostname or "").rstrip(".")
-    if not host:
-        raise UnsafeURL("the URL has no host")
-    if len(url) > 2000:
+    host = ascii_host(parts.hostname or "")
+    if port == 0:
+        raise UnsafeURL("port 0 is not a port a receiver can listen on")
+    path = _percent_encoded(parts.path or "/")
+    if parts.query:
+        path = f"{path}?{_percent_encoded(parts.query)}"
+    if len(url) > 2000 or len(host) + len(path) > 2000:
         raise UnsafeURL("the URL is longer than 2000 characters")
     port = port or (443 if scheme == "https" else 80)
     literal = numeric_host(host)
@@ -160,9 +174,6 @@ def check(url: str, *, resolve_host: bool = True) -> Target:
         if not private_ok and not is_public(address):
             named = f"{host} resolves to {address}, which" if literal is None else str(literal)
             raise UnsafeURL(f"{named} is not a public address")
-    path = parts.path or "/"
-    if parts.query:
-        path = f"{path}?{parts.query}"
     return Target(
         url=url,
         scheme=scheme,
@@ -171,6 +182,38 @@ def check(url: str, *, resolve_host: bool = True) -> Target:
         path=path,
         addresses=tuple(str(a) for a in addresses),
     )
+
+
+def ascii_host(hostname: str) -> str:
+    """The host as it is resolved and named to the receiver: an international name in its
+    IDNA form (`例え.jp` is `xn--r8jz45g.jp`; full-width `１２７．０．０．１` is 127.0.0.1, and
+    checked as such). ASCII names are left as they are (a resolver takes `_` where IDNA does
+    not); an IPv6 literal too."""
+    host = hostname.rstrip(".")
+    if host and not host.isascii() and ":" not in host:
+        try:
+            host = idna.encode(host, uts46=True).decode("ascii").rstrip(".")
+        except (idna.IDNAError, UnicodeError, ValueError) as exc:
+            raise UnsafeURL(f"the host name {host} is not a valid domain name ({exc})") from None
+    if not host:
+        raise UnsafeURL("the URL has no host")
+    return host
+
+
+def _unprintable(url: str) -> str:
+    """The first space or control (or invisible formatting) character in the URL, named."""
+    for position, char in enumerate(url):
+        if char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Cs", "Zs", "Zl", "Zp"):
+            return f"U+{ord(char):04X} at position {position + 1}"
+    return ""
+
+
+def _percent_encoded(text: str) -> str:
+    """Non-ASCII characters as percent-encoded UTF-8 (RFC 3987 §3.1); ASCII, escapes already
+    written included, as it is."""
+    if text.isascii():
+        return text
+    return "".join(char if char.isascii() else quote(char, safe="") for char in text)
 
 
 def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -> Answer:

@@ -17,6 +17,7 @@ import base64
 import logging
 import random
 import secrets
+import traceback
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -620,6 +621,20 @@ def attempt(subscription: WebhookSubscription, delivery: WebhookDelivery) -> boo
         error = f"refused: {exc}"
     except egress.SendFailed as exc:
         error, duration_ms = exc.reason, exc.duration_ms
+    except Exception as exc:
+        # Whatever else goes wrong (a bug here, in urllib3 or http.client) is a failed attempt
+        # like any other, retried and in the end given up on: raised, it would leave the
+        # delivery pending with no attempt logged, first in line at every drain, holding up
+        # every later one for good. Logged without its message, which may quote the URL (and
+        # a token in it) or the request.
+        error = f"unexpected error ({type(exc).__name__})"
+        log.error(
+            "Webhook delivery %s of subscription %s: %s\n%s",
+            delivery.pk,
+            subscription.pk,
+            error,
+            "".join(traceback.format_tb(exc.__traceback__)),
+        )
     try:
         with transaction.atomic():
             WebhookAttempt.objects.create(

@@ -25,6 +25,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -266,6 +267,20 @@ REFUSED = {
     "no host": ("https:///hooks", "has no host"),
     "port out of range": ("https://93.184.215.14:99999/", "not a valid URL"),
     "port not a number": ("https://93.184.215.14:https/", "not a valid URL"),
+    "port 0 (was taken as 443)": ("https://93.184.215.14:0/", "port 0 is not a port"),
+    # International names are checked in their IDNA form: full-width digits and dots map to
+    # the ASCII ones (UTS 46), so this is 127.0.0.1 and refused as such, without a lookup.
+    "loopback in full-width digits": ("https://１２７．０．０．１/", "127.0.0.1 is not a public"),
+    "a name IDNA cannot encode": ("https://ex_ample.例え.jp/", "is not a valid domain name"),
+    "a label with a leading hyphen": ("https://-bad.例え.jp/", "is not a valid domain name"),
+    "a space in the path": ("https://93.184.215.14/a b", "spaces or control characters"),
+    "a space in the query": ("https://93.184.215.14/?a=b c", "spaces or control characters"),
+    "a tab (urlsplit drops it)": ("https://93.184.215.14/a\tb", "U+0009 at position 24"),
+    "a newline in the host": ("https://hooks.exa\nmple.com/", "spaces or control characters"),
+    "a control character": ("https://93.184.215.14/\x07", "spaces or control characters"),
+    "DEL": ("https://93.184.215.14/\x7f", "spaces or control characters"),
+    "a zero-width space": ("https://hooks.example.com/\u200b", "U+200B at position 27"),
+    "a no-break space": ("https://hooks.example.com/\u00a0x", "spaces or control characters"),
 }
 
 
@@ -277,9 +292,7 @@ def test_check_refuses_a_private_special_or_malformed_target(
     url: str,
     says: str,
 ) -> None:
-    with pytest.raises(
-        egress.UnsafeURL, match="^.*" + says.replace("[", r"\[").replace(".", r"\.")
-    ):
+    with pytest.raises(egress.UnsafeURL, match=re.escape(says)):
         egress.check(url)
     # Refused from the URL alone: nothing resolved, nothing connected.
     assert resolver.calls == [] and connects == []
@@ -324,6 +337,40 @@ def test_a_name_resolving_only_to_public_addresses_is_allowed_and_nothing_is_sen
     assert target.addresses == (PUBLIC_V4, PUBLIC_V6)
     assert target.host_header == "hooks.example.com"
     assert connects == []  # checking resolves; it connects to nothing
+
+
+def test_non_ascii_in_the_path_and_query_is_percent_encoded_as_utf8(
+    private_off: None, resolver: Resolver
+) -> None:
+    """What is sent must be ASCII (http.client raised UnicodeEncodeError on the request line at
+    every attempt); escapes already written and reserved characters stay as they are."""
+    resolver.answer("crm.example.com", [PUBLIC_V4])
+    target = egress.check("https://crm.example.com/hooks/café/a%20b?who=Zoë&x=1+2#frag")
+    assert target.path == "/hooks/caf%C3%A9/a%20b?who=Zo%C3%AB&x=1+2"
+    assert target.host == "crm.example.com" and target.path.isascii()
+    # The URL itself is kept as the owner wrote it (what is stored and shown).
+    assert target.url == "https://crm.example.com/hooks/café/a%20b?who=Zoë&x=1+2#frag"
+
+
+def test_an_international_host_is_resolved_and_named_in_its_idna_form(
+    private_off: None, resolver: Resolver
+) -> None:
+    resolver.answer("xn--r8jz45g.jp", [PUBLIC_V4])
+    resolver.answer("xn--fa-hia.de", [PUBLIC_V6])
+    target = egress.check("https://例え.JP:8443/in")
+    assert (target.host, target.host_header) == ("xn--r8jz45g.jp", "xn--r8jz45g.jp:8443")
+    assert target.addresses == (PUBLIC_V4,)
+    # Nontransitional UTS 46 (what browsers do today): ß stays ß, not "ss" (another name).
+    assert egress.check("https://faß.de/").host == "xn--fa-hia.de"
+    assert [c.host for c in resolver.calls] == ["xn--r8jz45g.jp", "xn--fa-hia.de"]
+
+
+def test_an_international_host_resolving_to_a_private_address_is_refused(
+    private_off: None, resolver: Resolver
+) -> None:
+    resolver.answer("xn--r8jz45g.jp", ["10.0.0.1"])
+    with pytest.raises(egress.UnsafeURL, match="xn--r8jz45g.jp resolves to 10.0.0.1"):
+        egress.check("https://例え.jp/")
 
 
 def test_a_public_address_written_as_a_literal_is_allowed_without_a_lookup(
@@ -426,6 +473,21 @@ def test_a_literal_ipv6_target_gets_a_bracketed_host_header(
     assert connects == [("::1", receiver.port)]
 
 
+def test_a_non_ascii_path_is_delivered_percent_encoded(
+    private_on: None, staff: User, receivers: list[Receiver]
+) -> None:
+    """It used to raise UnicodeEncodeError out of `attempt` (no attempt logged, the delivery
+    pending with 0 attempts, first in line at every drain)."""
+    receiver = start(receivers)
+    subscription, delivery = delivery_to(
+        staff, f"http://127.0.0.1:{receiver.port}/hooks/café?who=Zoë"
+    )
+    assert attempt(subscription, delivery).status == 204
+    assert [r.path for r in receiver.requests] == ["/hooks/caf%C3%A9?who=Zo%C3%AB"]
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("delivered", 1)
+
+
 # --- HTTPS: pinned to the address, verified for the name -------------------------------------
 
 
@@ -526,6 +588,28 @@ def test_https_is_pinned_to_the_address_and_verified_for_the_urls_name(
     assert receiver.requests[0].headers["Host"] == f"receiver.test:{receiver.port}"
     assert connects == [("127.0.0.1", receiver.port)]
     assert all(c.by_check for c in resolver.name_lookups("receiver.test"))
+
+
+def test_https_to_an_international_name_uses_its_idna_form_for_sni_host_and_certificate(
+    private_on: None,
+    staff: User,
+    resolver: Resolver,
+    connects: list[tuple[str, int]],
+    receivers: list[Receiver],
+    trusted: Authority,
+    tmp_path: Path,
+) -> None:
+    """A certificate names an international host by its A-label; so do SNI and Host."""
+    receiver = start(receivers, tls=trusted.server_context("xn--r8jz45g.jp", tmp_path))
+    resolver.answer("xn--r8jz45g.jp", ["127.0.0.1"])
+    subscription, delivery = delivery_to(staff, f"https://例え.jp:{receiver.port}/in/é")
+    logged = attempt(subscription, delivery)
+    assert (logged.status, logged.error) == (204, "")
+    assert receiver.server_names == ["xn--r8jz45g.jp"]
+    assert receiver.requests[0].headers["Host"] == f"xn--r8jz45g.jp:{receiver.port}"
+    assert receiver.requests[0].path == "/in/%C3%A9"
+    assert connects == [("127.0.0.1", receiver.port)]
+    assert subscription.url == f"https://例え.jp:{receiver.port}/in/é"  # stored as written
 
 
 def test_https_to_a_certificate_for_another_name_fails_with_tls_failed(

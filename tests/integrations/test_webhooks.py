@@ -999,6 +999,41 @@ def test_the_attempt_log_never_holds_the_response_headers(staff: User, receiver:
         assert header.lower() not in kept.lower()
 
 
+def test_an_unexpected_error_in_the_request_is_a_logged_failed_attempt_not_a_raise(
+    staff: User,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Raised out of `attempt`, an error left the delivery pending with no attempt logged, first
+    in line at every drain: it held up every later delivery for good. A stub stands in for
+    `egress.post` here: the UnicodeEncodeError a non-ASCII URL raised in http.client is what it
+    raises, and no real component raises it any more (egress.check now encodes such URLs)."""
+    subscription, _ = subscribe(staff, receiver)
+    first, second = emit(staff, n=1), emit(staff, n=2)
+
+    def broken_post(*args: Any, **kwargs: Any) -> Any:
+        raise UnicodeEncodeError("ascii", "/hooks/café?token=tok-in-the-url", 10, 11, "no")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(webhooks.egress, "post", broken_post)
+        assert webhooks.drain(subscription.pk) == "sent 0"
+    (logged,) = WebhookAttempt.objects.all()
+    assert (logged.status, logged.error) == (None, "unexpected error (UnicodeEncodeError)")
+    failed = delivery_of(first)
+    assert (failed.state, failed.attempts) == ("pending", 1)
+    assert failed.last_error == "unexpected error (UnicodeEncodeError)"
+    assert failed.next_attempt_at > timezone.now()  # retried by the schedule, like no answer
+    subscription.refresh_from_db()
+    assert subscription.paused_until == failed.next_attempt_at
+    (record,) = [r for r in caplog.records if "unexpected error" in r.getMessage()]
+    assert record.levelname == "ERROR" and "broken_post" in record.getMessage()  # where
+    assert "tok-in-the-url" not in caplog.text  # the exception's message is not logged
+    due_now(subscription)
+    assert webhooks.drain(subscription.pk) == "sent 2"
+    assert receiver.ids() == [first.id, second.id]
+
+
 # --- One worker per subscription, the reconciler, the log ------------------------------------
 
 
