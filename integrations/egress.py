@@ -6,7 +6,8 @@ Before a request is sent, every address the URL's host names is checked to be pu
 and the request then connects to an address that was checked, never resolving the name again
 (`post`): a name that resolves to a public address for the check and to 127.0.0.1 a moment later
 (DNS rebinding) cannot get past. Nothing is sent to an address that was not checked, not even a
-TCP handshake.
+TCP handshake. The lookup has a deadline too (`resolve`): a name server that never answers
+must not hold a worker past its lease on the subscription.
 
 `WEBHOOKS_ALLOW_PRIVATE=true` waives the two rules (public addresses, HTTPS) for development and
 the test suite, whose receivers listen on 127.0.0.1 over plain HTTP.
@@ -23,6 +24,7 @@ import threading
 import time
 import unicodedata
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 import idna
@@ -39,8 +41,16 @@ EXCERPT_BYTES = 300
 READ_CAP_BYTES = 4096
 
 
+# The longest a lookup may take (at most WEBHOOKS_TIMEOUT_SECONDS, of which it is a part).
+LOOKUP_SECONDS = 5.0
+
+
 class UnsafeURL(ValueError):
     """The URL may not be used: what is wrong with it, in words for the person who gave it."""
+
+
+class LookupTimedOut(UnsafeURL):
+    """The resolver did not answer in time: nothing is known about the name (not a refusal)."""
 
 
 @dataclass(frozen=True)
@@ -114,12 +124,29 @@ def numeric_host(host: str) -> Address | None:
         return None
 
 
-def resolve(host: str, port: int) -> list[Address]:
-    """Every address the name resolves to (tests stub socket.getaddrinfo: never DNS there)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
-    except (OSError, UnicodeError) as exc:
-        raise UnsafeURL(f"{host} does not resolve ({type(exc).__name__})") from None
+def lookup_timeout() -> float:
+    return min(LOOKUP_SECONDS, float(settings.WEBHOOKS_TIMEOUT_SECONDS))
+
+
+def resolve(host: str, port: int, timeout: float | None = None) -> list[Address]:
+    """Every address the name resolves to, or UnsafeURL; LookupTimedOut after `timeout`
+    (`lookup_timeout()`) seconds. getaddrinfo has no deadline of its own (the system resolver
+    retries for 30 s and more): it runs in a thread of its own, which a resolver that never
+    answers keeps until the system gives up, while the caller goes on (tests stub
+    socket.getaddrinfo: never DNS there)."""
+    limit = lookup_timeout() if timeout is None else timeout
+    answer: list[Any] = []
+    done = threading.Event()
+    threading.Thread(
+        target=_lookup, args=(host, port, answer, done), name="egress-lookup", daemon=True
+    ).start()
+    if not done.wait(max(limit, 0.0)):
+        raise LookupTimedOut(f"{host}: DNS did not answer in time")
+    (infos,) = answer
+    if isinstance(infos, OSError | UnicodeError):
+        raise UnsafeURL(f"{host} does not resolve ({type(infos).__name__})")
+    if isinstance(infos, BaseException):
+        raise infos
     found: list[Address] = []
     for _family, _type, _proto, _name, sockaddr in infos:
         address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
@@ -130,7 +157,19 @@ def resolve(host: str, port: int) -> list[Address]:
     return found
 
 
-def check(url: str, *, resolve_host: bool = True) -> Target:
+def _lookup(host: str, port: int, answer: list[Any], done: threading.Event) -> None:
+    """getaddrinfo's answer, or what it raised, into `answer` (`resolve`'s thread)."""
+    try:
+        answer.append(
+            socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        )
+    except BaseException as exc:  # handed to the caller's thread, which raises it
+        answer.append(exc)
+    finally:
+        done.set()
+
+
+def check(url: str, *, resolve_host: bool = True, timeout: float | None = None) -> Target:
     """The URL as a target, or UnsafeURL. Every address it resolves to must be public (one bad
     address refuses the URL: the resolver may hand out any of them), and the scheme HTTPS.
 
@@ -138,7 +177,9 @@ def check(url: str, *, resolve_host: bool = True) -> Target:
     raised UnicodeEncodeError at every attempt): an international host name in its IDNA form
     (UTS 46, as browsers map it; what does not encode is refused), non-ASCII in the path and
     query percent-encoded as UTF-8. Spaces and control characters are refused, not encoded:
-    urlsplit drops tabs and newlines silently, so the URL checked would not be the URL shown."""
+    urlsplit drops tabs and newlines silently, so the URL checked would not be the URL shown.
+
+    The lookup ends by `timeout` (`lookup_timeout()`): LookupTimedOut, an UnsafeURL."""
     url = url.strip()
     unprintable = _unprintable(url)
     if unprintable:
@@ -167,7 +208,7 @@ def check(url: str, *, resolve_host: bool = True) -> Target:
     if literal is not None:
         addresses = [literal]
     elif resolve_host:
-        addresses = resolve(host, port)
+        addresses = resolve(host, port, timeout)
     else:
         addresses = []
     for address in addresses:
@@ -228,6 +269,7 @@ def post(target: Target, body: bytes, headers: dict[str, str], timeout: float) -
     for address in target.addresses:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
+            last_error = "timed out"
             break
         conn = _connection(target, address, min(remaining, 5.0))
         watchdog = Watchdog(conn, remaining)

@@ -17,6 +17,7 @@ import base64
 import logging
 import random
 import secrets
+import time
 import traceback
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -573,6 +574,7 @@ def _send_due(subscription_id: int, owner: str) -> int:
         delivery = _due(subscription_id).select_related("event").order_by("sequence").first()
         if delivery is None:
             return sent
+        # For the timeout and LEASE_MARGIN: `attempt`, lookup and request, ends by the timeout.
         renewed = WebhookSubscription.objects.filter(pk=subscription_id, lease_owner=owner).update(
             lease_until=timezone.now() + _lease_seconds()
         )
@@ -601,15 +603,20 @@ def attempt(subscription: WebhookSubscription, delivery: WebhookDelivery) -> boo
     retry_after: float | None = None
     excerpt = error = ""
     duration_ms = 0
+    # The whole attempt, lookup and request, ends by the timeout: `_send_due` renewed the
+    # lease for the timeout and LEASE_MARGIN before it, so no other worker takes the
+    # subscription while it is out.
+    timeout = float(settings.WEBHOOKS_TIMEOUT_SECONDS)
+    started = time.monotonic()
     try:
         # Resolved and checked again at every attempt (the name may point elsewhere now), and
         # the connection made to the address checked.
-        target = egress.check(subscription.url)
+        target = egress.check(subscription.url, timeout=egress.lookup_timeout())
         answer = egress.post(
             target,
             body,
             headers_for(subscription, delivery, body, at),
-            timeout=float(settings.WEBHOOKS_TIMEOUT_SECONDS),
+            timeout=timeout - (time.monotonic() - started),
         )
         status, retry_after, excerpt, duration_ms = (
             answer.status,
@@ -617,6 +624,9 @@ def attempt(subscription: WebhookSubscription, delivery: WebhookDelivery) -> boo
             answer.excerpt,
             answer.duration_ms,
         )
+    except egress.LookupTimedOut as exc:
+        # Like no answer (the receiver's name cannot be reached now): retried, not refused.
+        error, duration_ms = str(exc), int((time.monotonic() - started) * 1000)
     except egress.UnsafeURL as exc:
         error = f"refused: {exc}"
     except egress.SendFailed as exc:

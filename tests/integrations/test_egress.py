@@ -9,11 +9,14 @@
 - Pinning: the request goes to the address `check` resolved, under the URL's Host header and,
   over HTTPS, the URL's name for SNI and certificate verification; the name is resolved once
   per attempt, by `check`, never again by the connection. A redirect is an answer, not followed.
+- Lookups end in time: a name server that never answers ends the check at the lookup timeout
+  (the request's timeout, up to 5 s), and at delivery the lookup counts against the attempt's.
 
 Nothing here uses DNS: `socket.getaddrinfo` is replaced by `Resolver` for every test (a stub,
-since no real resolver can be told to answer 10.0.0.1 for a name, and tests/netguard refuses
-DNS anyway). Every connect of the process is recorded (`connects`), and tests/netguard's own
-record of refusals must stay empty: nothing even tried to reach an address outside loopback.
+since no real resolver can be told to answer 10.0.0.1 for a name, or to answer late or never
+(its `Slow` answers), and tests/netguard refuses DNS anyway). Every connect of the process is
+recorded (`connects`), and tests/netguard's own record of refusals must stay empty: nothing
+even tried to reach an address outside loopback.
 Receivers are real servers on loopback addresses; TLS uses certificates made by the test,
 trusted through `SSL_CERT_FILE` (OpenSSL's default verify paths, which is what egress loads:
 the system store in production), so egress needs no hook of its own for a CA bundle.
@@ -31,6 +34,7 @@ import ssl
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -65,15 +69,25 @@ class Lookup:
 
 
 @dataclass
+class Slow:
+    """An answer that takes `seconds` (a resolver that never answers: more than the test
+    waits), then is `addresses`, or an unknown name when None."""
+
+    seconds: float
+    addresses: list[str] | None = None
+
+
+@dataclass
 class Resolver:
     """`socket.getaddrinfo` for the test: names answer what `names` says (a list, or one list
     per call in turn), numeric hosts themselves (what AI_NUMERICHOST does), anything else
     fails as an unknown name. Every call is recorded."""
 
-    names: dict[str, list[list[str]]] = field(default_factory=dict)
+    names: dict[str, list[list[str] | Slow]] = field(default_factory=dict)
     calls: list[Lookup] = field(default_factory=list)
+    released: threading.Event = field(default_factory=threading.Event)  # ends every Slow
 
-    def answer(self, name: str, *answers: list[str]) -> None:
+    def answer(self, name: str, *answers: list[str] | Slow) -> None:
         """`name` resolves to answers[0] on the first lookup, answers[1] on the next, ...; the
         last one stays."""
         self.names[name] = list(answers)
@@ -91,27 +105,36 @@ class Resolver:
         flags: int = 0,
     ) -> list[tuple[Any, ...]]:
         name = host.decode() if isinstance(host, bytes) else str(host)
+        # egress.check looks names up in a thread of its own (`_lookup`, so that a resolver
+        # that never answers does not hold the attempt): that frame tells its lookups apart.
         by_check = any(
-            frame.name == "resolve" and frame.filename == EGRESS_FILE
+            frame.name == "_lookup" and frame.filename == EGRESS_FILE
             for frame in traceback.extract_stack()
         )
         self.calls.append(Lookup(name, by_check))
+        unknown = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
         try:
             addresses = [ipaddress.ip_address(name.strip("[]"))]
         except ValueError:
             answers = self.names.get(name.lower())
             if not answers:
-                raise socket.gaierror(socket.EAI_NONAME, "Name or service not known") from None
+                raise unknown from None
             current = answers.pop(0) if len(answers) > 1 else answers[0]
+            if isinstance(current, Slow):
+                self.released.wait(current.seconds)
+                if current.addresses is None:
+                    raise unknown from None
+                current = current.addresses
             addresses = [ipaddress.ip_address(a) for a in current]
         return netguard.answer(addresses, port, family, type, proto, flags)
 
 
 @pytest.fixture(autouse=True)
-def resolver(monkeypatch: pytest.MonkeyPatch) -> Resolver:
+def resolver(monkeypatch: pytest.MonkeyPatch) -> Iterator[Resolver]:
     stub = Resolver()
     monkeypatch.setattr(socket, "getaddrinfo", stub)
-    return stub
+    yield stub
+    stub.released.set()  # a slow lookup still out in egress's thread ends now
 
 
 @pytest.fixture
@@ -384,6 +407,75 @@ def test_a_public_address_written_as_a_literal_is_allowed_without_a_lookup(
 def test_a_name_that_does_not_resolve_is_refused(private_off: None) -> None:
     with pytest.raises(egress.UnsafeURL, match="nowhere.example.com does not resolve"):
         egress.check("https://nowhere.example.com/")
+
+
+# --- Lookups end in time -----------------------------------------------------------------------
+
+
+def test_a_resolver_that_never_answers_ends_the_check_at_the_lookup_timeout(
+    private_off: None, settings: Any, staff: User, resolver: Resolver
+) -> None:
+    """getaddrinfo has no deadline (the system resolver retries for 30 s and more): a name
+    server that never answers held the web request, or the worker past its lease."""
+    settings.WEBHOOKS_TIMEOUT_SECONDS = 1
+    resolver.answer("hooks.example.com", Slow(5))
+    started = time.monotonic()
+    with pytest.raises(egress.LookupTimedOut) as late:
+        egress.check("https://hooks.example.com/in")
+    assert 0.9 <= time.monotonic() - started < 2
+    assert str(late.value) == "hooks.example.com: DNS did not answer in time"
+    with pytest.raises(webhooks.InvalidSubscription, match="DNS did not answer in time"):
+        webhooks.subscribe(staff, "https://hooks.example.com/in", EVENTS)
+    assert not WebhookSubscription.objects.exists()
+
+
+def test_the_lookup_timeout_is_the_request_timeout_up_to_five_seconds(settings: Any) -> None:
+    settings.WEBHOOKS_TIMEOUT_SECONDS = 2
+    assert egress.lookup_timeout() == 2
+    settings.WEBHOOKS_TIMEOUT_SECONDS = 10
+    assert egress.lookup_timeout() == 5
+
+
+def test_at_delivery_a_lookup_that_never_answers_is_a_timed_out_attempt_and_the_drain_ends(
+    private_off: None, settings: Any, staff: User, resolver: Resolver
+) -> None:
+    """The drain ends at the timeout, well inside the lease it renewed before the attempt
+    (timeout + 20 s): no second worker takes the subscription while this one waits on DNS.
+    Retried like no answer (the subscription waits), not refused."""
+    settings.WEBHOOKS_TIMEOUT_SECONDS = 1
+    settings.WEBHOOKS_RECONCILE_SECONDS = 1  # the retry is the reconciler's: nothing queued
+    resolver.answer("hooks.example.com", [PUBLIC_V4], Slow(5))
+    subscription, delivery = delivery_to(staff, "https://hooks.example.com/in")
+    started = time.monotonic()
+    assert webhooks.drain(subscription.pk) == "sent 0"
+    assert time.monotonic() - started < 2
+    (logged,) = WebhookAttempt.objects.filter(delivery=delivery)
+    assert (logged.status, logged.error) == (None, "hooks.example.com: DNS did not answer in time")
+    assert 900 <= logged.duration_ms < 2000
+    delivery.refresh_from_db()
+    assert (delivery.state, delivery.attempts) == ("pending", 1)
+    subscription.refresh_from_db()
+    assert subscription.paused_until == delivery.next_attempt_at
+    assert subscription.lease_owner == "" and subscription.state == "active"
+
+
+def test_the_lookup_counts_against_the_attempts_timeout(
+    private_on: None, settings: Any, staff: User, resolver: Resolver
+) -> None:
+    """A lookup of 1.5 s and a receiver that never answers: the attempt ends at the 2 s
+    timeout, not 1.5 s after it (the lease would otherwise have to cover both)."""
+    settings.WEBHOOKS_TIMEOUT_SECONDS = 2
+    with socket.socket() as silent:  # accepts connections (the kernel does), answers nothing
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = silent.getsockname()[1]
+        resolver.answer("receiver.test", ["127.0.0.1"], Slow(1.5, ["127.0.0.1"]))
+        subscription, delivery = delivery_to(staff, f"http://receiver.test:{port}/in")
+        started = time.monotonic()
+        logged = attempt(subscription, delivery)
+        elapsed = time.monotonic() - started
+    assert (logged.status, logged.error) == (None, "timed out")
+    assert 1.9 <= elapsed < 2.8
 
 
 def test_subscribing_to_a_private_target_is_refused_with_the_reason(
