@@ -3,8 +3,8 @@
 Starts the stack (tests/drills/stack.py: the sandbox, gunicorn, two Celery workers, beat when a
 drill needs it, PostgreSQL database `portal_drills`, Redis DB 13, all on 127.0.0.1 and free
 ports), runs each drill (tests/drills/tokens.py, sync.py, infrastructure.py, webhooks.py,
-load.py, secrets_sweep.py, scan.py; helpers.py is what they share), writes the figures to
-`var/drills/results.json` and renders `docs/reliability.md` from them.
+hooks.py, load.py, secrets_sweep.py, scan.py; helpers.py is what they share), writes the
+figures to `var/drills/results.json` and renders `docs/reliability.md` from them.
 
 `--short` runs the small versions that `make test` runs through pytest
 (tests/drills/test_drills_short.py), into another database and without touching the report.
@@ -38,6 +38,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.drills import (  # noqa: E402
+    hooks,
     infrastructure,
     load,
     scan,
@@ -77,6 +78,9 @@ def plan(scale: Scale) -> dict[str, Any]:
             "postgres": [17, 18, 19],
             "proxy": 52,
             "webhooks": 49,
+            # Zywave's webhooks in: A (a 250-account book no later drill checks), B (whose
+            # records A must not see; no connection needed)
+            "hooks": [16, 50],
             "soak": list(range(101, 101 + scale.soak_connections)),
         }
     return {
@@ -92,6 +96,7 @@ def plan(scale: Scale) -> dict[str, Any]:
         "postgres": [1, 2, 3],
         "proxy": 12,
         "webhooks": 9,
+        "hooks": [9, 10],
         "soak": [i for i in range(1, scale.soak_connections + 3) if i not in (10, 11)][
             : scale.soak_connections
         ],
@@ -131,6 +136,7 @@ def run_all(
                 lambda: infrastructure.drill_postgres_restart(stack, scale, p["postgres"]),
             ),
             ("webhooks", lambda: webhooks.drill_webhooks(stack, scale, p["webhooks"])),
+            ("hooks", lambda: hooks.drill_hooks(stack, scale, *p["hooks"])),
             ("soak", lambda: load.drill_soak(stack, scale, p["soak"])),
             ("scanner", lambda: scan.drill_scanner(stack, scale)),
             ("secrets", lambda: secrets_sweep.drill_secrets(stack, scale)),
@@ -376,6 +382,22 @@ def render(data: dict[str, Any]) -> str:
         "on-commit callbacks were skipped (the Redis restart drill: 3 of 3 emits raised). A "
         "refused send is logged now and the reconciler sends the event "
         "(`tests/integrations/test_webhook_broker_down.py`).",
+        "- **Fixed: a deletion notified by Zywave could stop its record type's notifications for "
+        "a day.** After a 404 for one record the portal probed one live record of the mirror to "
+        "tell a deleted record from a missing route for one record; when that record had been "
+        "deleted in the same batch (an account and its contacts, two accounts together) the "
+        "route was taken for missing, every notification of that type queued a sync for a day "
+        "and the deleted records stayed live, an incremental sync not seeing deletions (the "
+        "short delivery-faults drill: 7 sync runs where none may run, 3 records wrong). A route "
+        "that answered with a record is remembered, and three live records are probed "
+        "(`tests/integrations/test_hooks_probe.py`).",
+        "- **Fixed: a record's fetch that met PostgreSQL down was not tried again.** "
+        "`refetch_record` retried Zywave's 429s, 5xx and timeouts only, so the fetches a worker "
+        "ran while the database restarted ended in OperationalError, and their notifications, "
+        "answered 202 to Zywave, waited for the next poll (the short PostgreSQL restart drill: "
+        "3 of 28 left queued). It retries with backoff now "
+        "(`tests/integrations/test_hooks_database_down.py`, a real worker behind a proxy that "
+        "is cut).",
         "",
         "## Findings of the outside review and the independent identity server",
         "",
@@ -407,6 +429,14 @@ def render(data: dict[str, Any]) -> str:
         + ", ".join(f"`{k}={v}`" for k, v in webhooks.WEBHOOK_SETTINGS.items())
         + "), `reconcile_webhooks` called by the drill every "
         f"{webhooks.WEBHOOK_SETTINGS['WEBHOOKS_RECONCILE_SECONDS']} s as beat would.",
+        "- *Zywave's webhooks in*: the sandbox delivers to a gunicorn of the portal of its own "
+        "on a Redis of its own (the one the Redis row restarts), with two workers on it "
+        "consuming every queue (`refetch` included); its retry schedule "
+        f"`webhook_retry_schedule={hooks.SANDBOX_SETTINGS['webhook_retry_schedule']}` s. "
+        "*Mirror exact*: person A's accounts and contacts in the mirror are the sandbox's book, "
+        "read from its database (ids, names, archived flags), and every other row of A's is a "
+        "tombstone; *no sync meanwhile*: no sync run queued for A between the drill's start "
+        "and the comparison, so only the receiver and its fetches changed the mirror.",
         "- *SSRF*: everything that could send (a Celery worker, a gunicorn serving the API, the "
         "process calling the webhook functions, their Redis and the receivers) runs in a network "
         "namespace of its own (`unshare --net`) with only loopback up and no route out; "

@@ -17,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(660)]
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +28,7 @@ def drills(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Any]
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=540,
+        timeout=600,
     )
     if not out.exists():
         pytest.fail(f"the drills did not run:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}")
@@ -202,3 +202,48 @@ def test_ssrf(drills: dict[str, dict[str, Any]]) -> None:
     # Requests attempted to a private address, as every process's socket layer recorded them.
     assert f["connects"]["to_private"] == [] and f["connects"]["refused_by_guard"] == []
     assert sum(f["trap_connections"].values()) == 0
+
+
+def test_zywave_hooks_under_delivery_faults(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Zywave webhooks in: duplicates, out of order, delays, bursts")
+    assert all(f["deliveries_by_fault"].get(m, 0) > 0 for m in ("duplicate", "out_of_order"))
+    assert all(f["deliveries_by_fault"].get(m, 0) > 0 for m in ("delayed", "burst"))
+    assert f["delivered"] == f["deliveries"] > sum(f["changes"].values())
+    # Exact against the sandbox's book with no sync run: only the receiver changed the mirror.
+    assert f["mirror"]["exact"] and f["sync_runs_meanwhile"] == 0 and f["duplicates"] == 0
+    assert f["deleted_tombstoned"] == f["deleted_that_were_mirrored"] > 0
+
+
+@pytest.mark.parametrize(
+    "row", ["Zywave webhooks in: Redis restarted", "Zywave webhooks in: PostgreSQL restarted"]
+)
+def test_zywave_hooks_through_a_restart(drills: dict[str, dict[str, Any]], row: str) -> None:
+    f = figures(drills, row)
+    refused = {k: n for k, n in f["attempts_while_down"].items() if k != "202"}
+    assert refused and f["retried"] >= 1  # the sandbox had to retry
+    if "PostgreSQL" in row:
+        assert set(refused) <= {"503", "refused"}  # never a 500
+    assert f["given_up"] == 0 and f["delivered"] == f["deliveries"]
+    assert f["settled"]["settled"] and f["notifications_by_state"].get("failed", 0) == 0
+    assert f["mirror"]["exact"] and f["sync_runs_meanwhile"] == 0
+
+
+def test_zywave_hooks_about_another_agencys_record(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Zywave webhooks in: another agency's record")
+    assert set(f["answered"]) == {"202"} and f["notifications_about_b"] >= 2
+    assert f["deliveries_by_fault"].get("foreign", 0) >= 1
+    assert f["deliveries_by_fault"].get("manual", 0) >= 1
+    assert set(f["fetches_by_status"]) == {"404"}
+    assert f["mirror_rows_changed"] == 0 and f["rows_of_b_in_a_mirror"] == 0
+    assert f["outbound_events_for_a"] == 0 and f["mirror"]["exact"]
+
+
+def test_zywave_hooks_receiver_rotated_mid_stream(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Zywave webhooks in: receiver URL rotated mid-stream")
+    assert f["old_url_attempts_before_rotation"].get("202", 0) >= 1
+    assert set(f["old_url_attempts_after_rotation"]) == {"404"}
+    assert f["old_url_probe_after"] == [404, 404]
+    assert f["notifications_between_rotation_and_registration"] == 0
+    assert f["new_url_taken"] == f["new_url_deliveries"] >= 1
+    assert f["mirror_without_those"]["exact"] and f["sync_runs_meanwhile"] == 0
+    assert f["mirror_after_sync"]["exact"]
