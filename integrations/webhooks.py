@@ -144,8 +144,8 @@ def change(
         fields.append("events")
     if fields:
         with transaction.atomic():
-            subscription.save(update_fields=fields)
             _audit(subscription, ConnectionEvent.Kind.WEBHOOK_CHANGED, actor, fields=fields)
+            subscription.save(update_fields=fields)
 
 
 def rotate_secret(subscription: WebhookSubscription, actor: Any) -> str:
@@ -153,12 +153,12 @@ def rotate_secret(subscription: WebhookSubscription, actor: Any) -> str:
     switch without missing a delivery."""
     secret = new_secret()
     with transaction.atomic():
+        _audit(subscription, ConnectionEvent.Kind.WEBHOOK_SECRET_ROTATED, actor)
         locked = WebhookSubscription.objects.select_for_update().get(pk=subscription.pk)
         locked.previous_secret = locked.secret
         locked.previous_secret_until = timezone.now() + ROTATION_OVERLAP
         locked.secret = secret
         locked.save(update_fields=["secret", "previous_secret", "previous_secret_until"])
-        _audit(locked, ConnectionEvent.Kind.WEBHOOK_SECRET_ROTATED, actor)
     subscription.refresh_from_db()
     return secret
 
@@ -171,8 +171,9 @@ def delete(subscription: WebhookSubscription, actor: Any) -> None:
 
 def disable(subscription: WebhookSubscription, reason: str, actor: Any = None) -> bool:
     """Stop delivering (events keep being recorded, held until it is enabled again); tell the
-    owner once. False when it already was disabled."""
+    owner once. False when it already was disabled (nothing written)."""
     with transaction.atomic():
+        _audit(subscription, ConnectionEvent.Kind.WEBHOOK_DISABLED, actor, reason=reason[:300])
         won = WebhookSubscription.objects.filter(
             pk=subscription.pk, state=WebhookSubscription.State.ACTIVE
         ).update(
@@ -181,9 +182,9 @@ def disable(subscription: WebhookSubscription, reason: str, actor: Any = None) -
             disabled_reason=reason[:300],
         )
         if not won:
+            transaction.set_rollback(True)  # the audit row goes too
             return False
         subscription.refresh_from_db()
-        _audit(subscription, ConnectionEvent.Kind.WEBHOOK_DISABLED, actor, reason=reason[:300])
         transaction.on_commit(lambda: _tell_owner_disabled(subscription.pk))
     return True
 
@@ -192,6 +193,7 @@ def enable(subscription: WebhookSubscription, actor: Any) -> int:
     """Deliver again, starting with everything held or given up on; the number of deliveries
     that will be sent."""
     with transaction.atomic():
+        audit = _audit(subscription, ConnectionEvent.Kind.WEBHOOK_ENABLED, actor, replayed=0)
         WebhookSubscription.objects.filter(pk=subscription.pk).update(
             state=WebhookSubscription.State.ACTIVE,
             disabled_at=None,
@@ -199,7 +201,9 @@ def enable(subscription: WebhookSubscription, actor: Any) -> int:
             paused_until=None,
         )
         pending = _reset(subscription.deliveries.undelivered())
-        _audit(subscription, ConnectionEvent.Kind.WEBHOOK_ENABLED, actor, replayed=pending)
+        # The count is known only now; the row is this transaction's own, seen by nobody yet.
+        audit.detail["replayed"] = pending
+        audit.save(update_fields=["detail"])
         _drain_on_commit([subscription.pk])
     subscription.refresh_from_db()
     return pending
@@ -245,16 +249,39 @@ def _reset(deliveries: QuerySet[WebhookDelivery]) -> int:
     )
 
 
-def _audit(subscription: WebhookSubscription, kind: str, actor: Any, **detail: Any) -> None:
-    from .models import Connection
-
-    ConnectionEvent.objects.create(
+def _audit(
+    subscription: WebhookSubscription, kind: str, actor: Any, **detail: Any
+) -> ConnectionEvent:
+    """The audit row of a change to the subscription, written (in the caller's transaction)
+    before the subscription's row is updated or locked, its connection's row held first
+    (`_hold_connection`)."""
+    return ConnectionEvent.objects.create(
         user_id=subscription.owner_id,
-        connection=Connection.objects.filter(user_id=subscription.owner_id).first(),
+        connection_id=_hold_connection(subscription.owner_id),
         kind=kind,
         actor=actor if actor is not None and getattr(actor, "pk", None) else None,
         detail={"subscription": subscription.pk, "url": subscription.url, **detail},
     )
+
+
+def _hold_connection(owner_id: int) -> int | None:
+    """The owner's connection, its row held FOR KEY SHARE until the transaction ends.
+
+    The audit row's foreign key takes that lock anyway, but only at commit (Django's foreign
+    keys are DEFERRABLE INITIALLY DEFERRED): after the subscription's row, the other order from
+    emitters', which hold the connection and then take the owner's subscriptions; each waited
+    for the other (deadlock detected). Taken here, first, a change waits for the emitter."""
+    from .models import Connection
+
+    table = db.ops.quote_name(Connection._meta.db_table)
+    lock = " FOR KEY SHARE" if db.vendor == "postgresql" else ""
+    with db.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM {table} WHERE user_id = %s ORDER BY id LIMIT 1{lock}",  # noqa: S608
+            [owner_id],
+        )
+        row = cursor.fetchone()
+    return int(row[0]) if row else None
 
 
 def _tell_owner_disabled(subscription_id: int) -> None:
@@ -660,7 +687,7 @@ def attempt(subscription: WebhookSubscription, delivery: WebhookDelivery) -> boo
         log.info("Webhook delivery %s went with its subscription mid-attempt", delivery.pk)
         return False
     if status is not None and 200 <= status < 300:
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(
+        _as_read(delivery).update(
             state=WebhookDelivery.State.DELIVERED,
             attempts=delivery.attempts + 1,
             delivered_at=timezone.now(),
@@ -689,23 +716,38 @@ def _failed(
     attempts = delivery.attempts + 1
     schedule = retry_schedule()
     if attempts > len(schedule):
-        WebhookDelivery.objects.filter(pk=delivery.pk).update(
-            state=WebhookDelivery.State.FAILED,
-            attempts=attempts,
-            last_status=status,
-            last_error=reason[:300],
-        )
-        disable(subscription, f"delivery {delivery.event_id} failed {attempts} times: {reason}")
+        # Giving up is one transaction: a FAILED delivery on an active subscription (a crash or
+        # a deadlock between two) would be retried and reported by nobody. The subscription
+        # first (its audit, then its row: `_audit`), then the delivery, as `enable` takes them.
+        with transaction.atomic():
+            disable(subscription, f"delivery {delivery.event_id} failed {attempts} times: {reason}")
+            gave_up = _as_read(delivery).update(
+                state=WebhookDelivery.State.FAILED,
+                attempts=attempts,
+                last_status=status,
+                last_error=reason[:300],
+            )
+            if not gave_up:
+                transaction.set_rollback(True)  # replayed meanwhile: it is sent again instead
         return
     wait = schedule[attempts - 1] * random.uniform(1.0, 1.2)  # noqa: S311 (jitter)
     if status in (429, 503) and retry_after is not None:
         wait = max(wait, min(retry_after, float(settings.WEBHOOKS_MAX_RETRY_AFTER_SECONDS)))
     next_at = now + timedelta(seconds=wait)
-    WebhookDelivery.objects.filter(pk=delivery.pk).update(
+    scheduled = _as_read(delivery).update(
         attempts=attempts, next_attempt_at=next_at, last_status=status, last_error=reason[:300]
     )
-    if status is None or status >= 500 or status in (408, 429):
+    if scheduled and (status is None or status >= 500 or status in (408, 429)):
         WebhookSubscription.objects.filter(pk=subscription.pk).update(paused_until=next_at)
+
+
+def _as_read(delivery: WebhookDelivery) -> QuerySet[WebhookDelivery]:
+    """The delivery's row if it is still as it was read before the request: a replay or an
+    enable made while the request was out reset it (attempts 0, due now), and the attempt's
+    outcome must not overwrite that (the delivery is then sent again, as asked)."""
+    return WebhookDelivery.objects.filter(
+        pk=delivery.pk, attempts=delivery.attempts, next_attempt_at=delivery.next_attempt_at
+    )
 
 
 def _schedule_next(subscription_id: int) -> None:

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from django.contrib.auth.models import User
 from django.core import mail
+from django.db import OperationalError, transaction
 from django.db import connection as db
-from django.db import transaction
 from django.utils import timezone
 from svix.webhooks import Webhook, WebhookVerificationError
 
@@ -896,6 +896,194 @@ def test_replaying_a_range_resends_only_the_deliveries_made_in_it(
     assert receiver.received[0].data["sequence"] == delivery_of(events[1]).sequence
 
 
+@contextlib.contextmanager
+def lock_timeout(milliseconds: int) -> Iterator[None]:
+    """This connection gives up waiting for a row lock after `milliseconds` (a real
+    LockNotAvailable from PostgreSQL, as a deadlock's victim gets its error)."""
+    with db.cursor() as cursor:
+        cursor.execute(f"SET lock_timeout = {int(milliseconds)}")
+    try:
+        yield
+    finally:
+        with db.cursor() as cursor:
+            cursor.execute("RESET lock_timeout")
+
+
+@contextlib.contextmanager
+def connection_row_held(conn: Connection) -> Iterator[threading.Event]:
+    """Another transaction holds the connection's row FOR UPDATE (as a delete of the
+    connection does) until the block ends, or until the event it yields is set."""
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        try:
+            with transaction.atomic():
+                Connection.objects.select_for_update().get(pk=conn.pk)
+                held.set()
+                release.wait(20)
+        finally:
+            db.close()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    assert held.wait(10)
+    try:
+        yield release
+    finally:
+        release.set()
+        thread.join(20)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_giving_up_is_one_transaction_a_failure_between_its_writes_leaves_the_delivery_due(
+    staff: User, receiver: Receiver
+) -> None:
+    """The last attempt fails; writing the audit of the disable then fails (a lock wait that
+    times out, as a deadlock's victim would fail). The delivery was FAILED in a statement of its
+    own, on a subscription left active: retried and reported by nobody. Now nothing of it is
+    written: the delivery stays due (the reconciler's), and the next drain gives up for good."""
+    conn = connection(staff)
+    subscription, _ = subscribe(staff, receiver)
+    WebhookSubscription.objects.filter(pk=subscription.pk).update(state="disabled")
+    event = emit(staff)  # no task queued: the drains here are the only senders
+    WebhookSubscription.objects.filter(pk=subscription.pk).update(state="active")
+    WebhookDelivery.objects.filter(event=event).update(attempts=len(SCHEDULE))
+    receiver.answer(Reply(500), Reply(500))
+    with connection_row_held(conn), lock_timeout(300), pytest.raises(OperationalError):
+        webhooks.drain(subscription.pk)
+    delivery = delivery_of(event)
+    assert (delivery.state, delivery.attempts) == ("pending", len(SCHEDULE))
+    subscription.refresh_from_db()
+    assert subscription.state == "active" and subscription.lease_owner == ""
+    assert webhooks.stranded() == [subscription.pk]  # due, and nobody delivering: re-queued
+    assert not ConnectionEvent.objects.filter(kind=ConnectionEvent.Kind.WEBHOOK_DISABLED).exists()
+    webhooks.drain(subscription.pk)
+    delivery = delivery_of(event)
+    assert (delivery.state, delivery.attempts) == ("failed", len(SCHEDULE) + 1)
+    subscription.refresh_from_db()
+    assert subscription.state == "disabled"
+    assert ConnectionEvent.objects.filter(kind=ConnectionEvent.Kind.WEBHOOK_DISABLED).count() == 1
+
+
+@pytest.mark.parametrize(
+    ("answer", "attempts_before"),
+    [(500, 1), (500, len(SCHEDULE)), (200, 0)],
+    ids=["a retry", "the last attempt", "a success"],
+)
+@pytest.mark.django_db(transaction=True)
+def test_a_replay_made_while_the_request_is_out_is_not_overwritten_by_its_outcome(
+    staff: User, receiver: Receiver, answer: int, attempts_before: int
+) -> None:
+    """The owner replays a delivery while an attempt at it is out. Its outcome was written
+    from the copy read before the request (attempts + 1, the next retry, FAILED and the
+    subscription disabled, or delivered): the replay was undone. The attempt is logged; the
+    delivery stays as the replay left it, due now, and is sent again."""
+    subscription, _ = subscribe(staff, receiver)
+    WebhookSubscription.objects.filter(pk=subscription.pk).update(state="disabled")
+    event = emit(staff)  # no task queued: nothing else sends
+    WebhookSubscription.objects.filter(pk=subscription.pk).update(state="active")
+    WebhookDelivery.objects.filter(event=event).update(attempts=attempts_before)
+    subscription.refresh_from_db()
+    receiver.answer(Reply(answer))
+    receiver.delay = 0.6  # the replay comes while the receiver takes its time
+
+    def owner_replays() -> None:
+        try:
+            assert webhooks.replay(WebhookDelivery.objects.filter(event=event)) == 1
+        finally:
+            db.close()
+
+    replayer = threading.Timer(0.2, owner_replays)
+    replayer.start()
+    sent = webhooks.attempt(subscription, WebhookDelivery.objects.select_related("event").get())
+    replayer.join()
+    assert sent == (answer == 200)
+    assert WebhookAttempt.objects.get().status == answer  # the attempt itself is logged
+    delivery = delivery_of(event)
+    assert (delivery.state, delivery.attempts) == ("pending", 0)
+    assert delivery.next_attempt_at <= timezone.now()
+    subscription.refresh_from_db()
+    assert subscription.state == "active" and subscription.paused_until is None
+    assert not ConnectionEvent.objects.filter(kind=ConnectionEvent.Kind.WEBHOOK_DISABLED).exists()
+
+
+def waiting_on_a_lock() -> int:
+    """Backends of this test's database waiting for a lock now (read afresh: inside a
+    transaction PostgreSQL shows the activity as of its first look)."""
+    with db.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+            "AND datname = current_database()"
+        )
+        (count,) = cursor.fetchone()
+    return int(count)
+
+
+CHANGES = {
+    "disable": lambda sub, who: webhooks.disable(sub, "test", actor=who),
+    "enable": lambda sub, who: webhooks.enable(sub, who),
+    "rotate_secret": lambda sub, who: webhooks.rotate_secret(sub, who),
+    "change": lambda sub, who: webhooks.change(sub, who, events=["sync.failed", "sync.succeeded"]),
+}
+
+
+@pytest.mark.parametrize("name", CHANGES)
+@pytest.mark.django_db(transaction=True)
+def test_a_change_to_a_subscription_and_an_emitter_holding_the_connection_do_not_deadlock(
+    staff: User, receiver: Receiver, name: str
+) -> None:
+    """An emitter holds the connection's row (FOR UPDATE here, as a delete of the connection
+    takes it), then takes the owner's subscriptions. A change to a subscription writes its
+    audit row, whose foreign key takes the connection's row (KEY SHARE), before it updates or
+    locks the subscription: it waits for the emitter, which goes on. In the other order each
+    waited for the other and PostgreSQL aborted one of them (deadlock detected)."""
+    conn = connection(staff)
+    subscription, _ = subscribe(staff, receiver, ["sync.succeeded"])
+    if name == "enable":
+        webhooks.disable(subscription, "to be enabled")
+    errors: list[BaseException] = []
+    emitted, holding = threading.Event(), threading.Event()
+
+    def emitter() -> None:
+        try:
+            with transaction.atomic():
+                Connection.objects.select_for_update().get(pk=conn.pk)
+                holding.set()
+                wait_for(lambda: waiting_on_a_lock() >= 1, timeout=10, what="the change")
+                time.sleep(0.2)  # the change waits where it waits (before the fix: holding)
+                webhooks.emit(staff.pk, "sync.succeeded", {"n": 1}, connection_id=conn.pk)
+            emitted.set()
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            db.close()
+
+    def changer() -> None:
+        try:
+            CHANGES[name](WebhookSubscription.objects.get(pk=subscription.pk), staff)
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            db.close()
+
+    threads = [threading.Thread(target=emitter), threading.Thread(target=changer)]
+    threads[0].start()
+    assert holding.wait(10)
+    threads[1].start()
+    for thread in threads:
+        thread.join(30)
+    assert errors == [] and emitted.is_set()
+    assert WebhookDelivery.objects.filter(subscription=subscription).count() == 1
+    kind = {
+        "disable": ConnectionEvent.Kind.WEBHOOK_DISABLED,
+        "enable": ConnectionEvent.Kind.WEBHOOK_ENABLED,
+        "rotate_secret": ConnectionEvent.Kind.WEBHOOK_SECRET_ROTATED,
+        "change": ConnectionEvent.Kind.WEBHOOK_CHANGED,
+    }[name]
+    assert ConnectionEvent.objects.filter(kind=kind, connection=conn).count() == 1
+
+
 # --- Bounded requests ------------------------------------------------------------------------
 
 
@@ -1178,7 +1366,10 @@ def test_a_subscription_deleted_while_its_attempt_is_out_ends_the_drain_quietly(
     # as a web request would): its log row has nothing left to belong to.
 
     def delete_then_answer() -> None:
-        WebhookSubscription.objects.filter(pk=subscription.pk).delete()
+        try:
+            WebhookSubscription.objects.filter(pk=subscription.pk).delete()
+        finally:
+            db.close()  # the thread's own connection (left open, it kept the test database)
 
     receiver.delay = 0.3
     deleter = threading.Timer(0.1, delete_then_answer)
