@@ -22,6 +22,7 @@ import traceback
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from django.conf import settings
@@ -260,8 +261,23 @@ def _audit(
         connection_id=_hold_connection(subscription.owner_id),
         kind=kind,
         actor=actor if actor is not None and getattr(actor, "pk", None) else None,
-        detail={"subscription": subscription.pk, "url": subscription.url, **detail},
+        detail={"subscription": subscription.pk, "url": audited_url(subscription.url), **detail},
     )
+
+
+def audited_url(url: str) -> str:
+    """scheme://host[:port]/path of a subscription's URL, as the audit (shown in the admin)
+    keeps it: never its query, which may carry a token the receiver asked for, nor user info
+    or fragment."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{f':{port}' if port is not None else ''}{parts.path}"
 
 
 def _hold_connection(owner_id: int) -> int | None:

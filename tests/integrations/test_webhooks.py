@@ -748,6 +748,44 @@ def test_token_upkeep_emits_deadline_approaching_once(staff: User, receiver: Rec
     assert event["refresh_deadline"] == conn.refresh_deadline.isoformat()  # type: ignore[union-attr]
 
 
+# --- The audit ---------------------------------------------------------------------------------
+
+
+def test_the_audit_keeps_the_urls_scheme_host_port_and_path_never_its_query(
+    staff: User, receiver: Receiver
+) -> None:
+    """A receiver may ask for a token in the query; the audit is shown in the admin."""
+    connection(staff)
+    subscription, _ = webhooks.subscribe(staff, f"{receiver.url}?token=tok-one#frag", ALL_EVENTS)
+    moved = receiver.url.replace("/hooks/portal", "/hooks/v2")
+    webhooks.change(subscription, staff, url=f"{moved}?key=tok-two&x=1")
+    webhooks.rotate_secret(subscription, staff)
+    webhooks.disable(subscription, "test", actor=staff)
+    webhooks.enable(subscription, staff)
+    webhooks.delete(subscription, staff)
+    audits = list(ConnectionEvent.objects.order_by("id"))
+    assert [a.kind for a in audits] == [
+        "webhook_subscribed",
+        "webhook_changed",
+        "webhook_secret_rotated",
+        "webhook_disabled",
+        "webhook_enabled",
+        "webhook_deleted",
+    ]
+    assert [a.detail["url"] for a in audits] == [receiver.url] + [moved] * 5
+    assert all(a.connection is not None for a in audits)
+    kept = json.dumps([a.detail for a in audits])
+    assert "tok-one" not in kept and "tok-two" not in kept and "frag" not in kept
+
+
+def test_the_audited_url_drops_user_info_and_keeps_a_port_and_a_bracketed_ipv6_host() -> None:
+    assert webhooks.audited_url("https://user:pw@Hooks.Example.com:8443/in?t=1") == (
+        "https://hooks.example.com:8443/in"
+    )
+    assert webhooks.audited_url("https://[2606:4700::1]/a/b") == "https://[2606:4700::1]/a/b"
+    assert webhooks.audited_url("https://例え.jp/é?t=1") == "https://例え.jp/é"
+
+
 # --- Retries ---------------------------------------------------------------------------------
 
 
