@@ -15,6 +15,7 @@ from typing import Any
 
 from django.db.models import Prefetch
 from django.http import HttpResponse
+from django.utils.cache import patch_cache_control
 from django.utils.http import urlencode
 from rest_framework.request import Request
 from rest_framework.views import APIView
@@ -69,6 +70,13 @@ def body_object(request: Request, allowed: set[str], example: str) -> dict[str, 
 
 def invalid(exc: webhooks.InvalidSubscription) -> Problem:
     return Problem(400, f"invalid_{exc.field}", f"`{exc.field}`: {exc.message}.", field=exc.field)
+
+
+def with_secret(body: dict[str, Any], status: int = 200) -> HttpResponse:
+    """An answer that shows a secret (creation, rotation): no cache may store it."""
+    response = json_response(body, status=status)
+    patch_cache_control(response, no_store=True)
+    return response
 
 
 def subscription_body(subscription: WebhookSubscription) -> dict[str, Any]:
@@ -161,7 +169,7 @@ class WebhookList(APIView):
             )
         except webhooks.InvalidSubscription as exc:
             raise invalid(exc) from None
-        return json_response({**subscription_body(subscription), "secret": secret}, status=201)
+        return with_secret({**subscription_body(subscription), "secret": secret}, status=201)
 
 
 class WebhookDetail(APIView):
@@ -216,7 +224,7 @@ class WebhookRotateSecret(APIView):
     def post(self, request: Request, subscription_id: int) -> HttpResponse:
         subscription = subscription_of(request, subscription_id)
         secret = webhooks.rotate_secret(subscription, request.user)
-        return json_response({**subscription_body(subscription), "secret": secret})
+        return with_secret({**subscription_body(subscription), "secret": secret})
 
 
 class WebhookEnable(APIView):

@@ -125,6 +125,19 @@ def test_subscribing_answers_201_with_the_secret_in_that_answer_only(
         assert secret.encode() not in response.content and b'secret"' not in response.content
 
 
+def test_the_answers_carrying_a_secret_are_never_stored_by_a_cache(
+    hooks: System, receiver: Receiver
+) -> None:
+    """The 201 of a subscription and the 200 of a rotation hold the signing secret: no cache
+    on the way (a proxy, the client's HTTP cache) may keep them."""
+    created = hooks.post_json("/api/v1/webhooks", {"url": receiver.url, "events": ["sync.failed"]})
+    rotated = hooks.post(f"{base(created.json()['id'])}/rotate-secret")
+    for response, status in ((created, 201), (rotated, 200)):
+        assert response.status_code == status and "secret" in response.json()
+        directives = {d.strip() for d in response["Cache-Control"].split(",")}
+        assert "no-store" in directives
+
+
 def test_the_list_holds_the_key_owners_subscriptions_only(
     hooks: System, other_staff: User, receiver: Receiver
 ) -> None:
