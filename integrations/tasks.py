@@ -138,3 +138,12 @@ def refetch_record(self: Any, connection_id: int, resource: str, record_id: str)
         # kept, still queued, and Zywave was answered 202, so nobody sends it again. Fetch again
         # once the database is back rather than leave the change to the next poll.
         raise self.retry(countdown=min(2 ** (self.request.retries + 1), 300)) from None
+
+
+@shared_task
+def reconcile_refetches() -> dict[str, int]:
+    """Beat: fetch again what Zywave's acknowledged notifications never got (a lost message,
+    spent retries), give up on very old ones with a sync instead, and trim their log."""
+    from . import hooks
+
+    return hooks.reconcile()
