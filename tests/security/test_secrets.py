@@ -702,3 +702,47 @@ def test_no_webhook_signing_secret_is_found_anywhere_after_a_subscriptions_life(
     assert '"sequence":3,"state":"delivered"' in places["answers"]
     assert '"type":"webhook.test","sequence":2' in places["answers"]
     assert places["pages"].count(receiver.url) >= 3
+
+
+def test_no_receiver_token_is_found_anywhere_but_its_owners_dashboard(
+    staff: User, admin_user: User, django_capture_on_commit_callbacks: Any
+) -> None:
+    """The receiver URL's token authenticates Zywave's deliveries: shown to its owner on the
+    dashboard, encrypted at rest, and nowhere else after deliveries of every kind (taken,
+    refused, to an old token after a rotation). Logs: tests/portal/test_hook_token_logs.py
+    reads them through the project's redaction filter, which this test's capture bypasses."""
+    from integrations import hooks
+
+    own_data(staff)
+    conn = Connection.objects.get(user=staff)
+    old = hooks.rotate_token(conn)
+    token = hooks.rotate_token(conn)
+    zywave = Client()
+    body = {"eventType": "account.updated", "eventDateTime": "2026-12-01T10:00:00Z"}
+    with django_capture_on_commit_callbacks(execute=False):
+        answers = [
+            zywave.post(
+                f"/hooks/zywave/{token}/",
+                {**body, "recordType": "Account", "recordId": "1"},
+                content_type="application/json",
+            ).status_code,
+            zywave.post(
+                f"/hooks/zywave/{token}/", {"x": 1}, content_type="application/json"
+            ).status_code,
+            zywave.post(f"/hooks/zywave/{old}/", body, content_type="application/json").status_code,
+            zywave.get(f"/hooks/zywave/{token}/", {"challenge": "c"}).status_code,
+        ]
+    assert answers == [202, 400, 404, 200]
+    owner = Client()
+    owner.force_login(staff)
+    assert token in owner.get("/").content.decode()  # the one place it is shown
+    admin = Client()
+    admin.force_login(admin_user)
+    places = {
+        "database": database_text(),
+        "redis": redis_text(),
+        "mail": mail_text(),
+        **admin_pages(admin),
+        "admin connection": text_of(admin.get(f"/admin/integrations/connection/{conn.pk}/change/")),
+    }
+    assert {place for place, text in places.items() if token in text or old in text} == set()
