@@ -44,6 +44,7 @@ from .admin_views import (
     last_refresh_text,
     last_sync_text,
     profile_text,
+    user_link,
     when,
 )
 from .checks import private_webhooks_allowed
@@ -184,6 +185,51 @@ class ReadOnlyAdmin(admin.ModelAdmin):
         return False
 
 
+class ActsFromItsPage(ReadOnlyAdmin):
+    """A read-only admin whose object page carries the model's actions as buttons above the
+    fields (posted to `<pk>/act/` and run on that one object by `admin_views.act_on_one`),
+    for whoever `has_act_permission`. Subclasses add to the page through `page_context`."""
+
+    def has_act_permission(self, request: HttpRequest) -> bool:
+        raise NotImplementedError
+
+    def page_context(self, request: HttpRequest, obj: Any) -> dict[str, Any]:
+        return {}
+
+    def render_change_form(
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Any = None,
+    ) -> Any:
+        if obj is not None:
+            context.update(self.page_context(request, obj))
+            if self.has_act_permission(request):
+                context["page_actions"] = [
+                    (name, action[2])
+                    for name, action in self.get_actions(request).items()
+                    if action
+                ]
+        return super().render_change_form(request, context, add, change, form_url, obj)
+
+    def get_urls(self) -> list[URLPattern]:
+        meta = self.model._meta
+        return [
+            path(
+                "<path:object_id>/act/",
+                self.admin_site.admin_view(require_POST(self.act_view)),
+                name=f"{meta.app_label}_{meta.model_name}_act",
+            ),
+            *super().get_urls(),
+        ]
+
+    def act_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        return admin_views.act_on_one(self, request, object_id)
+
+
 class OwnedByConnection(ReadOnlyAdmin):
     """Rows that belong to a connection: shown with their owner, without loading tokens."""
 
@@ -206,7 +252,7 @@ class OwnedByConnection(ReadOnlyAdmin):
         )
 
 
-class ConnectionAdmin(ReadOnlyAdmin):
+class ConnectionAdmin(ActsFromItsPage):
     list_display = [
         "username",
         "zywave_identity",
@@ -285,13 +331,7 @@ class ConnectionAdmin(ReadOnlyAdmin):
 
     @admin.display(description="person")
     def person(self, obj: Connection) -> str:
-        user = obj.user
-        return format_html(
-            '<a href="{}">{}</a> {}',
-            change_url(user, user.pk),
-            user.get_username(),
-            f"<{user.email}>" if user.email else "",
-        )
+        return user_link(obj.user)
 
     @admin.display(description="Zywave identity", ordering="zywave_email")
     def zywave_identity(self, obj: Connection) -> str:
@@ -438,44 +478,23 @@ class ConnectionAdmin(ReadOnlyAdmin):
 
     # --- The connection's page: history below the fields, actions above ---------------------
 
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: Any = None,
-    ) -> Any:
-        if obj is not None:
-            context["events"] = obj.events.select_related("actor")[:HISTORY_ROWS]
-            context["runs"] = obj.sync_runs.all()[:RUN_ROWS]
-            context["history_rows"] = HISTORY_ROWS
-            context["run_rows"] = RUN_ROWS
-            context["events_url"] = changelist_url(ConnectionEvent, connection__id__exact=obj.pk)
-            context["runs_url"] = changelist_url(SyncRun, connection__id__exact=obj.pk)
-            if self.has_act_permission(request):
-                context["connection_actions"] = [
-                    (name, action[2])
-                    for name, action in self.get_actions(request).items()
-                    if action
-                ]
-        return super().render_change_form(request, context, add, change, form_url, obj)
+    def page_context(self, request: HttpRequest, obj: Connection) -> dict[str, Any]:
+        return {
+            "events": obj.events.select_related("actor")[:HISTORY_ROWS],
+            "runs": obj.sync_runs.all()[:RUN_ROWS],
+            "history_rows": HISTORY_ROWS,
+            "run_rows": RUN_ROWS,
+            "events_url": changelist_url(ConnectionEvent, connection__id__exact=obj.pk),
+            "runs_url": changelist_url(SyncRun, connection__id__exact=obj.pk),
+        }
 
     def get_urls(self) -> list[URLPattern]:
-        wrap = self.admin_site.admin_view
+        # Before the object URLs, which would take "export/" for an object's id.
+        export = self.admin_site.admin_view(self.export_view)
         return [
-            path("export/", wrap(self.export_view), name="integrations_connection_export"),
-            path(
-                "<path:object_id>/act/",
-                wrap(require_POST(self.act_view)),
-                name="integrations_connection_act",
-            ),
+            path("export/", export, name="integrations_connection_export"),
             *super().get_urls(),
         ]
-
-    def act_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
-        return admin_views.act_on_one(self, request, object_id)
 
     # --- Actions -------------------------------------------------------------------------
 
@@ -838,7 +857,20 @@ class WebhookPendingFilter(admin.SimpleListFilter):
         return queryset
 
 
-class WebhookSubscriptionAdmin(ReadOnlyAdmin):
+class WebhookAdmin(ReadOnlyAdmin):
+    """The subscriptions' and the deliveries' admins: acted on with the permission to change
+    subscriptions, and their lists warn while private receiver addresses are allowed."""
+
+    def has_act_permission(self, request: HttpRequest) -> bool:
+        return request.user.has_perm("integrations.change_webhooksubscription")
+
+    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
+        if request.method == "GET":
+            warn_if_private_webhooks(self, request)
+        return super().changelist_view(request, extra_context)
+
+
+class WebhookSubscriptionAdmin(WebhookAdmin, ActsFromItsPage):
     """Subscriptions are made and changed by their owners (the page, the API); here they are
     seen, disabled and enabled again. The secret is in no column, field, search or query."""
 
@@ -907,14 +939,6 @@ class WebhookSubscriptionAdmin(ReadOnlyAdmin):
             )
         )
 
-    def has_act_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("integrations.change_webhooksubscription")
-
-    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
-        if request.method == "GET":
-            warn_if_private_webhooks(self, request)
-        return super().changelist_view(request, extra_context)
-
     # --- Columns -----------------------------------------------------------------------------
 
     @admin.display(description="owner", ordering="owner__username")
@@ -923,13 +947,7 @@ class WebhookSubscriptionAdmin(ReadOnlyAdmin):
 
     @admin.display(description="owner")
     def owner_link(self, obj: WebhookSubscription) -> str:
-        owner = obj.owner
-        return format_html(
-            '<a href="{}">{}</a> {}',
-            change_url(owner, owner.pk),
-            owner.get_username(),
-            f"<{owner.email}>" if owner.email else "",
-        )
+        return user_link(obj.owner)
 
     @admin.display(description="events")
     def event_list(self, obj: WebhookSubscription) -> str:
@@ -986,43 +1004,14 @@ class WebhookSubscriptionAdmin(ReadOnlyAdmin):
 
     # --- The subscription's page: its actions above, its latest deliveries below ------------
 
-    def render_change_form(
-        self,
-        request: HttpRequest,
-        context: dict[str, Any],
-        add: bool = False,
-        change: bool = False,
-        form_url: str = "",
-        obj: Any = None,
-    ) -> Any:
-        if obj is not None:
-            warn_if_private_webhooks(self, request)
-            context["deliveries"] = obj.deliveries.select_related("event").defer("event__data")[
-                :DELIVERY_ROWS
-            ]
-            context["delivery_rows"] = DELIVERY_ROWS
-            context["deliveries_url"] = changelist_url(WebhookDelivery, subscription=obj.pk)
-            if self.has_act_permission(request):
-                context["subscription_actions"] = [
-                    (name, action[2])
-                    for name, action in self.get_actions(request).items()
-                    if action
-                ]
-        return super().render_change_form(request, context, add, change, form_url, obj)
-
-    def get_urls(self) -> list[URLPattern]:
-        wrap = self.admin_site.admin_view
-        return [
-            path(
-                "<path:object_id>/act/",
-                wrap(require_POST(self.act_view)),
-                name="integrations_webhooksubscription_act",
-            ),
-            *super().get_urls(),
-        ]
-
-    def act_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
-        return admin_views.act_on_one(self, request, object_id)
+    def page_context(self, request: HttpRequest, obj: WebhookSubscription) -> dict[str, Any]:
+        warn_if_private_webhooks(self, request)
+        deliveries = obj.deliveries.select_related("event").defer("event__data")
+        return {
+            "deliveries": deliveries[:DELIVERY_ROWS],
+            "delivery_rows": DELIVERY_ROWS,
+            "deliveries_url": changelist_url(WebhookDelivery, subscription=obj.pk),
+        }
 
     # --- Actions -------------------------------------------------------------------------
 
@@ -1116,7 +1105,7 @@ class WebhookAttemptInline(admin.TabularInline):
         return f"{obj.duration_ms} ms"
 
 
-class WebhookDeliveryAdmin(ReadOnlyAdmin):
+class WebhookDeliveryAdmin(WebhookAdmin):
     """Each event for each subscription, where its delivery stands and every attempt; replayed
     from here (same webhook-id and body, a fresh attempt count)."""
 
@@ -1168,14 +1157,6 @@ class WebhookDeliveryAdmin(ReadOnlyAdmin):
             .select_related("subscription__owner", "event")
             .defer(*DELIVERY_SECRET_FIELDS, "event__data")
         )
-
-    def has_act_permission(self, request: HttpRequest) -> bool:
-        return request.user.has_perm("integrations.change_webhooksubscription")
-
-    def changelist_view(self, request: HttpRequest, extra_context: Any = None) -> Any:
-        if request.method == "GET":
-            warn_if_private_webhooks(self, request)
-        return super().changelist_view(request, extra_context)
 
     @admin.display(description="subscription", ordering="subscription__url")
     def subscription_link(self, obj: WebhookDelivery) -> str:

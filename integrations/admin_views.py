@@ -25,6 +25,7 @@ from django.shortcuts import redirect
 from django.template.response import TemplateResponse
 from django.urls import reverse
 from django.utils import timezone
+from django.utils.html import format_html
 
 from .models import Connection, SyncRun
 
@@ -52,6 +53,16 @@ def duration(seconds: float | None) -> str:
 def change_url(obj_or_model: Any, pk: Any) -> str:
     meta = obj_or_model._meta
     return reverse(f"admin:{meta.app_label}_{meta.model_name}_change", args=[pk])
+
+
+def user_link(user: Any) -> str:
+    """A portal user as a link to their admin page, with their email address."""
+    return format_html(
+        '<a href="{}">{}</a> {}',
+        change_url(user, user.pk),
+        user.get_username(),
+        f"<{user.email}>" if user.email else "",
+    )
 
 
 def changelist_url(model: Any, **params: Any) -> str:
