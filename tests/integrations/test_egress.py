@@ -24,7 +24,6 @@ the system store in production), so egress needs no hook of its own for a CA bun
 
 from __future__ import annotations
 
-import datetime as dt
 import ipaddress
 import json
 import os
@@ -43,15 +42,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from django.contrib.auth.models import User
 
 from integrations import egress, webhooks
 from integrations.models import WebhookAttempt, WebhookDelivery, WebhookSubscription
 from tests.netguard import sitecustomize as netguard
+from tests.tls import Authority
 
 PUBLIC_V4 = "93.184.215.14"
 PUBLIC_V6 = "2606:4700::1"
@@ -583,75 +579,6 @@ def test_a_non_ascii_path_is_delivered_percent_encoded(
 # --- HTTPS: pinned to the address, verified for the name -------------------------------------
 
 
-@dataclass
-class Authority:
-    key: ec.EllipticCurvePrivateKey
-    cert: x509.Certificate
-
-    @classmethod
-    def new(cls, name: str) -> Authority:
-        key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .add_extension(
-                x509.KeyUsage(
-                    digital_signature=True, key_cert_sign=True, crl_sign=True,
-                    content_commitment=False, key_encipherment=False, data_encipherment=False,
-                    key_agreement=False, encipher_only=False, decipher_only=False,
-                ),
-                critical=True,
-            )
-            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-            .sign(key, hashes.SHA256())
-        )  # fmt: skip
-        return cls(key, cert)
-
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def server_context(self, name: str, tmp: Path) -> ssl.SSLContext:
-        """A server context presenting a certificate for `name`, issued by this authority."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.UTC)
-        cert = (
-            x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
-            .issuer_name(self.cert.subject)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - dt.timedelta(minutes=5))
-            .not_valid_after(now + dt.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), False)
-            .add_extension(
-                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
-            )
-            .sign(self.key, hashes.SHA256())
-        )
-        chain = tmp / f"{name}.pem"
-        chain.write_bytes(
-            cert.public_bytes(serialization.Encoding.PEM)
-            + key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(chain)
-        return context
-
-
 @pytest.fixture
 def trusted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Authority:
     """An authority the process trusts for this test: its certificate as SSL_CERT_FILE, the
@@ -672,7 +599,7 @@ def test_https_is_pinned_to_the_address_and_verified_for_the_urls_name(
     trusted: Authority,
     tmp_path: Path,
 ) -> None:
-    receiver = start(receivers, tls=trusted.server_context("receiver.test", tmp_path))
+    receiver = start(receivers, tls=trusted.server_context(tmp_path, "receiver.test"))
     resolver.answer("receiver.test", ["127.0.0.1"])
     subscription, delivery = delivery_to(staff, f"https://receiver.test:{receiver.port}/in")
     assert attempt(subscription, delivery).status == 204
@@ -692,7 +619,7 @@ def test_https_to_an_international_name_uses_its_idna_form_for_sni_host_and_cert
     tmp_path: Path,
 ) -> None:
     """A certificate names an international host by its A-label; so do SNI and Host."""
-    receiver = start(receivers, tls=trusted.server_context("xn--r8jz45g.jp", tmp_path))
+    receiver = start(receivers, tls=trusted.server_context(tmp_path, "xn--r8jz45g.jp"))
     resolver.answer("xn--r8jz45g.jp", ["127.0.0.1"])
     subscription, delivery = delivery_to(staff, f"https://例え.jp:{receiver.port}/in/é")
     logged = attempt(subscription, delivery)
@@ -714,7 +641,7 @@ def test_https_to_a_certificate_for_another_name_fails_with_tls_failed(
 ) -> None:
     """The certificate is valid and from a trusted authority, but for another.test: checking
     the name is what refuses it (pinning to 127.0.0.1 did not turn verification off)."""
-    receiver = start(receivers, tls=trusted.server_context("another.test", tmp_path))
+    receiver = start(receivers, tls=trusted.server_context(tmp_path, "another.test"))
     resolver.answer("receiver.test", ["127.0.0.1"])
     subscription, delivery = delivery_to(staff, f"https://receiver.test:{receiver.port}/in")
     logged = attempt(subscription, delivery)
@@ -732,7 +659,7 @@ def test_https_to_a_certificate_from_an_untrusted_authority_fails_with_tls_faile
     tmp_path: Path,
 ) -> None:
     stranger = Authority.new("Nobody's CA")
-    receiver = start(receivers, tls=stranger.server_context("receiver.test", tmp_path))
+    receiver = start(receivers, tls=stranger.server_context(tmp_path, "receiver.test"))
     resolver.answer("receiver.test", ["127.0.0.1"])
     subscription, delivery = delivery_to(staff, f"https://receiver.test:{receiver.port}/in")
     assert attempt(subscription, delivery).error == "TLS failed (certificate or handshake)"
