@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any
@@ -438,18 +438,28 @@ def change(resource: Resource, rows: QuerySet[Any], field: str | None, now: date
     webhooks.queue_changes(resource, "updated", rows, now)
 
 
+def change_picked(
+    resource: str, rows: QuerySet[Any], data: dict[str, Any], fields: tuple[str, ...]
+) -> JsonResponse:
+    """Change the N least recently updated of `rows` (or the `ids` asked for), editing `field`
+    when given (one of `fields`)."""
+    field = data.get("field")
+    if field is not None and field not in fields:
+        quoted = [f"'{name}'" for name in fields]
+        raise ControlError(f"field must be {', '.join(quoted[:-1])} or {quoted[-1]}")
+    now = sandbox_now()
+    with transaction.atomic():
+        ids = pick_ids(rows, data, "updated", "id")
+        found = resource_named(resource)
+        change(found, found.model._default_manager.filter(pk__in=ids), field, now)
+    return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()})
+
+
 @control("POST", changes_data=True)
 def accounts_change(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     """Change the N least recently updated accounts (bumping updatedDateTime), optionally
     editing a field so that a mirror can tell the new version from the old."""
-    field = data.get("field")
-    if field not in {None, "name", "city"}:
-        raise ControlError("field must be 'name' or 'city'")
-    now = sandbox_now()
-    with transaction.atomic():
-        ids = pick_ids(agency_accounts(data), data, "updated", "id")
-        change(resource_named("accounts"), Account.objects.filter(pk__in=ids), field, now)
-    return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()})
+    return change_picked("accounts", agency_accounts(data), data, ("name", "city"))
 
 
 @control("POST", changes_data=True)
@@ -474,13 +484,21 @@ def accounts_create(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()}, status=201)
 
 
+def hanging_under(
+    resource: Resource, rows: QuerySet[Any]
+) -> Iterator[tuple[Resource, QuerySet[Any]]]:
+    """Each child resource in the registry with its rows under `rows`."""
+    for child in children(resource):
+        yield (
+            child,
+            child.model._default_manager.filter(**{f"{child.parent_field}__in": rows.values("pk")}),
+        )
+
+
 def archive(resource: Resource, rows: QuerySet[Any], now: datetime) -> None:
     """Archive `rows` of `resource` and, all the way down the registry, what hangs under them;
     queue `{noun}.archived` for each row that was not archived yet."""
-    for child in children(resource):
-        under = child.model._default_manager.filter(
-            **{f"{child.parent_field}__in": rows.values("pk")}
-        )
+    for child, under in hanging_under(resource, rows):
         archive(child, under, now)
     archived = resource.fields.get("isArchived")
     live = rows.filter(**{archived[0]: False}) if archived else rows
@@ -491,10 +509,7 @@ def archive(resource: Resource, rows: QuerySet[Any], now: datetime) -> None:
 def queue_deletions(resource: Resource, rows: QuerySet[Any], now: datetime) -> None:
     """Queue `{noun}.deleted` for `rows` and, down the registry, what hangs under them (their
     foreign keys cascade): before they are deleted."""
-    for child in children(resource):
-        under = child.model._default_manager.filter(
-            **{f"{child.parent_field}__in": rows.values("pk")}
-        )
+    for child, under in hanging_under(resource, rows):
         queue_deletions(child, under, now)
     webhooks.queue_changes(resource, "deleted", rows, now)
 
@@ -557,14 +572,8 @@ def contacts_create(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
 def contacts_change(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     """Change the N least recently updated contacts (of `account_id`, or `ids`), optionally
     editing `first_name`, `last_name` or `title`."""
-    field = data.get("field")
-    if field not in {None, "first_name", "last_name", "title"}:
-        raise ControlError("field must be 'first_name', 'last_name' or 'title'")
-    now = sandbox_now()
-    with transaction.atomic():
-        ids = pick_ids(agency_contacts(data), data, "updated", "id")
-        change(resource_named("contacts"), Contact.objects.filter(pk__in=ids), field, now)
-    return JsonResponse({"ids": ids, "updatedDateTime": now.isoformat()})
+    fields = ("first_name", "last_name", "title")
+    return change_picked("contacts", agency_contacts(data), data, fields)
 
 
 @control("POST", changes_data=True)
