@@ -244,6 +244,16 @@ class Changer:
             self.made += 1
             return f"Drill{self.i:03d} Hooks {self.made:04d}"
 
+    def delete_one(self, resource: str, noun: str, made: list[str]) -> list[str]:
+        """Delete one of the records this drill `made` that is not deleted yet, at random."""
+        live = [r for r in made if r not in self.deleted[resource]]
+        if not live:
+            return []
+        pick = self.rng.choice(live)
+        ids = self.call(f"{noun}.deleted", f"{resource}/delete", ids=[int(pick)])
+        self.deleted[resource].update(ids)
+        return ids
+
     def change_accounts(self, count: int = 1, ids: list[str] | None = None) -> list[str]:
         extra: dict[str, Any] = {"ids": ids} if ids else {"count": count}
         return self.call("account.updated", "accounts/change", field="name", **extra)
@@ -257,13 +267,7 @@ class Changer:
         return self.call("account.archived", "accounts/archive", count=1)
 
     def delete_account(self) -> list[str]:
-        live = [a for a in self.accounts if a not in self.deleted["accounts"]]
-        if not live:
-            return []
-        pick = self.rng.choice(live)
-        ids = self.call("account.deleted", "accounts/delete", ids=[int(pick)])
-        self.deleted["accounts"].update(ids)
-        return ids
+        return self.delete_one("accounts", "account", self.accounts)
 
     def change_contacts(self, count: int = 1) -> list[str]:
         return self.call("contact.updated", "contacts/change", field="last_name", count=count)
@@ -277,13 +281,7 @@ class Changer:
         return self.call("contact.archived", "contacts/archive", count=1)
 
     def delete_contact(self) -> list[str]:
-        live = [c for c in self.contacts if c not in self.deleted["contacts"]]
-        if not live:
-            return []
-        pick = self.rng.choice(live)
-        ids = self.call("contact.deleted", "contacts/delete", ids=[int(pick)])
-        self.deleted["contacts"].update(ids)
-        return ids
+        return self.delete_one("contacts", "contact", self.contacts)
 
     def any_change(self) -> list[str]:
         """One change of a random kind (updates most often, as in a working agency)."""
