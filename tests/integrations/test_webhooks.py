@@ -242,6 +242,19 @@ def run(conn: Connection, full: bool = False) -> SyncRun:
     return result
 
 
+def synced_then_subscribed(
+    staff: User, zywave: Sandbox, receiver: Receiver
+) -> tuple[Connection, WebhookSubscription, str]:
+    """A connection synced once, then a subscription to every event (which hears only what
+    comes after that sync), and the connection's Zywave profile id."""
+    conn = connection(staff, zywave)
+    run(conn)
+    subscription, _ = subscribe(staff, receiver)
+    profile = conn.chosen_profile
+    assert profile is not None
+    return conn, subscription, profile.zywave_id
+
+
 # --- Signatures ------------------------------------------------------------------------------
 
 
@@ -496,17 +509,11 @@ def test_a_first_sync_emits_one_changed_event_per_page_all_created(
 def test_a_sync_after_changes_at_zywave_emits_exactly_them_updated_and_archived(
     staff: User, zywave: Sandbox, receiver: Receiver
 ) -> None:
-    conn = connection(staff, zywave)
-    run(conn)
-    subscription, _ = subscribe(staff, receiver)
-    profile = conn.chosen_profile
-    assert profile is not None
+    conn, subscription, profile_id = synced_then_subscribed(staff, zywave, receiver)
     changed = zywave.control(
-        "POST", "accounts/change", profile_id=profile.zywave_id, count=3, field="name"
+        "POST", "accounts/change", profile_id=profile_id, count=3, field="name"
     )["ids"]
-    archived = zywave.control("POST", "accounts/archive", profile_id=profile.zywave_id, count=2)[
-        "ids"
-    ]
+    archived = zywave.control("POST", "accounts/archive", profile_id=profile_id, count=2)["ids"]
     assert not run(conn).full
     events = outbox(subscription, "accounts.changed")
     assert changes_in(events) == {
@@ -525,14 +532,8 @@ def test_a_sync_after_changes_at_zywave_emits_exactly_them_updated_and_archived(
 def test_a_full_sync_after_a_deletion_at_zywave_emits_deleted_for_exactly_those(
     staff: User, zywave: Sandbox, receiver: Receiver
 ) -> None:
-    conn = connection(staff, zywave)
-    run(conn)
-    subscription, _ = subscribe(staff, receiver)
-    profile = conn.chosen_profile
-    assert profile is not None
-    deleted = zywave.control("POST", "accounts/delete", profile_id=profile.zywave_id, count=2)[
-        "ids"
-    ]
+    conn, subscription, profile_id = synced_then_subscribed(staff, zywave, receiver)
+    deleted = zywave.control("POST", "accounts/delete", profile_id=profile_id, count=2)["ids"]
     run(conn, full=True)
     (event,) = outbox(subscription, "accounts.changed")
     assert changes_in([event]) == {str(i): "deleted" for i in deleted}
@@ -663,13 +664,9 @@ def test_a_profile_change_emits_deleted_for_every_record_of_the_old_profile(
 def test_updated_since_in_an_event_pulls_exactly_its_changes_through_the_api(
     staff: User, zywave: Sandbox, receiver: Receiver
 ) -> None:
-    conn = connection(staff, zywave)
-    run(conn)
-    subscription, _ = subscribe(staff, receiver)
-    profile = conn.chosen_profile
-    assert profile is not None
-    zywave.control("POST", "accounts/change", profile_id=profile.zywave_id, count=3, field="name")
-    zywave.control("POST", "accounts/archive", profile_id=profile.zywave_id, count=1)
+    conn, subscription, profile_id = synced_then_subscribed(staff, zywave, receiver)
+    zywave.control("POST", "accounts/change", profile_id=profile_id, count=3, field="name")
+    zywave.control("POST", "accounts/archive", profile_id=profile_id, count=1)
     run(conn)
     (event,) = outbox(subscription, "accounts.changed")
     system = system_of(staff, "read")
@@ -683,12 +680,8 @@ def test_updated_since_in_an_event_pulls_exactly_its_changes_through_the_api(
 def test_updated_since_in_a_deleted_event_pulls_exactly_the_tombstones(
     staff: User, zywave: Sandbox, receiver: Receiver
 ) -> None:
-    conn = connection(staff, zywave)
-    run(conn)
-    subscription, _ = subscribe(staff, receiver)
-    profile = conn.chosen_profile
-    assert profile is not None
-    zywave.control("POST", "accounts/delete", profile_id=profile.zywave_id, count=2)
+    conn, subscription, profile_id = synced_then_subscribed(staff, zywave, receiver)
+    zywave.control("POST", "accounts/delete", profile_id=profile_id, count=2)
     run(conn, full=True)
     (event,) = outbox(subscription, "accounts.changed")
     response = system_of(staff, "read").get(
