@@ -576,6 +576,8 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
+    # Several components have a `state`: each choice set gets its own name in the schema.
+    "ENUM_NAME_OVERRIDES": {"WebhookSubscriptionStateEnum": ["active", "disabled"]},
     "TITLE": "Zywave integration portal API",
     "DESCRIPTION": (
         "The agency's own systems use a person's Zywave connection and its mirror with an API "

@@ -37,7 +37,7 @@ def production_env(tmp_path: Path, **overrides: str) -> dict[str, str]:
         if not re.match(
             r"(DEBUG|SECRET_KEY|ALLOWED_HOSTS|FIELD_ENCRYPTION|ZYWAVE_|DATABASE_|REDIS_|CELERY_|"
             r"PORTAL_|LOG_|SECURE_|SOCIAL_AUTH_|EMAIL_|AXES_|DJANGO_ALLOW_ASYNC_UNSAFE|"
-            r"FORWARDED_ALLOW_IPS|GUNICORN_|WEB_CONCURRENCY)",
+            r"FORWARDED_ALLOW_IPS|GUNICORN_|WEB_CONCURRENCY|WEBHOOKS_)",
             k,
         )
     }
