@@ -569,11 +569,17 @@ def drain(subscription_id: int) -> str:
         if not _claim(subscription_id, owner):
             return "busy" if not sent else f"sent {sent}"
         try:
-            sent += _send_due(subscription_id, owner)
+            done, more = _send_due(subscription_id, owner)
+            sent += done
         finally:
             WebhookSubscription.objects.filter(pk=subscription_id, lease_owner=owner).update(
                 lease_until=None, lease_owner=""
             )
+        if more:
+            # Its share is spent: queue itself behind the other subscriptions' drains, so that
+            # a busy subscription does not keep a worker process while others wait.
+            queueing.send("deliver_webhooks", subscription_id)
+            return f"sent {sent}, more queued"
         # A delivery committed while we held the lease had its task turned away as "busy":
         # look once more now that the lease is free, so it is not left for the reconciler.
         if not _due(subscription_id).exists():
@@ -611,31 +617,40 @@ def _due(subscription_id: int) -> QuerySet[WebhookDelivery]:
     )
 
 
-def _send_due(subscription_id: int, owner: str) -> int:
+# One drain's share of a worker process: then it queues itself again behind the others.
+DRAIN_SHARE = (100, 5.0)  # deliveries, seconds
+
+
+def _send_due(subscription_id: int, owner: str) -> tuple[int, bool]:
+    """Send due deliveries while they succeed; (sent, whether the share ran out first)."""
     sent = 0
+    started = time.monotonic()
+    most, seconds = DRAIN_SHARE
     while True:
+        if sent >= most or time.monotonic() - started > seconds:
+            return sent, True
         delivery = _due(subscription_id).select_related("event").order_by("sequence").first()
         if delivery is None:
-            return sent
+            return sent, False
         # For the timeout and LEASE_MARGIN: `attempt`, lookup and request, ends by the timeout.
         renewed = WebhookSubscription.objects.filter(pk=subscription_id, lease_owner=owner).update(
             lease_until=timezone.now() + _lease_seconds()
         )
         if not renewed:
-            return sent  # our lease lapsed and another worker took the subscription
+            return sent, False  # our lease lapsed and another worker took the subscription
         subscription = WebhookSubscription.objects.get(pk=subscription_id)
         if not subscription.is_active:
-            return sent
+            return sent, False
         if attempt(subscription, delivery):
             sent += 1
             continue
         now_state = WebhookSubscription.objects.filter(pk=subscription_id).first()
         if now_state is None:
-            return sent  # deleted while its attempt was out
+            return sent, False  # deleted while its attempt was out
         if not now_state.is_active or (
             now_state.paused_until and now_state.paused_until > timezone.now()
         ):
-            return sent
+            return sent, False
 
 
 def attempt(subscription: WebhookSubscription, delivery: WebhookDelivery) -> bool:

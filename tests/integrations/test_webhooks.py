@@ -1409,3 +1409,28 @@ def test_a_subscription_deleted_while_its_attempt_is_out_ends_the_drain_quietly(
     deleter.join()
     assert len(receiver.received) == 1  # the second one was never sent
     assert not WebhookSubscription.objects.filter(pk=subscription.pk).exists()
+
+
+def test_a_busy_subscription_yields_its_worker_after_its_share_and_queues_itself_again(
+    staff: User,
+    receiver: Receiver,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    from integrations import queueing
+
+    subscription, _ = subscribe(staff, receiver)
+    for _ in range(5):
+        emit(staff)
+    monkeypatch.setattr(webhooks, "DRAIN_SHARE", (2, 60.0))
+    queued: list[tuple[str, tuple[Any, ...]]] = []
+    # Recorded instead of sent: no worker runs here, the test drains by hand.
+    monkeypatch.setattr(queueing, "send", lambda name, *args, **kw: queued.append((name, args)))
+    assert webhooks.drain(subscription.pk) == "sent 2, more queued"
+    assert queued == [("deliver_webhooks", (subscription.pk,))]  # behind the others' drains
+    assert subscription.deliveries.filter(state="pending").count() == 3
+    subscription.refresh_from_db()
+    assert subscription.lease_owner == ""  # the lease is free for whoever takes the task
+    assert webhooks.drain(subscription.pk) == "sent 2, more queued"
+    assert webhooks.drain(subscription.pk) == "sent 1"
+    assert [r.json["data"]["sequence"] for r in receiver.received] == [1, 2, 3, 4, 5]
