@@ -101,6 +101,7 @@ bench: $(VENV)/.dev
 	cd tests/bench && ../../$(BIN)/python bench_logs.py
 	cd tests/bench && ../../$(BIN)/python bench_api.py
 	cd tests/bench && ../../$(BIN)/python bench_webhooks.py
+	cd tests/bench && ../../$(BIN)/python bench_hooks.py
 
 clean:
 	rm -rf var
