@@ -40,8 +40,9 @@ UNDELIVERED = (WebhookDelivery.State.PENDING, WebhookDelivery.State.FAILED)
 
 
 def subscriptions_of(user: Any) -> QuerySet[WebhookSubscription]:
-    """The requesting person's own subscriptions: every view here starts from this."""
-    return WebhookSubscription.objects.filter(owner=user)
+    """The requesting person's own subscriptions: every view here starts from this. Their
+    secrets are not read (each would be decrypted for nothing: no page shows one again)."""
+    return WebhookSubscription.objects.filter(owner=user).defer("secret", "previous_secret")
 
 
 def _count(deliveries: QuerySet[WebhookDelivery]) -> Coalesce:
