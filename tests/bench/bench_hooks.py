@@ -53,7 +53,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
-from common import REPO_ROOT, bench_database, linked_connection, require_postgres, start_portal
+from common import (
+    REPO_ROOT,
+    bench_database,
+    linked_connection,
+    require_postgres,
+    setup_django,
+    start_portal,
+)
 
 from tests.drills.helpers import percentile, queue_syncs
 from tests.drills.stack import seed_drill_users
@@ -67,32 +74,11 @@ FLOOD_SENDERS = 16
 
 
 def setup_portal(database_url: str, sandbox_url: str, broker: str, var_dir: Path) -> None:
-    """Production settings, as `common.setup_django`, with Redis as the broker and the shared
-    cache (coalescing works across processes only there)."""
-    from cryptography.fernet import Fernet
-
-    os.environ.update(
-        DEBUG="false",
-        SECRET_KEY="bench-" + "k" * 40,
-        ALLOWED_HOSTS="127.0.0.1",
-        FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode(),
-        ZYWAVE_CLIENT_ID="portal-dev",
-        ZYWAVE_CLIENT_SECRET="portal-dev-secret",
-        DJANGO_SETTINGS_MODULE="portal.settings",
-        DATABASE_URL=database_url,
-        ZYWAVE_AUTH_URL=sandbox_url,
-        ZYWAVE_API_URL=sandbox_url,
-        LOG_LEVEL="WARNING",
-        REDIS_URL=broker,
-        CELERY_BROKER_URL=broker,
-        PORTAL_VAR_DIR=str(var_dir),
-    )
-    import django
-
-    django.setup()
+    """Production settings (`common.setup_django`) with Redis as the broker and the shared
+    cache (coalescing works across processes only there), and the pages' static manifest."""
+    setup_django(database_url, sandbox_url, var_dir, REDIS_URL=broker, CELERY_BROKER_URL=broker)
     from django.core.management import call_command
 
-    call_command("migrate", verbosity=0)
     call_command("collectstatic", "--no-input", verbosity=0)  # the pages' manifest
 
 
