@@ -396,6 +396,7 @@ class ConnectionEvent(models.Model):
         WEBHOOK_ENABLED = "webhook_enabled", "Webhook subscription enabled"
         WEBHOOK_DELETED = "webhook_deleted", "Webhook subscription deleted"
         HOOK_TOKEN_ROTATED = "hook_token_rotated", "Zywave receiver URL made or changed"
+        DOCTOR_RUN = "doctor_run", "Zywave doctor run"
 
     # The person the event concerns; the connection when one exists (a first connect that
     # failed has none).
@@ -981,3 +982,47 @@ class ZywaveNotification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event_type} {self.resource}/{self.record_id} ({self.state})"
+
+
+class DoctorReport(models.Model):
+    """One run of the Zywave doctor on a connection (integrations/doctor.py), asked for in the
+    admin and run by a worker: its progress while it runs, then the report and the shapes it
+    recorded. Neither holds a secret or a record's value: only verdicts, shapes, counts and
+    header names."""
+
+    class State(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    connection = models.ForeignKey(
+        Connection, on_delete=models.CASCADE, related_name="doctor_reports"
+    )
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    state = models.CharField(max_length=10, choices=State.choices, default=State.QUEUED)
+    # What the doctor is doing now ("profiles"), and how far it is.
+    step = models.CharField(max_length=100, blank=True)
+    steps_done = models.PositiveSmallIntegerField(default=0)
+    steps_total = models.PositiveSmallIntegerField(default=0)
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    # The worst verdict of the report ("ok", "warn", "fail"), once done.
+    worst = models.CharField(max_length=4, blank=True)
+    report = models.JSONField(default=dict, blank=True)
+    shapes = models.JSONField(default=dict, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [models.Index(fields=["connection", "-created_at"])]
+
+    def __str__(self) -> str:
+        return f"Doctor report {self.pk} ({self.state})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.state in (self.State.DONE, self.State.FAILED)
