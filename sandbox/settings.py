@@ -93,11 +93,20 @@ SANDBOX_DEFAULTS: dict[str, object] = {
     # Deliveries of one subscription in flight at once: 1 sends them in the order they were
     # queued; more sends faster, in no particular order (a flood).
     "webhook_parallel": 1,
+    # The app-wide rate limit of the API (zywave.ratelimit): requests a second for all clients
+    # together, 0 for none; bursts of `rate_limit_burst` requests (0: one second's worth).
+    "rate_limit": env_float("SANDBOX_RATE_LIMIT", 0.0),
+    "rate_limit_burst": env_int("SANDBOX_RATE_LIMIT_BURST", 0),
 }
 
 # Sender threads per server process (zywave.webhooks.Dispatcher): how many subscriptions one
 # process delivers to at once. Each subscription's own queue goes out one at a time, in order.
 SANDBOX_WEBHOOK_SENDERS = env_int("SANDBOX_WEBHOOK_SENDERS", 4)
+
+# A shapes file (the portal's `zywave_doctor --record`, or tests/shapes/): the profile and list
+# routes answer in its recorded shapes with the sandbox's own values (zywave.shapes). Empty:
+# every answer as it always was.
+SANDBOX_SHAPES_FILE = os.environ.get("SANDBOX_SHAPES_FILE", "")
 
 # Apps a test adds (comma-separated module paths): a test-only resource is a model in such an
 # app and one registry entry its AppConfig.ready() registers (zywave.resources.register).
@@ -116,6 +125,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "sandbox.zywave.middleware.counters",
+    "sandbox.zywave.middleware.rate_limit",
     "sandbox.zywave.middleware.faults",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

@@ -58,6 +58,8 @@ control_patterns = [
     path("faults", control.faults),
     path("counters", control.counters),
     path("counters/reset", control.counters_reset),
+    path("rate-limit", control.rate_limit),
+    path("fleet", control.fleet),
     path("users/<str:email>/revoke", control.user_revoke),
     path("users/<str:email>/expire-access-tokens", control.user_expire_access_tokens),
     path("users/<str:email>/active-profile", control.user_active_profile),

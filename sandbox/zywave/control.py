@@ -23,7 +23,8 @@ from django.shortcuts import get_object_or_404
 from django.views.decorators.csrf import csrf_exempt
 from oauth2_provider.models import get_access_token_model, get_application_model
 
-from sandbox.zywave import webhooks
+from sandbox.zywave import ratelimit, webhooks
+from sandbox.zywave.fleet import FleetError, create_fleet
 from sandbox.zywave.middleware import STREAMS
 from sandbox.zywave.models import (
     Account,
@@ -69,6 +70,7 @@ INT_SETTINGS = {
     "refresh_grace_seconds",
     "webhook_burst",
     "webhook_parallel",
+    "rate_limit_burst",
 }
 BOOL_SETTINGS = {
     "reuse_revokes_grant",
@@ -84,6 +86,7 @@ SECONDS_SETTINGS = {
 }
 MAX_BURST = 1000
 MAX_PARALLEL = 16
+MAX_RATE = 100_000  # requests a second: far beyond what the sandbox serves
 
 
 class ControlError(Exception):
@@ -126,6 +129,29 @@ def control(*methods: str, changes_data: bool = False) -> Callable[[View], View]
     return decorator
 
 
+@control("POST", changes_data=True)
+def fleet(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """Create `users` sandbox users at once (zywave.fleet), `{prefix}{n:05d}@example.com` with
+    n from `first`, each with one type-B profile, a book of `accounts` accounts and
+    `contacts` contacts, and a live grant for `client_id` (of `scope`, default all it may have):
+    201 with, per user, the token response's fields, the subject and the profile with its
+    ProfileToken. A reset with `restore` removes their agencies, profiles and books (the
+    users and grants stay, as for anyone's)."""
+    try:
+        created = create_fleet(
+            int(data["users"]),
+            accounts=int(data.get("accounts", 10)),
+            contacts=int(data.get("contacts", 20)),
+            client_id=str(data.get("client_id") or "portal-dev"),
+            prefix=str(data.get("prefix") or "fleet"),
+            scope=str(data["scope"]) if data.get("scope") else None,
+            first=int(data.get("first", 1)),
+        )
+    except FleetError as error:
+        raise ControlError(str(error)) from error
+    return JsonResponse({"users": created}, status=201)
+
+
 def user_by_email(email: str) -> User:
     return get_object_or_404(User, username__iexact=email)
 
@@ -154,6 +180,8 @@ def reset(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
             Baseline.objects.filter(pk=1).update(clients=baseline.clients)
         if data.get("restore"):
             WebhookSubscription.objects.all().delete()  # their deliveries and attempts cascade
+    apply_rate_limit()
+    ratelimit.reset_counts()
     return JsonResponse({"ok": True, "reseeded": reseeded, "settings": RuntimeSetting.current()})
 
 
@@ -230,8 +258,29 @@ def runtime_settings(request: HttpRequest, data: dict[str, Any]) -> JsonResponse
             raise ControlError(f"webhook_parallel must be between 1 and {MAX_PARALLEL}")
         if key == "webhook_retry_schedule":
             value = retry_schedule(value)
+        if key == "rate_limit":
+            value = float(value)
+            if not 0 <= value <= MAX_RATE:
+                raise ControlError(f"rate_limit must be between 0 and {MAX_RATE} requests/s")
+        if key == "rate_limit_burst" and not 0 <= value <= MAX_RATE:
+            raise ControlError(f"rate_limit_burst must be between 0 and {MAX_RATE} requests")
         RuntimeSetting.put(key, value)
+    if {"rate_limit", "rate_limit_burst"} & set(data):
+        apply_rate_limit()
     return JsonResponse(RuntimeSetting.current())
+
+
+def apply_rate_limit() -> ratelimit.State:
+    """Hand the stored limit to the limiter's shared state, which every request reads."""
+    values = RuntimeSetting.current()
+    return ratelimit.configure(float(values["rate_limit"]), int(values["rate_limit_burst"]))
+
+
+@control("GET")
+def rate_limit(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
+    """The app-wide limit in force and what it did since the last counters reset: API requests
+    it let through and refused (429) while a limit was on."""
+    return JsonResponse(ratelimit.current().as_json())
 
 
 def as_bool(value: Any) -> bool:
@@ -299,13 +348,24 @@ def faults(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
 
 @control("GET")
 def counters(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
-    return JsonResponse(Counter.as_dict())
+    """Requests by kind and key; `limiter` too once the rate limit has counted any (API
+    requests it let through and refused while on, kept apart from the database's counters)."""
+    return JsonResponse(counted())
+
+
+def counted() -> dict[str, Any]:
+    result: dict[str, Any] = Counter.as_dict()
+    state = ratelimit.current()
+    if state.allowed or state.limited:
+        result["limiter"] = {"allowed": state.allowed, "limited": state.limited}
+    return result
 
 
 @control("POST")
 def counters_reset(request: HttpRequest, data: dict[str, Any]) -> JsonResponse:
     Counter.objects.all().delete()
-    return JsonResponse(Counter.as_dict())
+    ratelimit.reset_counts()
+    return JsonResponse(counted())
 
 
 @control("POST")

@@ -1,7 +1,8 @@
-"""Request-wide sandbox behaviour: injected faults and request counters.
+"""Request-wide sandbox behaviour: request counters, the app-wide rate limit and injected faults.
 
-Both keep their state in the database (zywave.models.Fault, Counter) because gunicorn's worker
-processes share nothing else.
+Counters and faults keep their state in the database (zywave.models.Fault, Counter) because
+gunicorn's worker processes share nothing else; the rate limit keeps its own in a locked file
+(zywave.ratelimit), cheaper than a database write per request.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ import re
 import time
 from collections.abc import Callable, Iterator
 
-from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 
+from sandbox.zywave import ratelimit
 from sandbox.zywave.models import Counter, Fault
 from sandbox.zywave.resources import api_roots
 
@@ -78,6 +80,32 @@ def token_outcome(response: HttpResponseBase) -> str:
         return str(json.loads(response.content)["error"])
     except (ValueError, KeyError, TypeError):
         return str(response.status_code)
+
+
+def rate_limit(get_response: Handler) -> Handler:
+    """The app-wide limit (runtime settings `rate_limit`, `rate_limit_burst`) on the API routes:
+    over it, 429 with `Retry-After` in whole seconds. The identity server and the control API
+    are not limited (the portal's token calls are counted apart, as the issue asks)."""
+
+    def middleware(request: HttpRequest) -> HttpResponseBase:
+        if not API_PATH.match(request.path):
+            return get_response(request)
+        wait = ratelimit.admit()
+        if wait is None:
+            return get_response(request)
+        response = JsonResponse(
+            {
+                "title": "Too Many Requests",
+                "status": 429,
+                "detail": "The app's rate limit is exceeded: retry after the time given",
+            },
+            status=429,
+            content_type="application/problem+json",
+        )
+        response["Retry-After"] = str(wait)
+        return response
+
+    return middleware
 
 
 def faults(get_response: Handler) -> Handler:

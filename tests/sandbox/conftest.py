@@ -40,7 +40,7 @@ def refresh(sandbox: Sandbox, refresh_token: str, **extra: str) -> requests.Resp
     return requests.post(f"{sandbox.url}/connect/token", data=data, timeout=30)
 
 
-def all_items(sandbox: Sandbox, token: str, path: str, profile: str, **params: Any) -> list:
+def all_items(sandbox: Sandbox, token: str, path: str, profile: str | None, **params: Any) -> list:
     """Every record of a list route, paging with $skip/$top."""
     items: list = []
     while True:
