@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET
 
-from sandbox.zywave import odata, odata_q
+from sandbox.zywave import odata, odata_q, shapes
 from sandbox.zywave.models import Person, Profile, RuntimeSetting
 from sandbox.zywave.oauth import load_access_token
 from sandbox.zywave.resources import Resource
@@ -198,6 +198,9 @@ def page(request: HttpRequest, queryset: QuerySet[Any], resource: Resource) -> H
     total = queryset.count()
     rows = list(queryset.values(*resource.columns)[skip : skip + top]) if top else []
     items = [resource.as_json(row) for row in rows]
+    shaped = shapes.list_answer(resource.name, items, total, skip + len(rows) < total)
+    if shaped is not None:
+        return shaped
     return envelope(items, total, skip + len(rows) < total, exact=resource.has_decimals)
 
 
@@ -224,6 +227,9 @@ def detail_view(resource: Resource) -> View:
         row = rows.values(*resource.columns).first()
         if row is None:
             return problem(404, "Not Found", f"No {resource.noun} {id}")
+        shaped = shapes.one_answer(resource.name, resource.as_json(row))
+        if shaped is not None:
+            return shaped
         return json_answer(resource.as_json(row), exact=resource.has_decimals)
 
     return view
@@ -254,6 +260,9 @@ def profiles(request: HttpRequest, access: Any, _profile: None, type_code: str) 
     rows = Profile.objects.select_related("agency").filter(
         user=access.user, type_code__iexact=type_code
     )
+    if shapes.entry("profiles") is not None:
+        every = [profile.as_json("pascal", with_token=True) for profile in rows.order_by("id")]
+        return shapes.list_answer("profiles", every, len(every), False) or envelope([], 0, False)
     key_case = str(RuntimeSetting.get("key_case"))
     items = [profile.as_json(key_case) for profile in rows.order_by("id")]
     return envelope(items, len(items), False)
@@ -271,6 +280,9 @@ def profile_detail(
     if profile is None:
         # Another user's profile or an unknown one: not yours to see either way.
         return problem(403, "Forbidden", "The profile is unknown or not yours")
+    shaped = shapes.one_answer("profile", profile.as_json("pascal", with_token=True))
+    if shaped is not None:
+        return shaped
     return JsonResponse(profile.as_json(str(RuntimeSetting.get("key_case")), with_token=True))
 
 
@@ -288,6 +300,9 @@ def profile_current(
     )
     if profile is None:
         return problem(404, "Not Found", f"No current profile of type {type_code}")
+    shaped = shapes.one_answer("current_profile", profile.as_json("pascal", with_token=True))
+    if shaped is not None:
+        return shaped
     return JsonResponse(profile.as_json(str(RuntimeSetting.get("key_case"))))
 
 
