@@ -29,6 +29,8 @@ import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
+from . import metrics
+
 if TYPE_CHECKING:
     from .models import Connection
 
@@ -376,6 +378,7 @@ class ZywaveClient:
                 # not known to redirect (docs/zywave.md §4): a 3xx is an answer we cannot read.
                 allow_redirects=False,
             )
+            metrics.zywave_answered(path, response)
             try:
                 if 200 <= response.status_code < 300 or read_errors:
                     # What `response.content` holds when requests reads it, read here instead.
@@ -400,8 +403,10 @@ class ZywaveClient:
                 log.info("%s: connection lost (%s), asking once more", path, type(exc).__name__)
                 return send()
         except requests.Timeout:
+            metrics.zywave_failed(path, "timeout")
             raise ZywaveTimeout(f"{path}: Zywave did not answer in time", path=path) from None
         except requests.RequestException as exc:
+            metrics.zywave_failed(path, "unreachable")
             raise ZywaveUnreachable(
                 f"{path}: Zywave could not be reached ({type(exc).__name__})", path=path
             ) from None

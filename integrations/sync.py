@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import mirror, webhooks
+from . import metrics, mirror, webhooks
 from .client import (
     Forbidden,
     MalformedResponse,
@@ -308,6 +308,7 @@ def _sync_resource(
                         written.changes,
                         written.changed_at,
                     )
+                metrics.records_mirrored(resource, len(page.items))
                 failures = 0
                 if on_page is not None:
                     on_page(run)
@@ -404,6 +405,7 @@ def _end_run(run: SyncRun, state: str, error: str) -> SyncRun:
         log.info("Sync run %s not finished here: %s", run.pk, exc, extra=log_ids(run))
         run.refresh_from_db()
         return run
+    metrics.sync_ended(run)
     log.info(
         "Sync run %s of connection %s %s: %s pages, %s records",
         run.pk,

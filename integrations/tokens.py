@@ -23,7 +23,7 @@ from social_core.exceptions import (
 from social_django.models import UserSocialAuth
 from social_django.utils import load_backend, load_strategy
 
-from . import webhooks
+from . import metrics, webhooks
 from .client import ZywaveClient
 from .fields import token_fingerprint
 from .models import Connection, ConnectionEvent
@@ -124,6 +124,7 @@ def _call_token_endpoint(locked: Connection) -> Exception | None:
     except AuthCredentialError as exc:
         # invalid_grant: revoked, reused after rotation, or past the 30-day deadline.
         end_grant(locked, f"Zywave ended the grant ({exc.provider_code or exc.code})")
+        metrics.token_refreshed("invalid_grant")
         return ReauthRequired("invalid_grant")
     except SocialAuthBaseException as exc:
         retry_after = _seconds(getattr(exc, "retry_after", None))
@@ -134,6 +135,7 @@ def _call_token_endpoint(locked: Connection) -> Exception | None:
             # and ends in reauth_required instead of looping.
             log.warning("Refresh of connection %s timed out; answer may be lost", locked.pk)
         locked.record_refresh_failure(reason, refresh_token=used)
+        metrics.token_refreshed("failed")
         return RefreshFailed(reason, retry_after)
     locked.set_tokens(response)
     locked.last_refreshed_at = timezone.now()
@@ -145,6 +147,7 @@ def _call_token_endpoint(locked: Connection) -> Exception | None:
         access_token=locked.access_token_fingerprint,
         refresh_token=locked.refresh_token_fingerprint,
     )
+    metrics.token_refreshed("succeeded")
     return None
 
 
@@ -211,6 +214,7 @@ def end_grant(connection: Connection, reason: str) -> None:
     """The grant ended: mark the connection (`mark_reauth_required`) and, the first time,
     announce `connection.reauth_required` to its owner's webhooks, in the same transaction."""
     if connection.mark_reauth_required(reason):
+        metrics.reauth_required()
         webhooks.announce_connection(connection, "connection.reauth_required", reason=reason)
 
 

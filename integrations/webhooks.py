@@ -32,7 +32,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 from standardwebhooks.webhooks import Webhook
 
-from . import egress, notify, queueing
+from . import egress, metrics, notify, queueing
 from .models import (
     WEBHOOK_TEST_EVENT,
     ConnectionEvent,
@@ -717,6 +717,7 @@ def attempt(subscription: WebhookSubscription, delivery: WebhookDelivery) -> boo
         # The subscription (and its deliveries) was deleted while the request was out.
         log.info("Webhook delivery %s went with its subscription mid-attempt", delivery.pk)
         return False
+    metrics.webhook_attempted(status)
     if status is not None and 200 <= status < 300:
         _as_read(delivery).update(
             state=WebhookDelivery.State.DELIVERED,

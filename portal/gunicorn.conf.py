@@ -8,6 +8,7 @@ as Django's, so a token in a callback URL never reaches the access log in clear.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from portal import env
 from portal.logs import logging_config
@@ -30,6 +31,37 @@ max_requests = 0
 # X-Forwarded-For names the client for login throttling (settings.FORWARDED_ALLOW_IPS).
 forwarded_allow_ips = ",".join(env.get_addresses("FORWARDED_ALLOW_IPS", "127.0.0.1"))
 worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None  # noqa: S108
+
+# Metrics (portal/metrics.py): every worker process writes its values into one directory of this
+# deployment's, which /metrics adds up. Set here, in the master, before any worker imports
+# prometheus_client; emptied at start, and a worker that exits is marked dead.
+_made_dir = ""
+if env.get("METRICS_TOKEN") and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    import tempfile
+
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = _made_dir = tempfile.mkdtemp(
+        prefix="portal-metrics-web-"
+    )
+
+
+def on_starting(server: object) -> None:
+    from portal.metrics import ensure_multiprocess
+
+    ensure_multiprocess("web", wanted=False)  # the directory is set above, or not wanted
+
+
+def child_exit(server: object, worker: Any) -> None:
+    from portal.metrics import process_dead
+
+    process_dead(worker.pid)
+
+
+def on_exit(server: object) -> None:
+    if _made_dir:
+        import shutil
+
+        shutil.rmtree(_made_dir, ignore_errors=True)
+
 
 accesslog = "-"
 access_log_format = '%(h)s "%(r)s" %(s)s %(b)s %(M)sms'

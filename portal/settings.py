@@ -148,6 +148,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: answers /metrics before the HTTPS redirect, sessions and the host check (Prometheus
+    # scrapes web:8000 inside the network), and times every other request whole.
+    "portal.metrics.MetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -672,6 +675,22 @@ CONTENT_SECURITY_POLICY = {
         "form-action": [SELF, _origin(ZYWAVE_AUTH_URL)],
     },
 }
+
+# --- Metrics (docker/README.md, "Metrics and alerts") ---------------------------------------
+
+# The bearer token Prometheus sends for /metrics; unset, /metrics does not exist (404).
+METRICS_TOKEN = env.get("METRICS_TOKEN") or None
+_refuse_placeholder("METRICS_TOKEN", METRICS_TOKEN)
+if METRICS_TOKEN and not DEBUG and len(METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("METRICS_TOKEN must be at least 16 characters when DEBUG is off")
+# A worker node's own metrics exporter (its pool processes added up): off unless set, and bound
+# to METRICS_BIND (loopback by default; 0.0.0.0 inside a container, for the Compose network).
+METRICS_PORT = env.get_int("METRICS_PORT", 0)
+if METRICS_PORT > 65535:
+    raise ImproperlyConfigured(f"METRICS_PORT must be a TCP port (1-65535), not {METRICS_PORT}")
+METRICS_BIND = (env.get_addresses("METRICS_BIND", "127.0.0.1") or ["127.0.0.1"])[0]
+if METRICS_BIND == "*":
+    raise ImproperlyConfigured("METRICS_BIND must be one IP address (0.0.0.0 for every one)")
 
 # --- Logging -------------------------------------------------------------------------------
 
