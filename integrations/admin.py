@@ -56,6 +56,7 @@ from .models import (
     ConnectionEvent,
     ConnectionQuerySet,
     Contact,
+    DoctorReport,
     Policy,
     SyncRun,
     WebhookAttempt,
@@ -282,6 +283,7 @@ class ConnectionAdmin(ActsFromItsPage):
         "full_resync",
         "send_reconnect_reminder",
         "new_receiver_url",
+        "run_doctor",
         "disconnect_selected",
     ]
     exclude = ["access_token", "refresh_token", "hook_token"]
@@ -465,6 +467,7 @@ class ConnectionAdmin(ActsFromItsPage):
         links = [
             (changelist_url(SyncRun, connection__id__exact=obj.pk), "all sync runs"),
             (changelist_url(ConnectionEvent, connection__id__exact=obj.pk), "all events"),
+            (changelist_url(DoctorReport, connection__id__exact=obj.pk), "doctor reports"),
             *[
                 (
                     changelist_url(resource.model, connection__id__exact=obj.pk),
@@ -626,6 +629,10 @@ class ConnectionAdmin(ActsFromItsPage):
     def _disconnect(self, connection: Connection, request: HttpRequest) -> str:
         revoked, _reason = revoke_and_disconnect(connection, actor=request.user)
         return "revoked" if revoked else "not_revoked"
+
+    @admin.action(description="Run the Zywave doctor (read-only report)", permissions=["act"])
+    def run_doctor(self, request: HttpRequest, queryset: QuerySet[Any]) -> HttpResponseBase | None:
+        return admin_views.run_doctor(self, request, self._each(queryset))
 
     def export_view(self, request: HttpRequest) -> HttpResponseBase:
         return admin_views.export_connections(self, request)
@@ -1225,6 +1232,92 @@ class WebhookDeliveryAdmin(WebhookAdmin):
         self.message_user(request, text + ".", messages.SUCCESS)
 
 
+class DoctorReportAdmin(ReadOnlyAdmin):
+    """The Zywave doctor's reports (integrations/doctor.py), run from a connection's page: its
+    progress while a worker runs it (the page reloads itself), then every check and the shapes
+    file to download. Nothing in a report is secret: verdicts, shapes, counts, header names."""
+
+    list_display = [
+        "id",
+        "owner",
+        "state",
+        "worst_badge",
+        "created_at",
+        "finished_at",
+        "requested_by",
+    ]
+    list_filter = ["state", "worst"]
+    list_select_related = ["connection__user", "requested_by"]
+    search_fields = ["connection__user__username"]
+    list_per_page = 100
+    fields = (
+        "connection_link",
+        "requested_by",
+        "state",
+        "progress",
+        "worst_badge",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "error",
+    )
+    readonly_fields = fields
+
+    class Media:
+        css = {"all": ["admin.css"]}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("connection__user", "requested_by")
+            .defer(*OWNER_TOKEN_FIELDS)
+        )
+
+    @admin.display(description="linked user", ordering="connection__user__username")
+    def owner(self, obj: DoctorReport) -> str:
+        return obj.connection.user.get_username()
+
+    @admin.display(description="connection")
+    def connection_link(self, obj: DoctorReport) -> str:
+        return format_html(
+            '<a href="{}">{}</a>',
+            change_url(Connection, obj.connection_id),
+            obj.connection.user.get_username(),
+        )
+
+    @admin.display(description="progress")
+    def progress(self, obj: DoctorReport) -> str:
+        if obj.is_finished:
+            return "finished"
+        if obj.state == DoctorReport.State.QUEUED:
+            return "waiting for a worker"
+        return f"step {obj.steps_done + 1} of {obj.steps_total}: {obj.step or 'starting'}"
+
+    @admin.display(description="worst verdict", ordering="worst")
+    def worst_badge(self, obj: DoctorReport) -> str:
+        if not obj.worst:
+            return EMPTY
+        return format_html('<span class="zw-badge zw-verdict-{}">{}</span>', obj.worst, obj.worst)
+
+    def get_urls(self) -> list[URLPattern]:
+        shapes = self.admin_site.admin_view(self.shapes_view)
+        return [
+            path("<path:object_id>/shapes.json", shapes, name="integrations_doctorreport_shapes"),
+            *super().get_urls(),
+        ]
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        return super().change_view(
+            request, object_id, form_url, admin_views.doctor_context(object_id, extra_context)
+        )
+
+    def shapes_view(self, request: HttpRequest, object_id: str) -> HttpResponseBase:
+        return admin_views.doctor_shapes(self, request, object_id)
+
+
 admin.site.register(Connection, ConnectionAdmin)
 admin.site.register(SyncRun, SyncRunAdmin)
 admin.site.register(ConnectionEvent, ConnectionEventAdmin)
@@ -1234,6 +1327,7 @@ admin.site.register(Policy, PolicyAdmin)
 admin.site.register(ApiKey, ApiKeyAdmin)
 admin.site.register(WebhookSubscription, WebhookSubscriptionAdmin)
 admin.site.register(WebhookDelivery, WebhookDeliveryAdmin)
+admin.site.register(DoctorReport, DoctorReportAdmin)
 
 
 # social-auth's stock admin shows and edits raw extra_data: replace it with a read-only list.

@@ -19,7 +19,7 @@ from django.contrib import messages
 from django.contrib.admin import helpers
 from django.contrib.admin.options import IncorrectLookupParameters
 from django.core.exceptions import PermissionDenied
-from django.http import Http404, HttpRequest, StreamingHttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, StreamingHttpResponse
 from django.http.response import HttpResponseBase
 from django.shortcuts import redirect
 from django.template.response import TemplateResponse
@@ -27,7 +27,7 @@ from django.urls import reverse
 from django.utils import timezone
 from django.utils.html import format_html
 
-from .models import Connection, SyncRun
+from .models import Connection, DoctorReport, SyncRun
 
 EMPTY = "–"
 
@@ -180,6 +180,8 @@ OUTCOMES = {
     "webhook_already_disabled": "already disabled",
     "webhook_enabled": "enabled",
     "webhook_already_active": "already active (left alone)",
+    "doctor_queued": "queued (the report's page shows it)",
+    "doctor_not_connected": "skipped (disconnected: no tokens to diagnose with)",
 }
 GOOD_OUTCOMES = {
     "refreshed",
@@ -192,6 +194,7 @@ GOOD_OUTCOMES = {
     "webhook_already_disabled",
     "webhook_enabled",
     "webhook_already_active",
+    "doctor_queued",
 }
 
 
@@ -200,6 +203,64 @@ def report(model_admin: Any, request: HttpRequest, what: str, outcomes: Counter[
     level = messages.SUCCESS if set(outcomes) <= GOOD_OUTCOMES else messages.WARNING
     parts = "; ".join(f"{n} {OUTCOMES[outcome]}" for outcome, n in sorted(outcomes.items()))
     model_admin.message_user(request, f"{what}: {parts}." if parts else f"{what}: nothing.", level)
+
+
+def run_doctor(
+    model_admin: Any, request: HttpRequest, connections: list[Connection]
+) -> HttpResponseBase | None:
+    """Queue a doctor report for each connection (audited, `doctor.request_report`); for one,
+    go to its report's page, which follows the worker's progress."""
+    from .doctor import request_report
+    from .tasks import run_doctor as task
+
+    outcomes: Counter[str] = Counter()
+    reports = []
+    for connection in connections:
+        if not connection.is_connected:
+            outcomes["doctor_not_connected"] += 1
+            continue
+        queued = request_report(connection, actor=request.user)
+        task.delay_on_commit(queued.pk)
+        reports.append(queued)
+        outcomes["doctor_queued"] += 1
+    report(model_admin, request, "Zywave doctor", outcomes)
+    if len(reports) == 1 and len(connections) == 1:
+        return redirect(change_url(DoctorReport, reports[0].pk))
+    return None
+
+
+def doctor_context(object_id: str, extra: dict[str, Any] | None) -> dict[str, Any]:
+    """A doctor report's page: its checks, their counts, and whether to reload while it runs."""
+    found = DoctorReport.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+    context = dict(extra or {})
+    if found is not None:
+        checks = found.report.get("checks", []) if isinstance(found.report, dict) else []
+        context.update(
+            {
+                "checks": checks,
+                "counts": {v: sum(c.get("verdict") == v for c in checks) for v in VERDICTS},
+                "reload_seconds": 0 if found.is_finished else 2,
+                "has_shapes": bool(found.shapes),
+            }
+        )
+    return context
+
+
+VERDICTS = ("ok", "warn", "fail")
+
+
+def doctor_shapes(model_admin: Any, request: HttpRequest, object_id: str) -> HttpResponseBase:
+    """The shapes a report recorded, as the file `zywave_doctor --record` writes."""
+    if not model_admin.has_view_permission(request):
+        raise PermissionDenied
+    found = DoctorReport.objects.filter(pk=object_id).first() if object_id.isdigit() else None
+    if found is None or not found.shapes:
+        raise Http404
+    response = HttpResponse(
+        json.dumps(found.shapes, indent=2) + "\n", content_type="application/json"
+    )
+    response["Content-Disposition"] = f'attachment; filename="zywave-shapes-{found.pk}.json"'
+    return response
 
 
 # --- CSV export ----------------------------------------------------------------------------

@@ -147,3 +147,13 @@ def reconcile_refetches() -> dict[str, int]:
     from . import hooks
 
     return hooks.reconcile()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def run_doctor(report_id: int) -> str:
+    """Run a Zywave doctor report asked for in the admin (integrations/doctor.py): read-only
+    towards Zywave, at most seven calls, never a refresh. Queue `celery` (the default: no
+    route). Safe to run twice: the report is claimed by a conditional UPDATE."""
+    from .doctor import run_report
+
+    return run_report(report_id)

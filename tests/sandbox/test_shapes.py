@@ -59,8 +59,10 @@ def pointed_at(sandbox: Sandbox, settings: Any) -> Sandbox:
 
 
 def record(path: Path) -> dict[str, Any]:
-    call_command("zywave_doctor", "--record", str(path), stdout=StringIO(), stderr=StringIO())
-    return dict(json.loads(path.read_text()))
+    """The shapes the doctor records (its report under "report")."""
+    out = StringIO()
+    call_command("zywave_doctor", "--json", "--record", str(path), stdout=out, stderr=StringIO())
+    return {**json.loads(path.read_text()), "report": json.loads(out.getvalue())}
 
 
 def test_the_portal_connects_and_syncs_in_each_shape(
@@ -98,7 +100,8 @@ def test_the_doctor_records_each_file_back_from_the_sandbox(
     pointed_at(shaped, settings)
     shaped.reset(restore=True)
     connection(staff, shaped)
-    recorded = record(tmp_path / "again.json")["routes"]
+    found = record(tmp_path / "again.json")
+    recorded, report = found["routes"], found["report"]
     file = json.loads(shaped.shapes_file.read_text())["routes"]  # type: ignore[attr-defined]
     for route in REPLAYED:
         assert recorded[route]["status"] == 200
@@ -106,6 +109,13 @@ def test_the_doctor_records_each_file_back_from_the_sandbox(
         assert recorded[route]["body"] == file[route]["body"], route
         assert set(file[route]["headers"]) <= set(recorded[route]["headers"]), route
     assert recorded["accounts_without_profile"]["body"] == file["accounts"]["body"]
+    # And the doctor says what it met: the fields missing, the rate-limit headers.
+    checks = {check["id"]: check for check in report["checks"]}
+    missing = "mapped fields missing: title" in checks["api.contacts"]["saw"]
+    assert missing == (shaped.shapes_file.stem == "array-camel")  # type: ignore[attr-defined]
+    assert checks["api.contacts"]["verdict"] == ("warn" if missing else "ok")
+    limits = checks["limits.headers"]["saw"]
+    assert ("x-ratelimit-remaining" in limits) == ("x-ratelimit-remaining" in str(file))
 
 
 @pytest.mark.parametrize(("envelope", "key_case"), [("value", "camel"), ("array", "pascal")])
