@@ -6,7 +6,7 @@ PORTAL_URL ?= http://127.0.0.1:8000
 SANDBOX_BIND ?= 127.0.0.1:8001
 SANDBOX_ACCOUNTS ?= 10000
 
-.PHONY: run test check deps services smoke lint types bench sandbox migrate demo clean browser drills
+.PHONY: run test check deps services smoke lint types bench sandbox migrate demo clean browser drills promtool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -62,7 +62,7 @@ check: lint types
 
 # What `make test` needs beyond the venv, installed when missing: Debian's Chromium (no browser
 # download is possible here) and axe-core for the browser tests.
-deps: $(VENV)/.dev browser services
+deps: $(VENV)/.dev browser services promtool
 
 # PostgreSQL and Redis servers for tests/services.py to start privately when none answers on
 # 127.0.0.1 (a policy-rc.d keeps Debian from starting the packaged daemons).
@@ -73,6 +73,16 @@ services:
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql redis-server; \
 			rm -f /usr/sbin/policy-rc.d; \
 		else echo "Install PostgreSQL and Redis first: sudo apt-get install postgresql redis-server"; exit 1; fi; fi
+
+# promtool for the alert rules' tests (tests/ops/test_alerts.py): Debian's prometheus package,
+# with a policy-rc.d (unless one is there already) so that its daemon never starts.
+promtool:
+	@command -v promtool >/dev/null || { \
+		if [ "$$(id -u)" = 0 ]; then \
+			own=; [ -e /usr/sbin/policy-rc.d ] || { own=1; printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d; }; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus; status=$$?; \
+			[ -z "$$own" ] || rm -f /usr/sbin/policy-rc.d; exit $$status; \
+		else echo "Install promtool first: sudo apt-get install prometheus"; exit 1; fi; }
 
 browser: tests/e2e/node_modules/axe-core/axe.min.js
 	@command -v chromium >/dev/null || { \

@@ -39,10 +39,16 @@ refuse_unsafe_start() {
 case "${1:-web}" in
     web)
         refuse_unsafe_start web
+        # Metrics: every gunicorn worker's counts in one directory of this container's tmpfs,
+        # added up by /metrics (portal/metrics.py; emptied at start by gunicorn.conf.py).
+        export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/metrics}"
         exec gunicorn -c portal/gunicorn.conf.py portal.wsgi:application
         ;;
     worker)
         refuse_unsafe_start worker
+        # Metrics: the pool's processes write their counts here, which the worker's exporter on
+        # METRICS_PORT adds up. Set before Celery starts: the mode is chosen at import.
+        export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/metrics}"
         # Queues: `sync` (mirroring, long), `tokens` (refresh upkeep, short), `celery` (the rest,
         # e.g. heartbeat). See docker/README.md, "Scaling workers".
         exec celery -A portal --quiet worker \
