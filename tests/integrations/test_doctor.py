@@ -297,3 +297,16 @@ def test_diagnose_reports_progress_in_steps(linked: Connection) -> None:
     diagnose(linked, lambda step, done, total: seen.append((step, done, total)))
     assert [step for step, _, _ in seen][:2] == ["discovery", "connection"]
     assert seen[-1] == ("done", 6, 6)
+
+
+def test_zywave_busy_is_a_warning_and_a_refusal_a_failure(
+    linked: Connection, zywave: Sandbox
+) -> None:
+    zywave.add_fault(r"^/accounts/v2\.0/account$", count=1, status=503)
+    zywave.add_fault(r"^/accounts/v2\.0/contact$", count=1, status=403)
+    code, report, _ = report_of()
+    assert code == 1
+    found = verdicts(report)
+    assert found["api.accounts"] == "warn" and "503" in saw(report, "api.accounts")
+    assert found["api.contacts"] == "fail" and "403" in saw(report, "api.contacts")
+    assert found["api.explicit_profile"] == "warn"  # not compared: no page to compare with
