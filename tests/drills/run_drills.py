@@ -38,6 +38,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from tests.drills import (  # noqa: E402
+    fleet,
     hooks,
     infrastructure,
     load,
@@ -138,6 +139,7 @@ def run_all(
             ("webhooks", lambda: webhooks.drill_webhooks(stack, scale, p["webhooks"])),
             ("hooks", lambda: hooks.drill_hooks(stack, scale, *p["hooks"])),
             ("soak", lambda: load.drill_soak(stack, scale, p["soak"])),
+            ("fleet", lambda: fleet.drill_fleet(stack, scale)),
             ("scanner", lambda: scan.drill_scanner(stack, scale)),
             ("secrets", lambda: secrets_sweep.drill_secrets(stack, scale)),
         ]
