@@ -49,10 +49,13 @@ case "${1:-web}" in
         # Metrics: the pool's processes write their counts here, which the worker's exporter on
         # METRICS_PORT adds up. Set before Celery starts: the mode is chosen at import.
         export PROMETHEUS_MULTIPROC_DIR="${PROMETHEUS_MULTIPROC_DIR:-/tmp/metrics}"
-        # Queues: `sync` (mirroring, long), `tokens` (refresh upkeep, short), `celery` (the rest,
-        # e.g. heartbeat). See docker/README.md, "Scaling workers".
+        # Queues: `interactive` (Sync now, the API's syncs, profile changes), `refetch` (Zywave's
+        # webhooks), `sync` (scheduled mirroring, long), `tokens` (refresh upkeep), `webhooks`
+        # (outbound deliveries), `celery` (the rest). One worker takes all six by default; at
+        # scale run a second one on interactive,refetch,webhooks,celery so nothing a person waits
+        # for sits behind the scheduled backlog. See docker/README.md, "Scaling workers".
         exec celery -A portal --quiet worker \
-            --queues "${CELERY_QUEUES:-celery,sync,tokens,webhooks,refetch}" \
+            --queues "${CELERY_QUEUES:-interactive,refetch,sync,tokens,webhooks,celery}" \
             --concurrency "${CELERY_CONCURRENCY:-4}" \
             --hostname "${CELERY_HOSTNAME:-worker@%h}" \
             --without-gossip --without-mingle \
@@ -72,7 +75,7 @@ case "${1:-web}" in
         exec python manage.py "$@"
         ;;
     sandbox)
-        exec python -m sandbox serve --bind 0.0.0.0:8001
+        exec python -m sandbox serve --bind "${SANDBOX_BIND:-0.0.0.0:8001}"
         ;;
     healthcheck)
         exec python docker/healthcheck.py "${2:-web}"

@@ -65,8 +65,8 @@ from .models import (
 )
 from .notify import send_reconnect_reminder
 from .resources import resources
-from .sync import queue_run
-from .tasks import refresh_connection, sync_connection
+from .sync import start_interactive
+from .tasks import refresh_connection
 from .tokens import ReauthRequired, RefreshFailed, refresh, revoke_and_disconnect
 
 log = logging.getLogger(__name__)
@@ -568,10 +568,9 @@ class ConnectionAdmin(ActsFromItsPage):
         for connection in self._each(queryset):
             if not connection.can_sync:
                 result = "cannot_sync"
-            elif queue_run(connection, full=full, trigger="admin") is None:
+            elif not start_interactive(connection, full=full, trigger="admin")[1]:
                 result = "already_queued"  # queue_run made a waiting run full if asked
             else:
-                sync_connection.delay_on_commit(connection.pk, full)
                 result = "queued"
             connection.record(
                 ConnectionEvent.Kind.SYNC_REQUESTED, actor=request.user, full=full, result=result

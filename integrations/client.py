@@ -8,6 +8,7 @@ never a secret.
 
 from __future__ import annotations
 
+import contextvars
 import http.cookiejar
 import json
 import logging
@@ -29,7 +30,7 @@ import urllib3
 from django.conf import settings
 from requests.adapters import HTTPAdapter
 
-from . import metrics
+from . import metrics, ratelimit
 
 if TYPE_CHECKING:
     from .models import Connection
@@ -86,6 +87,11 @@ class RateLimited(ZywaveError):
     def __init__(self, message: str, *, retry_after: float | None, **kwargs: Any) -> None:
         super().__init__(message, **kwargs)
         self.retry_after = retry_after
+
+
+class OverBudget(RateLimited):
+    """The app's shared Zywave rate budget (`ratelimit`) has no slot within the caller's wait:
+    not sent. `retry_after` says when one is free."""
 
 
 class ServerError(ZywaveError):
@@ -352,6 +358,7 @@ class ZywaveClient:
         most the deadline plus one read timeout (the last wait for bytes that never came).
         """
         url = f"{settings.ZYWAVE_API_URL}{path}"
+        self._wait_for_budget(path)
         ends_at = time.monotonic() + self.deadline
 
         def send() -> requests.Response:
@@ -379,6 +386,9 @@ class ZywaveClient:
                 allow_redirects=False,
             )
             metrics.zywave_answered(path, response)
+            if response.status_code == 429:
+                # Everyone slows down, not only this caller (`ratelimit.pause`).
+                ratelimit.pause(parse_retry_after(response.headers.get("Retry-After")))
             try:
                 if 200 <= response.status_code < 300 or read_errors:
                     # What `response.content` holds when requests reads it, read here instead.
@@ -401,6 +411,7 @@ class ZywaveClient:
                 # once, on a fresh connection. A timeout is not retried: it already cost its
                 # whole wait.
                 log.info("%s: connection lost (%s), asking once more", path, type(exc).__name__)
+                self._wait_for_budget(path)
                 return send()
         except requests.Timeout:
             metrics.zywave_failed(path, "timeout")
@@ -409,6 +420,19 @@ class ZywaveClient:
             metrics.zywave_failed(path, "unreachable")
             raise ZywaveUnreachable(
                 f"{path}: Zywave could not be reached ({type(exc).__name__})", path=path
+            ) from None
+
+    def _wait_for_budget(self, path: str) -> None:
+        """Take this call's slot of the app's and the connection's rate budget, sleeping until
+        it comes; OverBudget when it is further away than the caller's class may wait."""
+        try:
+            ratelimit.wait_for_slot(self.connection.pk)
+        except ratelimit.Busy as exc:
+            raise OverBudget(
+                f"{path}: the app's Zywave rate budget has no slot for {exc.wait:.1f} s",
+                retry_after=exc.wait,
+                path=path,
+                status=429,
             ) from None
 
     def _body(self, response: requests.Response, path: str, ends_at: float) -> bytes:
@@ -532,7 +556,10 @@ class ZywaveClient:
             if odata_filter:
                 params["$filter"] = odata_filter
             token = self.token(self.connection)
-            pending.append((params, token, pool.submit(self._send, path, params, headers, token)))
+            # The helper thread draws on the rate budget as this caller does (its priority).
+            in_context = contextvars.copy_context().run
+            sent = pool.submit(in_context, self._send, path, params, headers, token)
+            pending.append((params, token, sent))
             asked += top
 
         with ThreadPoolExecutor(PREFETCH_PAGES, thread_name_prefix="zywave-prefetch") as pool:

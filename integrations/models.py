@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
 from django.db import models, transaction
-from django.db.models import Case, Max, OuterRef, Q, Subquery, Value, When
+from django.db.models import Case, OuterRef, Q, Subquery, Value, When
 from django.utils import timezone
 
 from . import notify
 from .fields import EncryptedTextField, token_fingerprint
+from .ratelimit import MIN_GAP, is_due
 
 # Zywave: "refresh tokens are valid for 30 days", most likely counted from the user's login
 # and not extended by refreshing (docs/zywave.md §1).
@@ -42,27 +44,69 @@ class ConnectionQuerySet(models.QuerySet):
             deadline_warned_at__isnull=True,
         )
 
-    def due_for_sync(self, now: datetime | None = None) -> ConnectionQuerySet:
-        """Connections able to sync (active, profile chosen) whose last run was queued more
-        than ZYWAVE_SYNC_INTERVAL_MINUTES ago, or that never ran. While Zywave's webhooks
-        arrive for a connection (one within ZYWAVE_WEBHOOK_POLL_MINUTES), it is polled every
-        ZYWAVE_WEBHOOK_POLL_MINUTES instead: the safety net, relaxed. Only the key is loaded:
-        the caller needs the row, not its encrypted tokens."""
+    def sync_candidates(self, now: datetime | None = None) -> ConnectionQuerySet:
+        """Connections able to sync (active, profile chosen) that never ran or whose last run
+        was queued at least a tenth of their interval ago (`ratelimit.MIN_GAP`), annotated
+        `last_queued` (their newest run's, read through the (connection, -queued_at) index:
+        one lookup per connection, not an aggregate over every run). `due_batches` decides
+        which of them are due. The interval is ZYWAVE_SYNC_INTERVAL_MINUTES, or
+        ZYWAVE_WEBHOOK_POLL_MINUTES while Zywave's webhooks arrive for the connection (one
+        within that time): the safety net, relaxed."""
         now = now or timezone.now()
-        due_before = now - timedelta(minutes=settings.ZYWAVE_SYNC_INTERVAL_MINUTES)
-        relaxed_since = now - timedelta(minutes=settings.ZYWAVE_WEBHOOK_POLL_MINUTES)
-        hooked = Q(hook_last_delivery_at__gt=relaxed_since)
+        interval = timedelta(minutes=settings.ZYWAVE_SYNC_INTERVAL_MINUTES)
+        relaxed = timedelta(minutes=settings.ZYWAVE_WEBHOOK_POLL_MINUTES)
+        hooked = Q(hook_last_delivery_at__gt=now - relaxed)
+        newest_run = SyncRun.objects.filter(connection=OuterRef("pk")).order_by("-queued_at")
         return (
             self.active()
             .filter(chosen_profile__isnull=False)
-            .annotate(last_queued=Max("sync_runs__queued_at"))
+            .annotate(last_queued=Subquery(newest_run.values("queued_at")[:1]))
             .filter(
                 Q(last_queued__isnull=True)
-                | (~hooked & Q(last_queued__lt=due_before))
-                | (hooked & Q(last_queued__lt=relaxed_since))
+                | (~hooked & Q(last_queued__lt=now - interval * MIN_GAP))
+                | (hooked & Q(last_queued__lt=now - relaxed * MIN_GAP))
             )
-            .only("pk")
         )
+
+    def due_batches(self, now: datetime | None = None, size: int = 500) -> Iterator[list[int]]:
+        """The ids of the connections due for a scheduled sync, `size` at a time in id order:
+        one query per batch, never every row at once. Due means its phase in the interval has
+        come round since its last run (`ratelimit.is_due`: runs spread over the interval)."""
+        now = now or timezone.now()
+        interval = settings.ZYWAVE_SYNC_INTERVAL_MINUTES * 60
+        relaxed = settings.ZYWAVE_WEBHOOK_POLL_MINUTES * 60
+        hooked_since = now - timedelta(seconds=relaxed)
+        candidates = self.sync_candidates(now).order_by("pk")
+        after = 0
+        while True:
+            rows = list(
+                candidates.filter(pk__gt=after).values_list(
+                    "pk", "last_queued", "hook_last_delivery_at"
+                )[:size]
+            )
+            if not rows:
+                return
+            after = rows[-1][0]
+            due = [
+                pk
+                for pk, last, hooked_at in rows
+                if is_due(
+                    pk,
+                    last.timestamp() if last else None,
+                    now.timestamp(),
+                    relaxed if hooked_at and hooked_at > hooked_since else interval,
+                )
+            ]
+            if due:
+                yield due
+            if len(rows) < size:
+                return
+
+    def due_for_sync(self, now: datetime | None = None) -> ConnectionQuerySet:
+        """The connections due for a scheduled sync (`due_batches`), as one queryset of their
+        keys: for tests and small lists. Beat walks `due_batches` instead."""
+        due = [pk for batch in self.due_batches(now) for pk in batch]
+        return self.filter(pk__in=due).only("pk")
 
     def refresh_deadline_between(self, start: datetime | None, end: datetime) -> ConnectionQuerySet:
         """Active connections whose 30-day refresh deadline falls in [start, end)."""

@@ -20,15 +20,25 @@ from django.db import transaction
 log = logging.getLogger(__name__)
 
 
-def after_commit(name: str, *args: Any, countdown: float | None = None) -> None:
-    """Send `integrations.tasks.<name>(*args)` once the current transaction commits (at once
-    outside one). Eager mode (CELERY_TASK_ALWAYS_EAGER) runs it in place, as `.delay` would."""
-    transaction.on_commit(functools.partial(send, name, *args, countdown=countdown))
+def after_commit(
+    name: str, *args: Any, countdown: float | None = None, queue: str | None = None, **kwargs: Any
+) -> None:
+    """Send `integrations.tasks.<name>(*args, **kwargs)` once the current transaction commits
+    (at once outside one), to `queue` when given, else the task's route. Eager mode
+    (CELERY_TASK_ALWAYS_EAGER) runs it in place, as `.delay` would."""
+    transaction.on_commit(
+        functools.partial(send, name, *args, countdown=countdown, queue=queue, **kwargs)
+    )
 
 
-def send(name: str, *args: Any, countdown: float | None = None) -> bool:
+def send(
+    name: str, *args: Any, countdown: float | None = None, queue: str | None = None, **kwargs: Any
+) -> bool:
+    options: dict[str, Any] = {"countdown": countdown}
+    if queue:
+        options["queue"] = queue
     try:
-        current_app.tasks[f"integrations.tasks.{name}"].apply_async(args, countdown=countdown)
+        current_app.tasks[f"integrations.tasks.{name}"].apply_async(args, kwargs, **options)
     except Exception as exc:  # the broker is down (kombu's OperationalError), or refuses
         log.warning(
             "Task %s not queued (%s): its reconciler or poll sends it", name, type(exc).__name__

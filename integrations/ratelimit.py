@@ -15,11 +15,12 @@ turn without polling. Why not the `limits` package: its Redis strategies answer 
 not" and would have every waiting worker poll; a reservation answers "go in 37 ms", costs one
 round trip per call, and needs no dependency.
 
-Priorities: a background caller (a scheduled sync) takes its slot only when the bucket has no
-debt (burst tolerance 0), an interactive one (Sync now, the API, the proxy, a profile change)
-may run `INTERACTIVE_LEAD` seconds ahead of the schedule, so it goes ahead of the background
-slots already reserved, however deep the scheduled backlog is. Zywave's webhooks re-fetch with
-half that lead. Over any window the budget is kept: at most R x window + R x lead requests.
+Priorities: a background caller (a scheduled sync) may run `BACKGROUND_LEAD` seconds ahead of
+the schedule (enough to make up for a process that woke late, so the budget is used whole), an
+interactive one (Sync now, the API, the proxy, a profile change) `INTERACTIVE_LEAD`, so it goes
+ahead of the background slots already reserved, however deep the scheduled backlog is. Zywave's
+webhooks re-fetch in between. Over any window the budget is kept: at most R x (window + lead)
+requests, which a Zywave that allows a second's burst (a token bucket of R) accepts.
 
 A 429 from Zywave pauses the whole app through a shared key for its `Retry-After` (1 s when it
 gives none): every reservation starts after the pause.
@@ -52,8 +53,9 @@ BACKGROUND = "background"
 REFETCH = "refetch"
 INTERACTIVE = "interactive"
 # Seconds ahead of the schedule each class may go (its burst tolerance).
+BACKGROUND_LEAD = 0.1
 INTERACTIVE_LEAD = 0.5
-LEADS = {BACKGROUND: 0.0, REFETCH: INTERACTIVE_LEAD / 2, INTERACTIVE: INTERACTIVE_LEAD}
+LEADS = {BACKGROUND: BACKGROUND_LEAD, REFETCH: 0.3, INTERACTIVE: INTERACTIVE_LEAD}
 # How long one call waits for its slot before giving up (`Busy`): a person's request is answered
 # with a 429 rather than kept waiting; a background job sleeps and asks again.
 MAX_WAIT = {BACKGROUND: 60.0, REFETCH: 30.0, INTERACTIVE: 5.0}
@@ -166,6 +168,7 @@ return 0
 @dataclass
 class _Shared:
     pid: int
+    url: str
     client: Any  # redis.Redis and its registered scripts
     reserve: Any
     pause: Any
@@ -193,7 +196,7 @@ def _redis() -> _Shared | None:
     if url is None:
         return None
     shared = _shared
-    if shared is None or shared.pid != os.getpid():
+    if shared is None or shared.pid != os.getpid() or shared.url != url:
         import redis
 
         with _state_lock:
@@ -202,6 +205,7 @@ def _redis() -> _Shared | None:
             )
             shared = _shared = _Shared(
                 os.getpid(),
+                url,
                 client,
                 client.register_script(RESERVE),
                 client.register_script(PAUSE),
@@ -394,9 +398,10 @@ def forget() -> None:
     _priority.set(BACKGROUND)
     shared = _redis()
     if shared is not None:
-        keys = list(shared.client.scan_iter(match=PREFIX + "*", count=1000))
-        if keys:
-            shared.client.delete(*keys)
+        with contextlib.suppress(Exception):  # nothing shared to forget without Redis
+            keys = list(shared.client.scan_iter(match=PREFIX + "*", count=1000))
+            if keys:
+                shared.client.delete(*keys)
 
 
 # --- The cap on syncs running at once -----------------------------------------------------------
@@ -426,6 +431,20 @@ def take_sync_slot(connection_id: int, lease_seconds: float) -> bool:
             return False
         _local_slots.add(connection_id)
         return True
+
+
+def renew_sync_slot(connection_id: int, lease_seconds: float) -> None:
+    """Keep a slot this connection holds for another `lease_seconds` (a long sync renews it with
+    every page); nothing when it holds none (an interactive run takes no slot)."""
+    if settings.ZYWAVE_MAX_CONCURRENT_SYNCS <= 0:
+        return
+    shared = _redis()
+    if shared is not None:
+        expiry = time.time() * 1000 + lease_seconds * 1000
+        try:
+            shared.client.zadd(SYNCS_KEY, {str(connection_id): expiry}, xx=True)
+        except Exception as exc:  # noqa: BLE001
+            _redis_failed(exc)
 
 
 def release_sync_slot(connection_id: int) -> None:
@@ -462,16 +481,25 @@ def phase(connection_id: int, interval_seconds: float) -> float:
     return zlib.crc32(str(connection_id).encode()) / 2**32 * interval_seconds
 
 
+# The least time between two scheduled runs of a connection, as a share of the interval.
+MIN_GAP = 0.1
+
+
+def latest_phase(connection_id: int, now: float, interval: float) -> float:
+    """The connection's most recent phase time at or before `now` (epoch seconds)."""
+    return now - (now - phase(connection_id, interval)) % interval
+
+
 def is_due(connection_id: int, last_queued: float | None, now: float, interval: float) -> bool:
-    """A connection (times in epoch seconds) is due once its phase has come round since its
-    last run, and at least half an interval after it: scheduled runs fall on the phase, so
-    10,000 connections added in one minute are spread over the interval from their second run
-    on, and a run started by hand just before the phase does not bring a scheduled one at once.
-    Never more than one interval apart."""
+    """A connection (times in epoch seconds) is due once its phase has come round at least a
+    tenth of an interval after its last run. Scheduled runs fall on the phase, so 10,000
+    connections synced in one minute are spread over the next interval, not all due again 15
+    minutes later; a run by hand just before the phase does not bring a scheduled one at once.
+    Two runs are never more than 1.1 intervals apart (a run just before its phase waits for
+    the next one)."""
     if last_queued is None:
         return True
-    age = now - last_queued
-    if age < interval / 2:
+    gap = interval * MIN_GAP
+    if now - last_queued < gap:
         return False
-    since_phase = (now - phase(connection_id, interval)) % interval
-    return age > since_phase
+    return latest_phase(connection_id, now, interval) >= last_queued + gap

@@ -22,7 +22,7 @@ from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from . import metrics, mirror, webhooks
+from . import metrics, mirror, queueing, ratelimit, webhooks
 from .client import (
     Forbidden,
     MalformedResponse,
@@ -75,6 +75,65 @@ def lease() -> timedelta:
     return timedelta(seconds=settings.ZYWAVE_SYNC_LEASE_SECONDS)
 
 
+# Runs a person (or their system) is waiting for: the `interactive` queue, the budget's
+# interactive lead, and no cap on syncs at once. Scheduled and webhook-started runs are not.
+INTERACTIVE_TRIGGERS = frozenset({"person", "api", "profile", "admin", "command"})
+
+
+def is_interactive(run: SyncRun) -> bool:
+    return run.trigger in INTERACTIVE_TRIGGERS
+
+
+def queue_runs(connection_ids: list[int], trigger: str = "schedule") -> list[int]:
+    """Queue a run for each of the connections that has none queued or running, in two
+    statements whatever their number: one INSERT of them all (the partial unique index skips
+    a connection with an active run) and one SELECT of those that went in. Returns the ids of
+    the connections queued."""
+    if not connection_ids:
+        return []
+    now = timezone.now()
+    SyncRun.objects.bulk_create(
+        [SyncRun(connection_id=pk, trigger=trigger, queued_at=now) for pk in connection_ids],
+        ignore_conflicts=True,
+    )
+    return list(
+        SyncRun.objects.filter(
+            connection_id__in=connection_ids,
+            state=SyncRun.State.QUEUED,
+            trigger=trigger,
+            queued_at=now,
+        ).values_list("connection_id", flat=True)
+    )
+
+
+def start_interactive(
+    connection: Connection, full: bool, trigger: str
+) -> tuple[SyncRun | None, bool]:
+    """A run someone is waiting for, sent to the `interactive` queue after commit: (the run,
+    True) when queued now; (the active run, False) when one was queued or running already.
+
+    A run still waiting in the scheduled backlog is taken to the front: it becomes this
+    trigger's run and an interactive message claims it, instead of the person waiting for the
+    scheduled message's turn (that message finds the run done and is absorbed).
+    """
+    run = queue_run(connection, full=full, trigger=trigger)
+    created = run is not None
+    if run is None:
+        run = connection.sync_runs.active().first()
+        if run is None or run.state != SyncRun.State.QUEUED or is_interactive(run):
+            return run, False
+        promoted = SyncRun.objects.filter(pk=run.pk, state=SyncRun.State.QUEUED).update(
+            trigger=trigger
+        )
+        if not promoted:  # a worker took it meanwhile
+            return run, False
+        run.trigger = trigger
+    queueing.after_commit(
+        "sync_connection", connection.pk, full, queue="interactive", run_id=run.pk
+    )
+    return run, created
+
+
 def queue_run(
     connection: Connection, full: bool = False, trigger: str = "schedule"
 ) -> SyncRun | None:
@@ -95,9 +154,10 @@ def queue_run(
         return None
 
 
-def claim(connection_id: int, full: bool = False) -> SyncRun | None:
+def claim(connection_id: int, full: bool = False, run_id: int | None = None) -> SyncRun | None:
     """Take the connection's active run (queued, or running with an expired lease), creating a
-    queued one first if there is none. None: another worker holds it, or no sync is possible.
+    queued one first if there is none. None: another worker holds it, or no sync is possible,
+    or the message was sent for run `run_id` and that run is over (done by an earlier message).
 
     A conditional UPDATE on the lease decides who owns the run: only one caller sees a row
     count of 1.
@@ -115,6 +175,8 @@ def claim(connection_id: int, full: bool = False) -> SyncRun | None:
         )
         return None
     run = SyncRun.objects.active().filter(connection=connection).first()
+    if run is None and run_id is not None:
+        return None  # its run is over: a second message for it (taken to the front, resent)
     if run is None:
         queue_run(connection, full=full, trigger="task")
         run = SyncRun.objects.active().filter(connection=connection).first()
@@ -349,6 +411,7 @@ def _delay(retry_after: float | None, failures: int) -> float:
 
 def _renew_lease(run: SyncRun, extra_seconds: float = 0) -> None:
     _write(run, lease_until=timezone.now() + lease() + timedelta(seconds=extra_seconds))
+    ratelimit.renew_sync_slot(run.connection_id, lease().total_seconds() + extra_seconds)
 
 
 def _advance(
@@ -383,6 +446,7 @@ def _advance(
         marks=run.marks,
         lease_until=timezone.now() + lease(),
     )
+    ratelimit.renew_sync_slot(run.connection_id, lease().total_seconds())
 
 
 def _end_run(run: SyncRun, state: str, error: str) -> SyncRun:

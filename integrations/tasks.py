@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import random
 import socket
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -12,8 +14,9 @@ from django.conf import settings
 from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
-from . import webhooks
+from . import ratelimit, webhooks
 from .models import Connection, SyncRun
+from .sync import INTERACTIVE_TRIGGERS
 from .tokens import MARGIN, ReauthRequired, RefreshFailed, access_token_for, margin_for
 
 log = logging.getLogger(__name__)
@@ -76,34 +79,91 @@ def keep_tokens_alive() -> dict[str, int]:
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-def sync_connection(connection_id: int, full: bool = False) -> str:
+def sync_connection(connection_id: int, full: bool = False, run_id: int | None = None) -> str:
     """Mirror one connection. A second request while a run holds the lease is absorbed; a run
-    whose worker died (lease expired) is resumed from its last committed page."""
-    from .sync import claim, run_sync
+    whose worker died (lease expired) is resumed from its last committed page; a message for a
+    run already done (`run_id`, taken to the front by Sync now) is absorbed.
 
-    run = claim(connection_id, full=full)
-    if run is None:
-        return "absorbed"
-    return run_sync(run).state
+    A run someone waits for draws on Zywave's budget as interactive; a scheduled one as
+    background, and only once it holds one of ZYWAVE_MAX_CONCURRENT_SYNCS slots: without one
+    within ZYWAVE_SYNC_SLOT_WAIT_SECONDS it stays queued for beat to send again."""
+    from .sync import claim, is_interactive, run_sync
+
+    slot = False
+    if not SyncRun.objects.filter(
+        connection_id=connection_id, trigger__in=INTERACTIVE_TRIGGERS, state=SyncRun.State.QUEUED
+    ).exists():
+        if not _wait_for_sync_slot(connection_id):
+            return "deferred"
+        slot = True
+    try:
+        run = claim(connection_id, full=full, run_id=run_id)
+        if run is None:
+            return "absorbed"
+        level = ratelimit.INTERACTIVE if is_interactive(run) else ratelimit.BACKGROUND
+        with ratelimit.priority(level):
+            return run_sync(run).state
+    finally:
+        if slot:
+            ratelimit.release_sync_slot(connection_id)
+
+
+def _wait_for_sync_slot(connection_id: int) -> bool:
+    """One of the capped slots of scheduled syncs, waited for with jitter."""
+    lease = settings.ZYWAVE_SYNC_LEASE_SECONDS + settings.ZYWAVE_SYNC_MAX_WAIT_SECONDS
+    ends_at = time.monotonic() + settings.ZYWAVE_SYNC_SLOT_WAIT_SECONDS
+    while not ratelimit.take_sync_slot(connection_id, lease):
+        if time.monotonic() > ends_at:
+            log.info("Sync of connection %s waits for a slot: left queued", connection_id)
+            return False
+        time.sleep(random.uniform(0.2, 1.0))  # noqa: S311
+    return True
+
+
+# Connections beat looks at per query (`Connection.objects.due_batches`).
+SCAN_BATCH = 500
 
 
 @shared_task
 def sync_due_connections() -> dict[str, int]:
-    """Beat: queue a sync for every connection that is due, and re-send runs nobody is working
-    on (lease expired, or queued too long: see `SyncRun.objects.stale()`)."""
-    from .sync import queue_run
+    """Beat: queue a sync for every connection that is due, in batches of SCAN_BATCH with a
+    fixed number of queries each (one to read the batch, two to queue its runs), and re-send
+    runs nobody is working on (see `SyncRun.objects.stale()`). Queued runs are re-sent only
+    when no sync message waits in the broker: behind a deep backlog a queued run has not lost
+    its message, it is waiting its turn."""
+    from .sync import queue_runs
 
     now = timezone.now()
     queued = 0
-    for connection in Connection.objects.due_for_sync(now):
-        if queue_run(connection, trigger="schedule") is not None:
-            sync_connection.delay_on_commit(connection.pk)
-            queued += 1
+    for batch in Connection.objects.due_batches(now, SCAN_BATCH):
+        with transaction.atomic():
+            for pk in queue_runs(batch, trigger="schedule"):
+                sync_connection.delay_on_commit(pk)
+                queued += 1
+    stale = SyncRun.objects.stale(now)
+    if backlog() > 0:
+        stale = stale.filter(state=SyncRun.State.RUNNING)
     resumed = 0
-    for pk in SyncRun.objects.stale(now).values_list("connection_id", flat=True):
+    for pk in stale.values_list("connection_id", flat=True):
         sync_connection.delay_on_commit(pk)
         resumed += 1
     return {"queued": queued, "resumed": resumed}
+
+
+def backlog() -> int:
+    """Sync messages waiting in the broker (`sync` and `interactive`); 0 when it cannot say."""
+    from .ratelimit import redis_url
+
+    if redis_url() is None:
+        return 0
+    from portal.celery import app
+
+    try:
+        with app.connection_for_read() as conn:
+            client = conn.default_channel.client
+            return sum(int(client.llen(queue)) for queue in ("sync", "interactive"))
+    except Exception:  # noqa: BLE001 (the broker down: resend as before)
+        return 0
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
@@ -129,7 +189,8 @@ def refetch_record(self: Any, connection_id: int, resource: str, record_id: str)
     from . import hooks
 
     try:
-        return hooks.refetch(connection_id, resource, record_id)
+        with ratelimit.priority(ratelimit.REFETCH):
+            return hooks.refetch(connection_id, resource, record_id)
     except hooks.TryAgain as exc:
         wait = exc.retry_after if exc.retry_after is not None else 2 ** (self.request.retries + 1)
         raise self.retry(countdown=min(wait, 300)) from None

@@ -23,7 +23,7 @@ from social_core.exceptions import (
 from social_django.models import UserSocialAuth
 from social_django.utils import load_backend, load_strategy
 
-from . import metrics, webhooks
+from . import metrics, ratelimit, webhooks
 from .client import ZywaveClient
 from .fields import token_fingerprint
 from .models import Connection, ConnectionEvent
@@ -119,6 +119,11 @@ def _call_token_endpoint(locked: Connection) -> Exception | None:
     """One refresh_token grant; the caller holds the row lock. Returns the failure, if any."""
     assert locked.refresh_token is not None
     used = token_fingerprint(locked.refresh_token)
+    try:
+        # The token endpoint's own budget (`ratelimit`): a refresh never waits behind syncs.
+        ratelimit.wait_for_slot(token=True)
+    except ratelimit.Busy as exc:
+        return RefreshFailed("the token endpoint's rate budget is spent", exc.wait)
     try:
         response = zywave_backend().refresh_token(locked.refresh_token)
     except AuthCredentialError as exc:

@@ -26,8 +26,7 @@ from .models import Account, Connection, ConnectionEvent, Contact, Policy, SyncR
 from .pipeline import IdentityInUse, NotLoggedIn, SecondIdentity
 from .profiles import ConnectionChanged, ProfileRefused, choose_profile, refresh_profiles
 from .resources import resources
-from .sync import queue_run
-from .tasks import sync_connection
+from .sync import start_interactive
 from .tokens import ReauthRequired, RefreshFailed, client_for, revoke_and_disconnect
 
 log = logging.getLogger(__name__)
@@ -424,11 +423,10 @@ def _choose(
 
 
 def _start_sync(connection: Connection, full: bool, trigger: str) -> SyncRun | None:
-    """Queue a run and its task (after commit). None when one is already queued or running."""
-    run = queue_run(connection, full=full, trigger=trigger)
-    if run is not None:
-        sync_connection.delay_on_commit(connection.pk, full)
-    return run
+    """Queue a run and its task on the `interactive` queue (after commit). None when one is
+    already queued or running (a queued one is taken to the front: `start_interactive`)."""
+    run, created = start_interactive(connection, full=full, trigger=trigger)
+    return run if created else None
 
 
 @require_POST

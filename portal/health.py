@@ -147,11 +147,14 @@ def run_checks() -> tuple[dict[str, str | None], set[str]]:
 
 def warnings() -> dict[str, str]:
     """Each weakening setting in force, by name, with what it allows (staff only)."""
+    from integrations import ratelimit
     from integrations.checks import private_webhooks_allowed
 
     found: dict[str, str] = {}
     if problem := private_webhooks_allowed():
         found["webhooks"] = problem
+    if problem := ratelimit.health_warning():
+        found["rate_limit"] = problem
     return found
 
 

@@ -433,6 +433,8 @@ CELERY_TASK_ALWAYS_EAGER = env.get_bool("CELERY_TASK_ALWAYS_EAGER", default=Fals
 CELERY_TASK_ROUTES = {
     "integrations.tasks.sync_due_connections": {"queue": "sync"},
     "integrations.tasks.sync_*": {"queue": "sync"},
+    # A person's Sync now, the API's POST syncs and a profile change go to `interactive` at the
+    # call (integrations/sync.py `start_interactive`): never behind the scheduled backlog.
     "integrations.tasks.refresh_connection": {"queue": "tokens"},
     "integrations.tasks.keep_tokens_alive": {"queue": "tokens"},
     "integrations.tasks.deliver_webhooks": {"queue": "webhooks"},
@@ -503,6 +505,20 @@ ZYWAVE_SYNC_OVERLAP_SECONDS = env.get_int("ZYWAVE_SYNC_OVERLAP_SECONDS", 300)
 ZYWAVE_SYNC_MAX_RETRIES = env.get_int("ZYWAVE_SYNC_MAX_RETRIES", 6)
 ZYWAVE_SYNC_MAX_WAIT_SECONDS = env.get_int("ZYWAVE_SYNC_MAX_WAIT_SECONDS", 120, minimum=1)
 ZYWAVE_SYNC_BACKOFF_SECONDS = env.get_int("ZYWAVE_SYNC_BACKOFF_SECONDS", 2, minimum=0)
+# One rate budget for the whole app (integrations/ratelimit.py), shared through Redis by every
+# web process, worker and machine: Zywave API requests per second, 0 for no limit. Zywave
+# publishes no figure (docs/zywave.md): set what Zywave granted the app.
+ZYWAVE_RATE_LIMIT = env.get_int("ZYWAVE_RATE_LIMIT", 50)
+# Per connection, on top of the app's (0: none; the app's budget is shared in turn anyway).
+ZYWAVE_RATE_LIMIT_PER_CONNECTION = env.get_int("ZYWAVE_RATE_LIMIT_PER_CONNECTION", 0)
+# The identity server's token endpoint, counted apart: refreshes never wait behind syncs.
+ZYWAVE_TOKEN_RATE_LIMIT = env.get_int("ZYWAVE_TOKEN_RATE_LIMIT", 20)
+# Each process's own limit while Redis cannot be reached (0: a tenth of ZYWAVE_RATE_LIMIT).
+ZYWAVE_RATE_LIMIT_FALLBACK = env.get_int("ZYWAVE_RATE_LIMIT_FALLBACK", 0)
+# Scheduled syncs running at once across the app (0: no cap). Interactive runs are not capped.
+ZYWAVE_MAX_CONCURRENT_SYNCS = env.get_int("ZYWAVE_MAX_CONCURRENT_SYNCS", 16)
+# How long a scheduled sync waits for one of those slots before leaving its run queued.
+ZYWAVE_SYNC_SLOT_WAIT_SECONDS = env.get_int("ZYWAVE_SYNC_SLOT_WAIT_SECONDS", 30, minimum=1)
 ZYWAVE_HTTP_TIMEOUT = (
     float(env.get_int("ZYWAVE_CONNECT_TIMEOUT", 5, minimum=1)),
     float(env.get_int("ZYWAVE_READ_TIMEOUT", 30, minimum=1)),

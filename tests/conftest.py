@@ -156,6 +156,17 @@ def fast_passwords(settings: Any) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
+@pytest.fixture(autouse=True)
+def fresh_rate_budget() -> Iterator[None]:
+    """Each test starts with Zywave's shared rate budget unspent and no app-wide pause: a 429
+    one test provokes pauses the whole app (as it should), which must not reach the next."""
+    from integrations import ratelimit
+
+    ratelimit.forget()
+    yield
+    ratelimit.forget()
+
+
 # --- The cast as users ---------------------------------------------------------------------
 
 

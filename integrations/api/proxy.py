@@ -15,6 +15,7 @@ Bodies are capped both ways.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 from urllib.parse import quote, unquote
@@ -25,7 +26,13 @@ from django.http import HttpResponse
 from rest_framework.request import Request
 from rest_framework.views import APIView
 
-from ..client import ResponseTooLarge, ZywaveError, ZywaveTimeout, ZywaveUnreachable
+from ..client import (
+    OverBudget,
+    ResponseTooLarge,
+    ZywaveError,
+    ZywaveTimeout,
+    ZywaveUnreachable,
+)
 from ..tokens import ReauthRequired, RefreshFailed, client_for
 from . import schema
 from .problems import Problem
@@ -167,6 +174,15 @@ class ProxyView(APIView):
                 502,
                 "response_too_large",
                 "Zywave's answer is larger than the proxy passes on (ZYWAVE_MAX_RESPONSE_BYTES).",
+            ) from exc
+        except OverBudget as exc:
+            # Not sent: the app's shared budget has no slot soon enough for a caller waiting.
+            wait = max(1, math.ceil(exc.retry_after or 1))
+            raise Problem(
+                429,
+                "rate_budget_spent",
+                "The portal's Zywave rate budget is spent for the moment; try again shortly.",
+                headers={"Retry-After": str(wait)},
             ) from exc
         except ZywaveUnreachable as exc:
             raise Problem(502, "zywave_unreachable", "Zywave could not be reached.") from exc

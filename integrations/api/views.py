@@ -14,8 +14,7 @@ from rest_framework.views import APIView
 from ..mirror import exact_decimal
 from ..models import Connection, SyncRun
 from ..resources import children_of
-from ..sync import queue_run
-from ..tasks import sync_connection
+from ..sync import start_interactive
 from . import schema
 from .problems import Problem
 from .records import ACCOUNTS, API, Resource, decode_cursor, encode_cursor, page_size, pk_of
@@ -231,16 +230,16 @@ class SyncList(APIView):
         if not isinstance(full, bool):
             raise Problem(400, "invalid", "`full` must be true or false.")
         connection = require_usable(connection_of(request))
-        run = queue_run(connection, full=full, trigger="api")
-        if run is None:
-            active = connection.sync_runs.active().first()
+        # A run already waiting behind the scheduled backlog is taken to the front.
+        run, created = start_interactive(connection, full=full, trigger="api")
+        if not created:
             raise Problem(
                 409,
                 "sync_in_progress",
                 "A sync of this connection is already queued or running.",
-                run=run_body(request, active) if active else None,
+                run=run_body(request, run) if run else None,
             )
-        sync_connection.delay_on_commit(connection.pk, full)
+        assert run is not None
         return json_response(run_body(request, run), status=202)
 
 

@@ -13,7 +13,7 @@ from django.contrib.auth.models import User
 from django.test import Client
 from django.utils import timezone
 
-from integrations import hooks, webhooks
+from integrations import hooks, ratelimit, webhooks
 from integrations.models import Account, Connection, WebhookDelivery, ZywaveNotification
 from integrations.sync import sync_now
 from tests.conftest import connection
@@ -210,11 +210,15 @@ def test_notifications_close_together_coalesce_into_at_most_two_fetches(
 
 
 def test_polling_relaxes_while_zywave_delivers_and_returns_when_it_stops(
-    hooked: tuple[Connection, str], settings: Any
+    hooked: tuple[Connection, str], settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     conn, _ = hooked
     settings.ZYWAVE_SYNC_INTERVAL_MINUTES = 15
     settings.ZYWAVE_WEBHOOK_POLL_MINUTES = 60
+    # The connection's phase (ratelimit.phase) 25 minutes ago: 10 minutes into the 15-minute
+    # interval, 25 into the hour.
+    at = timezone.now().timestamp() - 25 * 60
+    monkeypatch.setattr(ratelimit, "phase", lambda pk, interval: at % interval)
     conn.sync_runs.create(queued_at=timezone.now() - timedelta(minutes=20), state="succeeded")
     due = lambda: Connection.objects.due_for_sync().filter(pk=conn.pk).exists()  # noqa: E731
     assert due()  # no delivery: polled every 15 minutes

@@ -178,9 +178,10 @@ def test_sync_now_queues_a_run_and_sends_its_task_after_commit(
         False,
         "person",
     )
+    # To the interactive queue, naming its run: never behind the scheduled backlog.
     assert len(callbacks) == 1
-    assert callbacks[0].func.__self__.name == "integrations.tasks.sync_connection"
-    assert callbacks[0].args == (conn.pk, False)
+    assert callbacks[0].args == ("sync_connection", conn.pk, False)
+    assert callbacks[0].keywords == {"countdown": None, "queue": "interactive", "run_id": run.pk}
 
 
 def test_full_resync_queues_a_full_run(dana: Person) -> None:

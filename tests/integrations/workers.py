@@ -73,7 +73,7 @@ class Worker:
                 "portal",
                 "worker",
                 "--queues",
-                "celery,sync,tokens,webhooks,refetch",
+                "interactive,refetch,sync,tokens,webhooks,celery",
                 "--pool",
                 "prefork",
                 "--concurrency",

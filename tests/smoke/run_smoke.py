@@ -82,7 +82,7 @@ def worker_command(hostname: str) -> list[str]:
         "--quiet",
         "worker",
         "--queues",
-        "celery,sync,tokens,webhooks,refetch",
+        "interactive,refetch,sync,tokens,webhooks,celery",
         "--concurrency",
         "2",
         "--hostname",
