@@ -334,8 +334,10 @@ def start_sandbox(
     host: str = "127.0.0.1",
     wrap: Callable[[list[str]], list[str]] = list,
     env: dict[str, str] | None = None,
+    workers: int = 2,
 ) -> tuple[Sandbox, subprocess.Popen]:
-    """Seed `var_dir` and start gunicorn on a free port; returns once it answers.
+    """Seed `var_dir` and start gunicorn (`workers` processes of 4 threads) on a free port;
+    returns once it answers.
 
     `host` and `wrap` are for the partition drill, which serves the sandbox from a network
     namespace: the address inside it, and the command that runs gunicorn there. `env` adds to
@@ -366,7 +368,7 @@ def start_sandbox(
                     "--bind",
                     f"{host}:{port}",
                     "--workers",
-                    "2",
+                    str(workers),
                     "--threads",
                     "4",
                 ]
