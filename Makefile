@@ -6,7 +6,7 @@ PORTAL_URL ?= http://127.0.0.1:8000
 SANDBOX_BIND ?= 127.0.0.1:8001
 SANDBOX_ACCOUNTS ?= 10000
 
-.PHONY: run test check deps services smoke lint types bench sandbox migrate demo clean browser drills promtool
+.PHONY: run test check deps services smoke lint types bench sandbox migrate demo clean browser drills compose-drill promtool
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,13 @@ smoke: $(VENV)/.dev
 # portal_drills, Redis DB 13, the sandbox with faults): writes docs/reliability.md.
 drills: $(VENV)/.dev
 	$(BIN)/python tests/drills/run_drills.py
+
+# The image built and docker/compose.yaml run for real, as an operator would, then broken,
+# backed up, restored and its key rotated (also the last step of `make drills`). Installs
+# docker.io, mmdebstrap and docker-compose when missing, runs an engine of its own, and removes
+# all of it afterwards (COMPOSE_DRILL_KEEP_PACKAGES=1 keeps the packages). Needs root.
+compose-drill: $(VENV)/.dev
+	$(BIN)/python tests/drills/compose_drill.py
 
 bench: $(VENV)/.dev
 	cd tests/bench && ../../$(BIN)/python bench_sandbox.py

@@ -19,6 +19,7 @@ import os
 import platform
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -54,6 +55,7 @@ from tests.drills.stack import Stack, redis_server, stop_process  # noqa: E402
 from tests.sandboxserver import free_port  # noqa: E402
 
 RESULTS = REPO_ROOT / "var" / "drills" / "results.json"
+COMPOSE_RESULTS = RESULTS.with_name("compose-results.json")  # tests/drills/compose_drill.py
 REPORT = REPO_ROOT / "docs" / "reliability.md"
 START = time.monotonic()
 
@@ -330,6 +332,10 @@ def render(data: dict[str, Any]) -> str:
             f"| {cell(row['drill'])} | {cell(row['injected'])} | {cell(row['expected'])} | "
             f"{cell(row['measured'])} | {cell(row['verdict'])} |"
         )
+    if COMPOSE_RESULTS.exists():
+        from tests.drills.compose_drill import render_section
+
+        lines += ["", render_section(json.loads(COMPOSE_RESULTS.read_text())).rstrip("\n")]
     lines += [
         "",
         "## Bad input",
@@ -511,6 +517,19 @@ def main() -> int:
         REPORT.write_text(render(data))
         say(f"wrote {REPORT.relative_to(REPO_ROOT)}")
     failed = [r["drill"] for r in rows if r["verdict"] != "pass"]
+    only = os.environ.get("DRILLS_ONLY", "")
+    if not args.short and (not only or "compose" in only.split(",")):
+        # The compose drill last: its engine and images would slow the drills above. It
+        # writes its own section of the report (and render() keeps it there).
+        say("drill: compose (tests/drills/compose_drill.py)")
+        compose = subprocess.run(
+            [sys.executable, str(REPO_ROOT / "tests" / "drills" / "compose_drill.py")]
+            + (["--no-report"] if args.no_report else []),
+            cwd=REPO_ROOT,
+            check=False,
+        )
+        if compose.returncode != 0:
+            failed.append("compose")
     say(f"done in {time.monotonic() - START:.1f}s; not passing: {failed or 'none'}")
     if not failed:
         shutil.rmtree(tmp, ignore_errors=True)
