@@ -150,7 +150,7 @@ def test_the_scrape_costs_the_same_queries_for_two_connections_or_twenty(
     for n in range(18):
         connection(member(f"many{n}"))
     assert queries() == few
-    assert few <= 6
+    assert 4 <= few <= 6  # connections, lag, the canary (two), of the database
 
 
 @pytest.mark.django_db
