@@ -312,3 +312,18 @@ def test_routes_past_the_cap_are_labelled_other(monkeypatch: pytest.MonkeyPatch)
         assert metrics.route_template(f"/api{chr(97 + n % 26)}/v1/r{'x' * (n // 26)}") != "other"
     assert metrics.route_template("/another/v1/route") == "other"
     assert metrics.route_template("/apia/v1/r") == "/apia/v1/r"  # known ones still are
+
+
+@pytest.mark.django_db
+def test_production_answers_the_scrape_over_plain_http_under_any_host_name(
+    scraper: Client, settings: Any
+) -> None:
+    # Prometheus scrapes web:8000 inside the network: no HTTPS redirect, no host check there,
+    # while every other path still gets both.
+    settings.DEBUG = False
+    settings.SECURE_SSL_REDIRECT = True
+    settings.ALLOWED_HOSTS = ["portal.example.com"]
+    response = scraper.get("/metrics", HTTP_HOST="web:8000")
+    assert response.status_code == 200
+    assert scraper.get("/login/", HTTP_HOST="portal.example.com").status_code == 301
+    assert scraper.get("/login/", HTTP_HOST="web:8000", secure=True).status_code == 400
