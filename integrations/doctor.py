@@ -37,7 +37,7 @@ from django.db.models import Q
 from django.utils import timezone
 from social_core.exceptions import SocialAuthBaseException
 
-from . import discovery
+from . import discovery, ratelimit
 from .client import (
     ACCOUNTS,
     CONTACTS,
@@ -949,8 +949,13 @@ def page_digest(body: Any) -> tuple[Any, ...]:
 
 
 def diagnose(connection: Connection, progress: Progress | None = None) -> Diagnosis:
-    """Run every check on `connection` (read-only towards Zywave; see the module's docstring)."""
-    return Doctor(connection, progress).run()
+    """Run every check on `connection` (read-only towards Zywave; see the module's docstring).
+
+    Its calls draw on the app's rate budget as a person's do (someone waits for the report):
+    ahead of a backlog of scheduled syncs, and a warning instead of a long wait when the
+    budget has no slot within seconds."""
+    with ratelimit.priority(ratelimit.INTERACTIVE):
+        return Doctor(connection, progress).run()
 
 
 def connection_to_diagnose(username: str | None) -> Connection | None:

@@ -15,6 +15,7 @@ from django.contrib.auth.models import User
 from django.core.management import CommandError, call_command
 from django.utils import timezone
 
+from integrations import ratelimit
 from integrations.client import ACCOUNTS, CONTACTS, parse_envelope
 from integrations.doctor import MAPPED, diagnose
 from integrations.models import Connection, ConnectionEvent
@@ -292,11 +293,20 @@ def test_every_mapped_key_is_one_the_row_builders_read() -> None:
             }, key
 
 
-def test_diagnose_reports_progress_in_steps(linked: Connection) -> None:
-    seen: list[tuple[str, int, int]] = []
-    diagnose(linked, lambda step, done, total: seen.append((step, done, total)))
-    assert [step for step, _, _ in seen][:2] == ["discovery", "connection"]
-    assert seen[-1] == ("done", 6, 6)
+def test_diagnose_reports_progress_in_steps_drawing_on_the_budget_as_a_person(
+    linked: Connection,
+) -> None:
+    seen: list[tuple[str, int, int, str]] = []
+
+    def progress(step: str, done: int, total: int) -> None:
+        seen.append((step, done, total, ratelimit.current_priority()))
+
+    diagnose(linked, progress)
+    assert [step for step, *_ in seen][:2] == ["discovery", "connection"]
+    assert seen[-1][:3] == ("done", 6, 6)
+    # Someone waits for the report: ahead of scheduled syncs on the app's rate budget.
+    assert {priority for *_, priority in seen} == {ratelimit.INTERACTIVE}
+    assert ratelimit.current_priority() == ratelimit.BACKGROUND  # and only while it runs
 
 
 def test_zywave_busy_is_a_warning_and_a_refusal_a_failure(
