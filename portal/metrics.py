@@ -75,8 +75,9 @@ def ensure_multiprocess(role: str, wanted: bool) -> None:
             return  # nobody reads this deployment's metrics: each process keeps its own
         if "prometheus_client" in sys.modules:
             raise RuntimeError(
-                f"{MULTIPROC_ENV} must be set in the environment before the {role} starts "
-                "(prometheus_client is already imported without it)"
+                f"METRICS_PORT is set but {MULTIPROC_ENV} is not: set it in the environment "
+                f"to a directory of this {role}'s own (the image's entrypoint uses /tmp/metrics) "
+                "so that the pool's processes add up"
             )
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix=f"portal-metrics-{role}-")
         _made.append(os.environ[MULTIPROC_ENV])
