@@ -84,11 +84,11 @@ def is_interactive(run: SyncRun) -> bool:
     return run.trigger in INTERACTIVE_TRIGGERS
 
 
-def queue_runs(connection_ids: list[int], trigger: str = "schedule") -> list[int]:
+def queue_runs(connection_ids: list[int], trigger: str = "schedule") -> list[tuple[int, int]]:
     """Queue a run for each of the connections that has none queued or running, in two
     statements whatever their number: one INSERT of them all (the partial unique index skips
-    a connection with an active run) and one SELECT of those that went in. Returns the ids of
-    the connections queued."""
+    a connection with an active run) and one SELECT of those that went in. Returns (connection
+    id, run id) of each run queued."""
     if not connection_ids:
         return []
     now = timezone.now()
@@ -102,7 +102,7 @@ def queue_runs(connection_ids: list[int], trigger: str = "schedule") -> list[int
             state=SyncRun.State.QUEUED,
             trigger=trigger,
             queued_at=now,
-        ).values_list("connection_id", flat=True)
+        ).values_list("connection_id", "pk")
     )
 
 

@@ -137,8 +137,9 @@ def sync_due_connections() -> dict[str, int]:
     queued = 0
     for batch in Connection.objects.due_batches(now, SCAN_BATCH):
         with transaction.atomic():
-            for pk in queue_runs(batch, trigger="schedule"):
-                sync_connection.delay_on_commit(pk)
+            for pk, run_id in queue_runs(batch, trigger="schedule"):
+                # Naming the run: if Sync now takes it to the front, this message is absorbed.
+                sync_connection.delay_on_commit(pk, run_id=run_id)
                 queued += 1
     stale = SyncRun.objects.stale(now)
     if backlog() > 0:

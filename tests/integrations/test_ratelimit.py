@@ -296,3 +296,50 @@ def test_beat_queues_a_large_fleet_in_a_few_queries_per_batch(
     assert len(queries) <= 4 * 5 + 4, [q["sql"][:80] for q in queries.captured_queries]
     # Beat again at once: all queued, nothing more.
     assert sync_due_connections() == {"queued": 0, "resumed": 0}
+
+
+# --- Priorities, with real workers -----------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_sync_now_starts_ahead_of_a_deep_scheduled_backlog(zywave: Sandbox, tmp_path: Path) -> None:
+    from integrations.sync import start_interactive
+    from tests.bench.fleet import make_fleet
+    from tests.integrations.workers import Worker, use_test_broker, wait_for
+
+    use_test_broker()
+    ids = make_fleet(zywave, 30, prefix="priority")
+    # Beat finds all 30 due: a scheduled backlog on `sync`, drained at 6 Zywave requests/s.
+    assert sync_due_connections()["queued"] == 30
+    budget = {"ZYWAVE_RATE_LIMIT": "6"}
+    scheduled = Worker(zywave, tmp_path / "sync.log", "sync,tokens,celery", **budget).start()
+    live = Worker(zywave, tmp_path / "live.log", "interactive,refetch,webhooks,celery", **budget)
+    live.start()
+    try:
+        runs = SyncRun.objects.filter(connection_id__in=ids)
+        wait_for(lambda: runs.filter(state="succeeded").count() >= 2, what="the backlog moves")
+        for _ in range(3):  # the run chosen may be taken by a worker just then: choose again
+            waiting = runs.filter(state="queued").order_by("-connection_id").first()
+            assert waiting is not None
+            pressed = timezone.now()
+            run, created = start_interactive(waiting.connection, full=False, trigger="person")
+            assert run is not None and run.pk == waiting.pk and not created
+            if run.trigger == "person":  # taken to the front
+                break
+        assert run.trigger == "person"
+        wait_for(lambda: runs.filter(pk=run.pk, state="succeeded").exists(), what="Sync now")
+        run.refresh_from_db()
+        still_waiting = runs.filter(state="queued").count()
+        wait_for(lambda: not runs.filter(state__in=["queued", "running"]).exists(), 90, "drain")
+    finally:
+        scheduled.stop()
+        live.stop()
+    assert run.started_at is not None and run.trigger == "person"
+    # It started at once and was done while most of the backlog still waited its turn.
+    assert (run.started_at - pressed).total_seconds() < 3
+    assert still_waiting >= 10
+    # The scheduled message for that connection found its run done: no second run, and every
+    # connection of the backlog synced once.
+    assert runs.filter(connection_id=waiting.connection_id).count() == 1
+    assert runs.filter(state="succeeded").count() == 30

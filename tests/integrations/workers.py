@@ -46,9 +46,16 @@ def use_test_broker() -> None:
     app._local.__dict__.pop("backend", None)
 
 
+# Every queue the portal has (settings.CELERY_TASK_ROUTES and the interactive queue).
+ALL_QUEUES = "interactive,refetch,sync,tokens,webhooks,celery"
+
+
 class Worker:
-    def __init__(self, sandbox: Sandbox, log_path: Path, **env: str) -> None:
+    def __init__(
+        self, sandbox: Sandbox, log_path: Path, queues: str = ALL_QUEUES, **env: str
+    ) -> None:
         self.log_path = log_path
+        self.queues = queues
         self.env = {
             **os.environ,
             "DJANGO_SETTINGS_MODULE": "portal.settings",
@@ -73,7 +80,7 @@ class Worker:
                 "portal",
                 "worker",
                 "--queues",
-                "interactive,refetch,sync,tokens,webhooks,celery",
+                self.queues,
                 "--pool",
                 "prefork",
                 "--concurrency",
