@@ -389,6 +389,7 @@ class ZywaveClient:
             if response.status_code == 429:
                 # Everyone slows down, not only this caller (`ratelimit.pause`).
                 ratelimit.pause(parse_retry_after(response.headers.get("Retry-After")))
+                metrics.rate_limited()
             try:
                 if 200 <= response.status_code < 300 or read_errors:
                     # What `response.content` holds when requests reads it, read here instead.
@@ -426,7 +427,7 @@ class ZywaveClient:
         """Take this call's slot of the app's and the connection's rate budget, sleeping until
         it comes; OverBudget when it is further away than the caller's class may wait."""
         try:
-            ratelimit.wait_for_slot(self.connection.pk)
+            metrics.rate_limit_waited(ratelimit.wait_for_slot(self.connection.pk))
         except ratelimit.Busy as exc:
             raise OverBudget(
                 f"{path}: the app's Zywave rate budget has no slot for {exc.wait:.1f} s",
