@@ -197,6 +197,17 @@ def test_sync_connection_of_a_deleted_connection_is_absorbed(db: None) -> None:
 # --- sync_due_connections (beat) --------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def phase_ten_minutes_ago(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every connection's phase in the interval (`ratelimit.phase`) fell ten minutes ago, so
+    these tests of when beat queues a run do not depend on the ids the database hands out.
+    How phases spread connections is tested in test_ratelimit.py."""
+    from integrations import ratelimit
+
+    at = timezone.now().timestamp() - 10 * 60
+    monkeypatch.setattr(ratelimit, "phase", lambda pk, interval: at % interval)
+
+
 def finished_run(conn: Connection, queued_minutes_ago: float) -> SyncRun:
     queued_at = timezone.now() - timedelta(minutes=queued_minutes_ago)
     return SyncRun.objects.create(
@@ -228,7 +239,7 @@ def test_beat_queues_a_connection_again_once_the_interval_has_passed(
     staff: User, settings: Any
 ) -> None:
     settings.ZYWAVE_SYNC_INTERVAL_MINUTES = 15
-    finished_run(connection(staff), queued_minutes_ago=16)
+    finished_run(connection(staff), queued_minutes_ago=16)  # its phase has come round since
     assert sync_due_connections() == {"queued": 1, "resumed": 0}
     assert SyncRun.objects.filter(state=SyncRun.State.QUEUED).count() == 1
 
