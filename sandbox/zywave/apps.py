@@ -7,3 +7,9 @@ class ZywaveConfig(AppConfig):
     name = "sandbox.zywave"
     label = "zywave"
     verbose_name = "Emulated Zywave"
+
+    def ready(self) -> None:
+        from sandbox.zywave import shapes
+
+        # A shapes file that cannot be read stops the sandbox at start, not at its first answer.
+        shapes.loaded()

@@ -23,7 +23,7 @@ from integrations.models import Account, Contact, SyncRun
 from integrations.sync import sync_now
 from tests.conftest import connection
 from tests.integrations.flows import sandbox_counts
-from tests.sandboxserver import Sandbox, start_sandbox, stop_sandbox
+from tests.sandboxserver import Sandbox, SandboxError, start_sandbox, stop_sandbox
 
 SHAPES = Path(__file__).resolve().parent.parent / "shapes"
 FILES = sorted(SHAPES.glob("*.json"))
@@ -146,3 +146,10 @@ def test_recorded_in_one_variant_replayed_by_a_fresh_sandbox_records_the_same_fi
     routes = json.loads(recorded.read_text())["routes"]
     assert set(routes) == {"discovery", *REPLAYED, "accounts_without_profile"}
     assert routes["accounts"]["envelope"] == envelope
+
+
+def test_a_shapes_file_that_cannot_be_read_stops_the_sandbox_at_start(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"version": 1}')
+    with pytest.raises(SandboxError, match="not a shapes file"):
+        start_sandbox(tmp_path, accounts=1, env={"SANDBOX_SHAPES_FILE": str(broken)})
