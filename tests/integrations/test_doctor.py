@@ -320,3 +320,15 @@ def test_zywave_busy_is_a_warning_and_a_refusal_a_failure(
     assert found["api.accounts"] == "warn" and "503" in saw(report, "api.accounts")
     assert found["api.contacts"] == "fail" and "403" in saw(report, "api.contacts")
     assert found["api.explicit_profile"] == "warn"  # not compared: no page to compare with
+
+
+def test_the_id_form_of_the_profile_header_passes_too(
+    staff: User, zywave: Sandbox, settings: Any
+) -> None:
+    settings.ZYWAVE_PROFILE_HEADER = "id"
+    conn = connection(staff, zywave)
+    assert conn.profile_header() == f"B {conn.chosen_profile.zywave_id}"  # type: ignore[union-attr]
+    code, report, _ = report_of()
+    assert code == 0, report
+    assert "ZYWAVE_PROFILE_HEADER=id" in saw(report, "profiles.token")
+    assert set(verdicts(report).values()) == {"ok"}
