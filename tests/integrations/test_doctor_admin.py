@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 import pytest
+from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import User
 from django.utils import timezone
 
@@ -126,3 +127,21 @@ def test_a_disconnected_connection_is_not_diagnosed(root: Person, staff: User) -
     response = run_from_the_page(root, conn)
     assert response.status_code == 302
     assert not DoctorReport.objects.exists()
+
+
+@pytest.mark.django_db
+def test_two_connections_at_once_get_a_report_each_and_one_message(
+    root: Person, staff: User, other_staff: User
+) -> None:
+    conns = [connection(staff), connection(other_staff)]
+    response = root.post(
+        CONNECTIONS,
+        {"action": "run_doctor", ACTION_CHECKBOX_NAME: [c.pk for c in conns], "index": 0},
+        follow=True,
+    )
+    assert response.status_code == 200
+    assert "Zywave doctor: 2 queued" in response.content.decode()
+    assert sorted(DoctorReport.objects.values_list("connection_id", flat=True)) == sorted(
+        c.pk for c in conns
+    )
+    assert ConnectionEvent.objects.filter(kind=ConnectionEvent.Kind.DOCTOR_RUN).count() == 2
