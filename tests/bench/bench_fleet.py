@@ -8,7 +8,7 @@ cache and the rate budget: its memory is the portal's alone), the sandbox under 
 (`FLEET_SANDBOX_WORKERS` processes, default 2) limiting the whole app to R requests a second
 (its `rate_limit` setting), the portal under gunicorn (for the API's Sync now), beat and the
 Procfile's two Celery workers of 2 processes each (`worker` and `live`, their queues read from
-the Procfile). Measured in one run:
+the Procfile; `FLEET_CONCURRENCY` processes each instead, for comparison). Measured in one run:
 
 1. What the sandbox serves here: requests/s for a small accounts page (10 records) from 8
    keep-alive clients, without a limit. R is `FLEET_RATE`, by default 50 (the issue's figure;
@@ -239,8 +239,10 @@ def main() -> int:
             netguard = os.pathsep.join([str(REPO_ROOT / "tests" / "netguard"), str(REPO_ROOT)])
             env = {**os.environ, "PYTHONPATH": netguard}
             layout = procfile_queues()
+            concurrency = int(os.environ.get("FLEET_CONCURRENCY", "2"))  # processes per worker
             workers = {
-                name: start_worker(name, queues, var_dir, env) for name, queues in layout.items()
+                name: start_worker(name, queues, var_dir, env, concurrency)
+                for name, queues in layout.items()
             }
             from integrations.tasks import heartbeat
 
@@ -288,7 +290,7 @@ def main() -> int:
             stop_process(redis_process)
 
     SVG_PATH.write_text(svg(results, rate))
-    report(results, rate, served, sandbox_workers, interval, layout, per_sync, made)
+    report(results, rate, served, sandbox_workers, interval, layout, concurrency, per_sync, made)
     print(
         f"\nwhole run {time.monotonic() - began:.0f} s; "
         f"picture in {SVG_PATH.relative_to(REPO_ROOT)}"
@@ -314,6 +316,7 @@ def report(
     sandbox_workers: int,
     interval: int,
     layout: dict[str, str],
+    concurrency: int,
     per_sync: int,
     made: list[float],
 ) -> None:
@@ -323,7 +326,7 @@ def report(
     print(
         f"\nFleet: R = {rate:g} requests/s (the sandbox alone serves {served:.0f}/s with "
         f"{sandbox_workers} processes), {per_sync} requests a sync, workers "
-        f"{', '.join(f'{n} ({q}, 2 processes)' for n, q in layout.items())}, "
+        f"{', '.join(f'{n} ({q}, {concurrency} processes)' for n, q in layout.items())}, "
         f"ZYWAVE_SYNC_INTERVAL_MINUTES={interval}, ZYWAVE_MAX_CONCURRENT_SYNCS="
         f"{getattr(settings, 'ZYWAVE_MAX_CONCURRENT_SYNCS', 'n/a')}\n"
     )
@@ -374,7 +377,7 @@ def report(
     )
     row("Redis used_memory, max", [f"{r['redis_max'] / 2**20:.1f} MiB" for r in results])
     row(
-        "worker RSS, max (each worker with its 2 processes)",
+        f"worker RSS, max (each worker with its {concurrency} processes)",
         [
             ", ".join(f"{n} {kib / 1024:.0f} MiB" for n, kib in r["rss_max"].items())
             for r in results

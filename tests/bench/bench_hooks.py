@@ -131,8 +131,10 @@ WORKERS = {"worker": "celery,sync,tokens", "live": "refetch,webhooks,celery"}
 SHARED = "celery,sync,tokens,webhooks,refetch"  # the image's default CELERY_QUEUES
 
 
-def start_worker(name: str, queues: str, var_dir: Path, env: dict[str, str]) -> Any:
-    """A Celery worker of 2 processes on `queues`, in its own process group."""
+def start_worker(
+    name: str, queues: str, var_dir: Path, env: dict[str, str], concurrency: int = 2
+) -> Any:
+    """A Celery worker of `concurrency` processes on `queues`, in its own process group."""
     log = open(var_dir / f"{name}.log", "ab")  # noqa: SIM115 (the child keeps its copy)
     process = subprocess.Popen(
         [
@@ -143,7 +145,7 @@ def start_worker(name: str, queues: str, var_dir: Path, env: dict[str, str]) -> 
             "--queues",
             queues,
             "--concurrency",
-            "2",
+            str(concurrency),
             "--hostname",
             f"bench-{name}-{os.getpid()}@%h",
             "--without-gossip",

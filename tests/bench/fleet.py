@@ -285,7 +285,7 @@ def drain(
     samples: list[dict[str, Any]] = []
     asked: list[tuple[float, int | None]] = []
     taken: set[int] = set()
-    spacing = max(1.0, 0.8 * expected_seconds / max(1, sync_nows))
+    spacing = max(1.0, 0.8 * min(expected_seconds, timeout) / max(1, sync_nows))
     next_ask = began + spacing / 2
     done = 0
     try:
