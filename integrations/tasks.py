@@ -157,10 +157,10 @@ def backlog() -> int:
 
     if redis_url() is None:
         return 0
-    from portal.celery import app
+    from celery import current_app
 
     try:
-        with app.connection_for_read() as conn:
+        with current_app.connection_for_read() as conn:
             client = conn.default_channel.client
             return sum(int(client.llen(queue)) for queue in ("sync", "interactive"))
     except Exception:  # noqa: BLE001 (the broker down: resend as before)

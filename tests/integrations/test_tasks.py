@@ -395,3 +395,22 @@ def test_a_full_run_removes_what_zywave_deleted_and_an_incremental_run_does_not(
     assert not mirror.filter(zywave_id__in=deleted).exists()
     assert mirror.count() == before - 3
     assert not needs_full(conn)
+
+
+def test_beat_leaves_queued_runs_alone_while_sync_messages_wait_in_the_broker(
+    staff: User, settings: Any
+) -> None:
+    # Behind a deep backlog a queued run is waiting its turn: resending it every minute would
+    # only grow the backlog. The broker is the run's Redis; the message here is a stand-in.
+    settings.ZYWAVE_SYNC_REQUEUE_SECONDS = 60
+    SyncRun.objects.create(
+        connection=connection(staff), queued_at=timezone.now() - timedelta(seconds=61)
+    )
+    with app.connection_for_read() as conn:
+        client = conn.default_channel.client
+        client.lpush("sync", "a message ahead of it")
+        try:
+            assert sync_due_connections() == {"queued": 0, "resumed": 0}
+        finally:
+            client.delete("sync")
+    assert sync_due_connections() == {"queued": 0, "resumed": 1}
