@@ -53,7 +53,7 @@ MORE = "hasmoreresults"
 @cache
 def loaded() -> dict[str, Any] | None:
     """The shapes file's routes, or None when SANDBOX_SHAPES_FILE is unset."""
-    name = settings.SANDBOX_SHAPES_FILE
+    name = str(getattr(settings, "SANDBOX_SHAPES_FILE", ""))  # a project without it: none
     if not name:
         return None
     try:
@@ -197,8 +197,10 @@ def convert(value: Any, shape: dict[str, Any]) -> Any:
         return bool(value)
     if kind == "array":
         items = shape.get("items")
+        if not items:
+            return []  # recorded empty: nothing is known of its items, so none are written
         values = value if isinstance(value, list) else [value]
-        return [convert(item, items) for item in values] if items else list(values)
+        return [convert(item, items) for item in values]
     if kind == "object":
         return fill(shape, lowered(value) if isinstance(value, dict) else {})
     return value

@@ -153,3 +153,30 @@ def test_a_shapes_file_that_cannot_be_read_stops_the_sandbox_at_start(tmp_path: 
     broken.write_text('{"version": 1}')
     with pytest.raises(SandboxError, match="not a shapes file"):
         start_sandbox(tmp_path, accounts=1, env={"SANDBOX_SHAPES_FILE": str(broken)})
+
+
+def test_a_record_takes_the_shapes_keys_types_and_nesting_from_its_own_fields() -> None:
+    """sandbox/zywave/shapes.py's filling, without a server (its functions touch no settings)."""
+    from sandbox.zywave.shapes import fill
+
+    shape = {
+        "type": "object",
+        "keys": {
+            "ID": {"type": "string"},
+            "Employees": {"type": "integer"},
+            "LinesOfBusiness": {"type": "string"},
+            "NaicsCodes": {"type": "array"},
+            "Address": {"type": "object", "keys": {"City": {"type": "string"}}},
+            "Fax": {"type": "null"},
+            "Rating": {"type": "number"},
+            "Seen": {"type": "string", "format": "date-time"},
+        },
+    }
+    row = {"id": 7, "employees": "12", "linesofbusiness": ["a", "b"], "naicscodes": ["1"]}
+    record = fill(shape, {**row, "city": "Here", "fax": "x", "unmapped": 1})
+    assert list(record) == list(shape["keys"])  # the shape's keys, in its order and case
+    assert record["ID"] == "7" and record["Employees"] == 12
+    assert record["LinesOfBusiness"] == "a, b"
+    assert record["NaicsCodes"] == []  # recorded empty: no items are known
+    assert record["Address"] == {"City": "Here"} and record["Fax"] is None
+    assert record["Rating"] == 0.0 and record["Seen"].endswith("Z")  # synthetic, typed
