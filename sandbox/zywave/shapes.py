@@ -11,6 +11,7 @@ routes of the resources it names answer in that shape, with the sandbox's own da
 - a key the record does not have is filled with a synthetic value of its type (an object
   key from the record's fields again, so `address.city` takes the record's `city`);
 - a field of the record that the shape lacks is left out (a missing optional field);
+- an array recorded empty is written empty (nothing is known of its items);
 - in a list envelope, the key holding an array of records holds the page, `totalCount` or
   `@odata.count` the total and `hasMoreResults` whether more follow;
 - header names the answer lacks are added with synthetic values.
