@@ -319,15 +319,17 @@ def test_sync_now_starts_ahead_of_a_deep_scheduled_backlog(zywave: Sandbox, tmp_
     try:
         runs = SyncRun.objects.filter(connection_id__in=ids)
         wait_for(lambda: runs.filter(state="succeeded").count() >= 2, what="the backlog moves")
+        promoted: SyncRun | None = None
         for _ in range(3):  # the run chosen may be taken by a worker just then: choose again
             waiting = runs.filter(state="queued").order_by("-connection_id").first()
             assert waiting is not None
             pressed = timezone.now()
-            run, created = start_interactive(waiting.connection, full=False, trigger="person")
-            assert run is not None and run.pk == waiting.pk and not created
-            if run.trigger == "person":  # taken to the front
+            promoted, created = start_interactive(waiting.connection, full=False, trigger="person")
+            assert promoted is not None and promoted.pk == waiting.pk and not created
+            if promoted.trigger == "person":  # taken to the front
                 break
-        assert run.trigger == "person"
+        assert promoted is not None and promoted.trigger == "person"
+        run = promoted
         wait_for(lambda: runs.filter(pk=run.pk, state="succeeded").exists(), what="Sync now")
         run.refresh_from_db()
         still_waiting = runs.filter(state="queued").count()
@@ -341,5 +343,5 @@ def test_sync_now_starts_ahead_of_a_deep_scheduled_backlog(zywave: Sandbox, tmp_
     assert still_waiting >= 10
     # The scheduled message for that connection found its run done: no second run, and every
     # connection of the backlog synced once.
-    assert runs.filter(connection_id=waiting.connection_id).count() == 1
+    assert runs.filter(connection_id=run.connection_id).count() == 1
     assert runs.filter(state="succeeded").count() == 30
