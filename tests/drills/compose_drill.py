@@ -227,15 +227,28 @@ class ComposeStack:
         return done
 
     def images(self) -> list[str]:
-        """Every image the stack names (docker-compose config, with the sandbox profile)."""
-        config = self.compose("config").stdout
-        return sorted(set(re.findall(r"^\s+image:\s*(\S+)\s*$", config, re.MULTILINE)))
+        """Every image `up` would start (docker-compose config: the services of no profile and
+        of the sandbox profile; the metrics profile's prometheus is not started here)."""
+        import yaml
+
+        services = yaml.safe_load(self.resolve().read_text())["services"].values()
+        return sorted(
+            {
+                service["image"]
+                for service in services
+                if not service.get("profiles") or "sandbox" in service["profiles"]
+            }
+        )
 
     def missing_images(self) -> list[str]:
+        return self.missing_in(self.engine, self.images())
+
+    @staticmethod
+    def missing_in(engine: Engine, images: list[str]) -> list[str]:
         return [
             image
-            for image in self.images()
-            if self.engine.docker("image", "inspect", image, check=False).returncode != 0
+            for image in images
+            if engine.docker("image", "inspect", image, check=False).returncode != 0
         ]
 
     def containers(self, service: str) -> list[str]:
@@ -859,21 +872,24 @@ def backup_restore(stack: ComposeStack, ids: list[int]) -> Result:
 def wrong_key(stack: ComposeStack) -> Result:
     result = Result(
         "Compose: restored database, wrong FIELD_ENCRYPTION_KEY",
-        "FIELD_ENCRYPTION_KEY in docker/.env replaced by another valid key; `up -d web worker`",
-        "fails closed at start: web and worker refuse (the canary, integrations.E001) with a "
-        "message naming the fix; nothing is written; the right key starts everything again",
+        "FIELD_ENCRYPTION_KEY in docker/.env replaced by another valid key; `up -d web worker` "
+        "(migrate first, as compose.yaml orders it), then `up -d --no-deps web worker`",
+        "fails closed at start: migrate, web and worker refuse (the canary, integrations.E001) "
+        "with a message naming the fix; nothing is written; the right key starts everything",
     )
     right = stack.values["FIELD_ENCRYPTION_KEY"]
     stack.compose("stop", "web", "worker", "live", "beat", timeout=300)
     before = raw_tokens()
     stack.write_env(FIELD_ENCRYPTION_KEY=Fernet.generate_key().decode())
-    stack.compose("up", "-d", "web", "worker", timeout=300)
+    up = stack.compose("up", "-d", "web", "worker", check=False, timeout=600)
+    migrate_log = stack.logs("migrate")
+    stack.compose("up", "-d", "--no-deps", "web", "worker", check=False, timeout=600)
     wait_until(
         "web and worker to refuse",
         lambda: "integrations.E001" in stack.logs("web")
         and "integrations.E001" in stack.logs("worker"),
-        timeout=180,
-        interval=2,
+        timeout=240,
+        interval=3,
     )
     web_log = stack.logs("web")
     worker_log = stack.logs("worker")
@@ -882,39 +898,42 @@ def wrong_key(stack: ComposeStack) -> Result:
         requests.get(f"{stack.portal}/health/", timeout=5)
     except requests.RequestException:
         answered = False
-    states = {s: stack.health(c) for s in ("web", "worker") for c in stack.containers(s)}
     line = (
         next((ln for ln in web_log.splitlines() if "cannot decrypt the data" in ln), "")
         .split("|", 1)[-1]
         .strip()
     )
+    line = re.sub(r"fingerprints? (is |are )?[0-9a-f, ]+", "fingerprint(s) <...> ", line)
     names_fix = "Restore the right key" in web_log and "rotate_encryption_key" in web_log
     stack.compose("stop", "web", "worker", timeout=300)
     unchanged = raw_tokens() == before
     stack.write_env(FIELD_ENCRYPTION_KEY=right)
     stack.compose("up", "-d", timeout=600)
     healthy = stack.wait_healthy()
-    result.figures.update(
+    f = result.figures
+    f.update(
+        up_refused=up.returncode != 0,
+        migrate_refused="integrations.E001" in migrate_log,
         web_refused="integrations.E001" in web_log,
         worker_refused="integrations.E001" in worker_log,
         portal_answered=answered,
-        containers=states,
         message=line[:400],
         names_fix=names_fix,
         stored_values_unchanged=unchanged,
         right_key_healthy_seconds=round(healthy, 1),
     )
     result.checks = {
-        "fails closed": result.figures["web_refused"]
-        and result.figures["worker_refused"]
-        and not answered,
+        "fails closed": f["web_refused"] and f["worker_refused"] and not answered,
         "names the fix": names_fix,
         "nothing written": unchanged,
     }
     result.measured = (
-        f"web refused (integrations.E001) and worker refused; the port never answered; the "
-        f'message: "{line[:300]}"; stored tokens unchanged: {"yes" if unchanged else "no"}; '
-        f"with the right key every healthcheck healthy in {healthy:.0f} s"
+        f"`up -d web worker` {'refused' if f['up_refused'] else 'went on'} (migrate "
+        f"{'refused with integrations.E001' if f['migrate_refused'] else 'ran'}); with "
+        f"--no-deps web and worker refused (E001): {f['web_refused']} and "
+        f'{f["worker_refused"]}; the port answered: {answered}; the message: "{line[:300]}"; '
+        f"stored tokens unchanged: {'yes' if unchanged else 'no'}; with the right key every "
+        f"healthcheck healthy in {healthy:.0f} s"
     )
     return result
 
@@ -1043,7 +1062,7 @@ def rotate_under_load(stack: ComposeStack, ids: list[int]) -> Result:
 
 def secrets_in_logs(stack: ComposeStack) -> list[str]:
     """Which of the run's secrets appear in any container's log (pip's index lines aside)."""
-    logs = stack.logs()
+    logs = stack.logs("postgres", "redis", "migrate", "web", "worker", "live", "beat")
     return [f"secret #{n}" for n, value in enumerate(stack.secrets) if value in logs]
 
 
@@ -1091,8 +1110,8 @@ def write_section(text: str) -> None:
     REPORT.write_text(report)
 
 
-def run(keep_packages: bool) -> tuple[list[dict[str, Any]], list[str]]:
-    engine = Engine(say, keep_packages=keep_packages)
+def run(keep_packages: bool, data: Path | None) -> tuple[list[dict[str, Any]], list[str]]:
+    engine = Engine(say, keep_packages=keep_packages, data=data)
     tmp = Path(tempfile.mkdtemp(prefix="portal-compose-drill-"))
     rows: list[dict[str, Any]] = []
     removed: list[str] = []
@@ -1117,9 +1136,11 @@ def run(keep_packages: bool) -> tuple[list[dict[str, Any]], list[str]]:
         say(f"installed: {', '.join(installed) or 'nothing (all present)'}")
         engine.start()
         say(f"engine up on {engine.socket}")
-        built = step("images", lambda: build_images(engine))
-        if built is None or built.error:
-            return rows, removed
+        reuse = data is not None and not ComposeStack.missing_in(engine, [PORTAL_IMAGE])
+        if not reuse:
+            built = step("images", lambda: build_images(engine))
+            if built is None or built.error:
+                return rows, removed
         stack = ComposeStack(engine, tmp)
         first = step("first start", lambda: bring_up(stack))
         if first is None or first.error:
@@ -1135,7 +1156,7 @@ def run(keep_packages: bool) -> tuple[list[dict[str, Any]], list[str]]:
         leaked = secrets_in_logs(stack)
         sweep = Result(
             "Compose: secrets in the containers' logs",
-            "every container's log after all of the above",
+            "every portal container's log (and PostgreSQL's, Redis's) after all of the above",
             "none of the run's secrets (keys, passwords, client secret, control key)",
         )
         sweep.figures["found"] = leaked
@@ -1161,11 +1182,17 @@ def main() -> int:
         help="leave docker.io, mmdebstrap and docker-compose installed",
     )
     parser.add_argument("--no-report", action="store_true", help="leave docs/reliability.md")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="(working on the drill) the engine's data directory, kept: built once, reused",
+    )
     args = parser.parse_args()
     import platform
 
     try:
-        rows, removed = run(args.keep_packages)
+        rows, removed = run(args.keep_packages, args.data)
     except (EngineError, DrillError, SandboxError) as exc:
         print(f"COMPOSE DRILL FAILED to run: {quiet(str(exc))}", file=sys.stderr)
         return 2

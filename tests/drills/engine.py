@@ -73,10 +73,14 @@ def installed_packages() -> set[str]:
 class Engine:
     """dockerd on its own socket and data directory; `docker` and `compose` talk to it only."""
 
-    def __init__(self, log: Callable[[str], None], keep_packages: bool = False) -> None:
+    def __init__(
+        self, log: Callable[[str], None], keep_packages: bool = False, data: Path | None = None
+    ) -> None:
         self.say = log
         self.keep_packages = keep_packages
         self.root = Path(tempfile.mkdtemp(prefix="portal-compose-drill-", dir="/var/tmp"))
+        # `data` (for working on the drill): the engine's images kept there between runs.
+        self.data = data or self.root / "data"
         # A short path: the engine's and containerd's sockets live under it (108 bytes at most).
         self.exec_root = Path(tempfile.mkdtemp(prefix="pcd-", dir="/run"))
         self.socket = self.exec_root / "docker.sock"
@@ -158,7 +162,7 @@ class Engine:
                     "--config-file",
                     str(config),
                     "--data-root",
-                    str(self.root / "data"),
+                    str(self.data),
                     "--exec-root",
                     str(self.exec_root),
                     "--pidfile",
