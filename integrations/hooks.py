@@ -109,14 +109,16 @@ def connection_for(token: str) -> Connection | None:
     comparison never touch the token itself, so their timing says nothing about it."""
     if not token or len(token) > 128:
         return None
-    return (
+    found = list(
         Connection.objects.filter(hook_token_hash=digest(token))
         .exclude(status=Connection.Status.DISCONNECTED)
         # What a delivery needs, not the tokens: each is decrypted as it is read, on every
         # request of a flood. Anything else is read when asked for.
         .only("id", "status", "hook_last_delivery_at")
-        .first()
+        # No ORDER BY: the hash is unique, and Connection's ordering joins auth_user.
+        .order_by()[:1]
     )
+    return found[0] if found else None
 
 
 # --- Notifications ---------------------------------------------------------------------------
@@ -216,14 +218,20 @@ def schedule_fetch(connection_id: int, resource: str, record_id: str) -> str:
     Without the shared cache, every one fetches."""
     window = settings.ZYWAVE_WEBHOOK_COALESCE_SECONDS
     key = f"zywave-refetch:{connection_id}:{resource}:{record_id}"
+    coalesce = getattr(cache, "coalesce", None)  # the shared Redis cache: one round trip
     try:
-        leading = cache.add(key, 1, timeout=window)
-        trailing = not leading and cache.add(f"{key}:again", 1, timeout=window)
-        if trailing:
-            # The window goes on for one more after the fetch at its end: a notification then
-            # asks for the next fetch at that window's end. Ending with the first window, the
-            # next notification fetched at once, just before the fetch at its end: two a window.
-            cache.set(key, 1, timeout=2 * window)
+        if coalesce is not None:
+            outcome = coalesce(key, window)
+            leading, trailing = outcome == 1, outcome == 2
+        else:
+            leading = cache.add(key, 1, timeout=window)
+            trailing = not leading and cache.add(f"{key}:again", 1, timeout=window)
+            if trailing:
+                # The window goes on for one more after the fetch at its end: a notification
+                # then asks for the next fetch at that window's end. Ending with the first
+                # window, the next notification fetched at once, just before the fetch at its
+                # end: two a window.
+                cache.set(key, 1, timeout=2 * window)
     except Exception as exc:  # the cache is down: fetch every time rather than lose one
         log.warning("Coalescing unavailable (%s): fetching at once", type(exc).__name__)
         leading, trailing = True, False

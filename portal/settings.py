@@ -164,6 +164,18 @@ MIDDLEWARE = [
     "axes.middleware.AxesMiddleware",  # last: turns a lockout into the lockout page
 ]
 
+# Zywave's deliveries (/hooks/zywave/) and the API (/api/, not its two HTML pages) never carry a
+# session or a cookie: they go through this list instead (portal/machine.py, portal/wsgi.py),
+# with what still applies to them and none of sessions, CSRF, messages, auth, axes or pages' CSP.
+PORTAL_MACHINE_MIDDLEWARE = [
+    "portal.metrics.MetricsMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.middleware.common.CommonMiddleware",  # the ALLOWED_HOSTS check (400)
+    "portal.logs.RequestContextMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "portal.machine.MachineCSP",
+]
+
 ROOT_URLCONF = "portal.urls"
 WSGI_APPLICATION = "portal.wsgi.application"
 
