@@ -84,3 +84,31 @@ def test_a_stream_of_notifications_makes_one_fetch_per_window(
         outcomes += [hooks.schedule_fetch(conn.pk, "accounts", "77") for _ in range(2)]
     assert outcomes == ["now", "later", "later", "coalesced"]
     assert len(queued) == 3
+
+
+def test_the_shared_cache_decides_coalescing_in_one_round_trip(
+    staff: User, monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    """On Redis (as the tests run) `schedule_fetch` is one command whatever it decides (a spy
+    on the real client counts them: no other component can say how many were sent)."""
+    import redis
+    from django.core.cache import cache
+
+    assert hasattr(cache, "coalesce"), "the suite's cache is the shared Redis cache"
+    conn = connection(staff)
+    key = f"zywave-refetch:{conn.pk}:accounts:78"
+    cache.delete_many([key, f"{key}:again"])
+    with django_capture_on_commit_callbacks():
+        hooks.schedule_fetch(conn.pk, "accounts", "79")  # the script loaded into Redis
+    sent: list[str] = []
+    real = redis.Redis.execute_command
+
+    def counted(self: Any, *args: Any, **options: Any) -> Any:
+        sent.append(str(args[0]))
+        return real(self, *args, **options)
+
+    monkeypatch.setattr(redis.Redis, "execute_command", counted)
+    with django_capture_on_commit_callbacks():
+        outcomes = [hooks.schedule_fetch(conn.pk, "accounts", "78") for _ in range(3)]
+    assert outcomes == ["now", "later", "coalesced"]
+    assert [name.upper() for name in sent] == ["EVALSHA"] * 3
