@@ -530,3 +530,22 @@ def test_the_shared_session_keeps_no_cookie() -> None:
     )  # fmt: skip
     policy = session().cookies._policy  # type: ignore[attr-defined]
     assert not policy.set_ok(cookie, urllib.request.Request("http://127.0.0.1/"))
+
+
+def test_the_environment_proxies_are_read_once_per_origin_with_no_proxy_applied(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from integrations.client import environ_proxies
+
+    monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    environ_proxies.cache_clear()
+    try:
+        assert environ_proxies("http://127.0.0.1:8001")["http"] == "http://127.0.0.1:9"
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        assert environ_proxies("http://127.0.0.1:8001")["http"] == "http://127.0.0.1:9"  # once
+        environ_proxies.cache_clear()
+        assert "http" not in environ_proxies("http://127.0.0.1:8001")  # NO_PROXY applies
+    finally:
+        environ_proxies.cache_clear()
