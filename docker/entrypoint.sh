@@ -75,6 +75,7 @@ case "${1:-web}" in
         exec python manage.py "$@"
         ;;
     sandbox)
+        export DJANGO_SETTINGS_MODULE=sandbox.settings  # the image's default is the portal's
         exec python -m sandbox serve --bind "${SANDBOX_BIND:-0.0.0.0:8001}"
         ;;
     healthcheck)

@@ -85,7 +85,7 @@ class Engine:
         self.exec_root = Path(tempfile.mkdtemp(prefix="pcd-", dir="/run"))
         self.socket = self.exec_root / "docker.sock"
         self.process: subprocess.Popen[bytes] | None = None
-        self.before: set[str] | None = None
+        self.added: list[str] = []
         self.policy_written = False
         self.timings: dict[str, float] = {}
         self.certs_base = f"{CERTS_REPOSITORY}:{secrets.token_hex(8)}"
@@ -104,7 +104,6 @@ class Engine:
     def install(self) -> list[str]:
         """apt-get the missing packages (without recommends, no daemon started); their names."""
         have = installed_packages()
-        self.before = have
         wanted = [name for name in [*PACKAGES, COMPOSE_PACKAGE] if name not in have]
         if not wanted:
             return []
@@ -131,22 +130,32 @@ class Engine:
                 POLICY.unlink(missing_ok=True)
                 self.policy_written = False
         self.timings["install"] = time.monotonic() - began
+        self.added = sorted(installed_packages() - have)
         return wanted
 
     def remove_packages(self) -> list[str]:
-        """Purge every package this run added (dependencies included), unless kept."""
-        if self.before is None or self.keep_packages:
+        """Purge the packages this run's install added (dependencies included), unless kept,
+        and only if apt would remove nothing else (a package installed since may need them)."""
+        if not self.added or self.keep_packages:
             return []
-        added = sorted(installed_packages() - self.before)
-        if added:
-            subprocess.run(
-                ["apt-get", "purge", "-y", "-qq", *added],
-                env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-                capture_output=True,
-                timeout=600,
-                check=False,
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        plan = subprocess.run(
+            ["apt-get", "purge", "-s", *self.added], env=env, capture_output=True, text=True
+        ).stdout
+        going = {line.split()[1] for line in plan.splitlines() if line.startswith(("Purg", "Remv"))}
+        if going - set(self.added):
+            self.say(
+                f"  packages kept: removing them would remove {sorted(going - set(self.added))}"
             )
-        return added
+            return []
+        subprocess.run(
+            ["apt-get", "purge", "-y", "-qq", *self.added],
+            env=env,
+            capture_output=True,
+            timeout=600,
+            check=False,
+        )
+        return [f"{len(self.added)} packages ({', '.join(self.added[:3])}, ...)"]
 
     # The engine --------------------------------------------------------------------------
 
