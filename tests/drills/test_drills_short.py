@@ -162,6 +162,14 @@ def test_pages_under_load(drills: dict[str, dict[str, Any]]) -> None:
     assert f["server_errors"] == 0 and f["other_users_data"] == 0
 
 
+def test_fleet_drain_under_the_apps_rate_limit(drills: dict[str, dict[str, Any]]) -> None:
+    f = figures(drills, "Fleet drain under the app's rate limit")
+    assert f["synced"] == f["connections"] == 30
+    assert f["share_429"] <= 0.005
+    assert f["sync_now"]["asked"] >= 1 and f["sync_now"]["started"] == f["sync_now"]["asked"]
+    assert f["sync_now"]["p95"] < 5
+
+
 def test_scanner(drills: dict[str, dict[str, Any]]) -> None:
     f = figures(drills, "Web vulnerability scanner")
     severities = f["findings_by_severity"]
