@@ -8,9 +8,9 @@ The state is a GCRA (the generic cell rate algorithm: a token bucket kept as one
 "theoretical arrival time" of the next request) in a 48-byte file under the sandbox's var dir,
 read and written under an exclusive `fcntl` lock. The processes share nothing else but the
 SQLite database, and a database write per request would be the limiter's own bottleneck; the
-lock and the 48 bytes cost well under 0.1 ms. The file also holds the limit itself (the control API writes it there
-when it stores the runtime setting), so a request reads nothing else, and the count of requests
-allowed and refused while a limit was on, which the control API reports.
+lock and the 48 bytes cost well under 0.1 ms. The file also holds the limit itself (the control
+API writes it there when it stores the runtime setting), so a request reads nothing else, and the
+count of requests allowed and refused while a limit was on, which the control API reports.
 """
 
 from __future__ import annotations
