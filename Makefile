@@ -120,7 +120,6 @@ bench: $(VENV)/.dev
 	cd tests/bench && ../../$(BIN)/python bench_webhooks.py
 	cd tests/bench && ../../$(BIN)/python bench_hooks.py
 	cd tests/bench && ../../$(BIN)/python bench_fleet.py
-	cd tests/bench && ../../$(BIN)/python bench_fleet.py
 
 clean:
 	rm -rf var
