@@ -12,6 +12,7 @@ from django.apps import apps
 from django.conf import settings
 from django.db import models, transaction
 from django.db.models import Case, OuterRef, Q, Subquery, Value, When
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from . import notify
@@ -514,6 +515,17 @@ class SyncRunQuerySet(models.QuerySet):
         return self.active().filter(
             Q(lease_until__lt=now) | Q(lease_until__isnull=True, queued_at__lt=now - requeue_after)
         )
+
+    def past_history(self, before: datetime) -> SyncRunQuerySet:
+        """Finished runs that ended before `before`, except each connection's newest successful
+        run and newest successful full run (the next run reads their marks and date)."""
+        done = self.filter(finished_at__lt=before).exclude(state__in=SyncRun.ACTIVE_STATES)
+        succeeded = SyncRun.objects.filter(
+            connection=OuterRef("connection"), state=SyncRun.State.SUCCEEDED
+        ).order_by("-finished_at")
+        newest = Coalesce(Subquery(succeeded.values("pk")[:1]), Value(0))
+        newest_full = Coalesce(Subquery(succeeded.filter(full=True).values("pk")[:1]), Value(0))
+        return done.exclude(pk=newest).exclude(pk=newest_full)
 
     def cancel(self, reason: str) -> int:
         """End queued or running runs; a worker running one stops before its next page."""

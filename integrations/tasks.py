@@ -167,6 +167,25 @@ def backlog() -> int:
         return 0
 
 
+# Runs deleted per statement by `purge_sync_history`: short transactions, whatever the backlog.
+PURGE_BATCH = 5000
+
+
+@shared_task
+def purge_sync_history() -> int:
+    """Beat, hourly: delete finished runs older than ZYWAVE_SYNC_HISTORY_DAYS (each connection's
+    newest successful and newest full run stay), PURGE_BATCH at a time. The number deleted."""
+    before = timezone.now() - timedelta(days=settings.ZYWAVE_SYNC_HISTORY_DAYS)
+    deleted = 0
+    while True:
+        old = SyncRun.objects.past_history(before).order_by()
+        batch = list(old.values_list("pk", flat=True)[:PURGE_BATCH])
+        if batch:
+            deleted += SyncRun.objects.filter(pk__in=batch).delete()[0]
+        if len(batch) < PURGE_BATCH:
+            return deleted
+
+
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def deliver_webhooks(subscription_id: int) -> str:
     """Send a subscription's due webhook deliveries (one worker per subscription at a time)."""

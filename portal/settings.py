@@ -454,6 +454,7 @@ CELERY_TASK_ROUTES = {
     # The reconcilers run on `celery`, never behind the backlog they are there to rescue.
     "integrations.tasks.reconcile_webhooks": {"queue": "celery"},
     "integrations.tasks.reconcile_refetches": {"queue": "celery"},
+    "integrations.tasks.purge_sync_history": {"queue": "celery"},
 }
 ZYWAVE_TOKEN_UPKEEP_MINUTES = env.get_int("ZYWAVE_TOKEN_UPKEEP_MINUTES", 10, minimum=1)
 # How often beat looks for webhook deliveries nobody is sending (a lost task message), and the
@@ -475,6 +476,10 @@ CELERY_BEAT_SCHEDULE: dict[str, dict[str, object]] = {
     "reconcile-refetches": {
         "task": "integrations.tasks.reconcile_refetches",
         "schedule": 60.0,
+    },
+    "purge-sync-history": {
+        "task": "integrations.tasks.purge_sync_history",
+        "schedule": 3600.0,
     },
 }
 
@@ -513,6 +518,10 @@ ZYWAVE_SYNC_LEASE_SECONDS = env.get_int("ZYWAVE_SYNC_LEASE_SECONDS", 120, minimu
 # A queued run no worker has started after this long is sent again: its message may have died
 # with a worker killed outright (Redis gives unacknowledged messages back only after hours).
 ZYWAVE_SYNC_REQUEUE_SECONDS = env.get_int("ZYWAVE_SYNC_REQUEUE_SECONDS", 300, minimum=5)
+# Days finished sync runs are kept (each connection's newest successful and newest full run are
+# kept whatever their age: the next run starts from their marks). 10,000 connections synced
+# every 15 minutes add about 960,000 runs a day.
+ZYWAVE_SYNC_HISTORY_DAYS = env.get_int("ZYWAVE_SYNC_HISTORY_DAYS", 7, minimum=1)
 ZYWAVE_SYNC_OVERLAP_SECONDS = env.get_int("ZYWAVE_SYNC_OVERLAP_SECONDS", 300)
 ZYWAVE_SYNC_MAX_RETRIES = env.get_int("ZYWAVE_SYNC_MAX_RETRIES", 6)
 ZYWAVE_SYNC_MAX_WAIT_SECONDS = env.get_int("ZYWAVE_SYNC_MAX_WAIT_SECONDS", 120, minimum=1)

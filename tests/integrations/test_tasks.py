@@ -414,3 +414,33 @@ def test_beat_leaves_queued_runs_alone_while_sync_messages_wait_in_the_broker(
         finally:
             client.delete("sync")
     assert sync_due_connections() == {"queued": 0, "resumed": 1}
+
+
+def test_old_sync_history_is_purged_in_batches_keeping_what_the_next_run_needs(
+    staff: User, other_staff: User, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from integrations import tasks
+
+    settings.ZYWAVE_SYNC_HISTORY_DAYS = 7
+    monkeypatch.setattr(tasks, "PURGE_BATCH", 3)
+    conn, other = connection(staff), connection(other_staff)
+    now = timezone.now()
+
+    def run(c: Connection, days: float, state: str = "succeeded", full: bool = False) -> SyncRun:
+        at = now - timedelta(days=days)
+        return SyncRun.objects.create(
+            connection=c, state=state, full=full, queued_at=at, finished_at=at
+        )
+
+    purged = [run(conn, 20, full=True), run(conn, 19), run(conn, 18, "failed")]
+    newest_full = run(conn, 12, full=True)  # old, but the newest full run: kept
+    purged.append(run(conn, 11))
+    newest_ok = run(conn, 10)  # the newest successful run: kept
+    recent = [run(conn, 1, "failed"), run(conn, 0.5, "partial")]  # within 7 days: kept
+    only_failures = [run(other, 30, "failed"), run(other, 8, "failed")]  # none succeeded
+    queued = SyncRun.objects.create(connection=other, queued_at=now - timedelta(days=9))
+    assert tasks.purge_sync_history() == 6  # in batches of 3
+    left = set(SyncRun.objects.values_list("pk", flat=True))
+    assert left == {newest_full.pk, newest_ok.pk, *(r.pk for r in recent), queued.pk}
+    assert not left & {r.pk for r in purged + only_failures}
+    assert tasks.purge_sync_history() == 0
