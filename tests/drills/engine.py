@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent / "compose"
 PACKAGES = {"docker.io": "/usr/sbin/dockerd", "mmdebstrap": "/usr/bin/mmdebstrap"}
 COMPOSE_PACKAGE = "docker-compose"
 POLICY = Path("/usr/sbin/policy-rc.d")
+TRUST_KEY = Path("/etc/docker/key.json")
 DOCKER = "/usr/bin/docker"  # the engine's own client, not whatever else is first on PATH
 DEBIAN_BASE = "portal-drill/debian:bookworm"
 # The certificates layer's image and the portal built on it: tags of this run only (random, so
@@ -161,6 +162,9 @@ class Engine:
 
     def start(self) -> float:
         began = time.monotonic()
+        # dockerd writes its trust key to /etc/docker/key.json whatever its data root: removed
+        # in stop() when this run made it.
+        self.made = [path for path in (TRUST_KEY.parent, TRUST_KEY) if not path.exists()]
         config = self.root / "daemon.json"
         config.write_text("{}\n")  # never the machine's /etc/docker/daemon.json
         self.log_path = self.root / "dockerd.log"
@@ -237,6 +241,9 @@ class Engine:
         for path in (self.root, self.exec_root):
             unmount_under(path)
             shutil.rmtree(path, ignore_errors=True)
+        for made in reversed(getattr(self, "made", [])):
+            with contextlib.suppress(OSError):
+                made.unlink() if made.is_file() else made.rmdir()
         removed += self.remove_packages()
         return removed
 

@@ -4,7 +4,9 @@ Starts the stack (tests/drills/stack.py: the sandbox, gunicorn, two Celery worke
 drill needs it, PostgreSQL database `portal_drills`, Redis DB 13, all on 127.0.0.1 and free
 ports), runs each drill (tests/drills/tokens.py, sync.py, infrastructure.py, webhooks.py,
 hooks.py, load.py, secrets_sweep.py, scan.py; helpers.py is what they share), writes the
-figures to `var/drills/results.json` and renders `docs/reliability.md` from them.
+figures to `var/drills/results.json` and renders `docs/reliability.md` from them. Last, the compose
+drill (tests/drills/compose_drill.py: the image built and docker/compose.yaml run on an engine of
+its own) adds its section; `DRILLS_ONLY` without `compose` leaves it out.
 
 `--short` runs the small versions that `make test` runs through pytest
 (tests/drills/test_drills_short.py), into another database and without touching the report.
