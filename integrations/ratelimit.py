@@ -56,9 +56,10 @@ INTERACTIVE = "interactive"
 BACKGROUND_LEAD = 0.1
 INTERACTIVE_LEAD = 0.5
 LEADS = {BACKGROUND: BACKGROUND_LEAD, REFETCH: 0.3, INTERACTIVE: INTERACTIVE_LEAD}
-# How long one call waits for its slot before giving up (`Busy`): a person's request is answered
-# with a 429 rather than kept waiting; a background job sleeps and asks again.
-MAX_WAIT = {BACKGROUND: 60.0, REFETCH: 30.0, INTERACTIVE: 5.0}
+# How long one call waits for its slot before giving up (`Busy`, which the client raises as a
+# RateLimited): a person's request is answered with a 429 rather than kept waiting; a sync waits
+# in its own retry loop, which renews its lease (a sync's lease is 120 s: this stays well under).
+MAX_WAIT = {BACKGROUND: 30.0, REFETCH: 30.0, INTERACTIVE: 5.0}
 # The pause when Zywave answers 429 without Retry-After, and the longest pause obeyed.
 DEFAULT_PAUSE = 1.0
 MAX_PAUSE = 300.0
@@ -69,6 +70,9 @@ REDIS_TIMEOUT = 0.5
 
 PREFIX = "zywave:rate:"
 PAUSE_KEY = PREFIX + "pause"
+# The token endpoint's budget never waits on the API's pause (a 429 of the API says nothing of
+# the identity server): its reservations read this key, which nothing sets.
+TOKEN_PAUSE_KEY = PREFIX + "token-pause"
 SYNCS_KEY = PREFIX + "syncs"
 
 _priority: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -151,17 +155,22 @@ end
 return string.format('%.0f', math.max(untl, current) - now)
 """
 
-# KEYS: the set of syncs running. ARGV: member, lease (ms), cap. 1 when the member holds a slot.
+# KEYS: the set of syncs running. ARGV: member, lease (ms), cap, and 1 to renew only. Returns
+# 1 when the member took a slot now, 2 when it held one already (renewed), 0 when none is free.
 SLOT = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) * 1000 + math.floor(tonumber(now_parts[2]) / 1000)
+local lease = tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 1000)
-  return 1
+local held = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not held and (ARGV[4] == '1' or redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3])) then
+  return 0
 end
-return 0
+redis.call('ZADD', KEYS[1], now + lease, ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < lease + 1000 then redis.call('PEXPIRE', KEYS[1], lease + 1000) end
+if held then return 2 end
+return 1
 """
 
 
@@ -266,10 +275,12 @@ class _LocalBucket:
         self.lock = threading.Lock()
         self.tats: dict[str, float] = {}
 
-    def reserve(self, budgets: list[tuple[str, float, float]], max_wait: float) -> float:
+    def reserve(
+        self, budgets: list[tuple[str, float, float]], max_wait: float, not_before: float = 0.0
+    ) -> float:
         with self.lock:
             now = time.monotonic()
-            at = max([now] + [self.tats.get(key, 0.0) - lead for key, _, lead in budgets])
+            at = max([now, not_before] + [self.tats.get(k, 0.0) - lead for k, _, lead in budgets])
             wait = at - now
             if wait > max_wait:
                 raise Busy(wait)
@@ -330,8 +341,9 @@ def reserve(connection_id: int | None = None, *, token: bool = False) -> float:
         for _, interval, lead in budgets:
             args += [interval * 1e6, lead * 1e6]
         try:
+            pause_key = TOKEN_PAUSE_KEY if token else PAUSE_KEY
             reserved, wait = shared.reserve(
-                keys=[PAUSE_KEY, *(key for key, _, _ in budgets)], args=args
+                keys=[pause_key, *(key for key, _, _ in budgets)], args=args
             )
         except Exception as exc:  # noqa: BLE001 (any Redis failure: fail safe, locally)
             _redis_failed(exc)
@@ -339,27 +351,18 @@ def reserve(connection_id: int | None = None, *, token: bool = False) -> float:
             if not int(reserved):
                 raise Busy(int(wait) / 1e6)
             return int(wait) / 1e6
-    wait = _local.reserve(_budgets(connection_id, token, local=True), max_wait)
-    return max(wait, _local_pause_until - time.monotonic())
+    not_before = 0.0 if token else _local_pause_until
+    return _local.reserve(_budgets(connection_id, token, local=True), max_wait, not_before)
 
 
 def wait_for_slot(connection_id: int | None = None, *, token: bool = False) -> float:
-    """Reserve a slot and sleep until it: the seconds waited. A background caller whose slot is
-    far away (a long pause) sleeps and asks again; an interactive one gets Busy."""
-    waited = 0.0
-    while True:
-        try:
-            wait = reserve(connection_id, token=token)
-        except Busy as exc:
-            if current_priority() != BACKGROUND:
-                raise
-            wait = min(exc.wait, MAX_WAIT[BACKGROUND])
-            time.sleep(wait)
-            waited += wait
-            continue
-        if wait > 0:
-            time.sleep(wait)
-        return waited + wait
+    """Reserve a slot and sleep until it: the seconds waited. Busy when it is further away than
+    the caller's class may wait (a long pause): the caller decides, a sync in its retry loop,
+    which keeps its lease, a person with a 429."""
+    wait = reserve(connection_id, token=token)
+    if wait > 0:
+        time.sleep(wait)
+    return wait
 
 
 def pause(seconds: float | None) -> float:
@@ -409,42 +412,40 @@ def forget() -> None:
 _local_slots: set[int] = set()
 
 
-def take_sync_slot(connection_id: int, lease_seconds: float) -> bool:
+TAKEN, HELD = 1, 2
+
+
+def take_sync_slot(connection_id: int, lease_seconds: float, renew_only: bool = False) -> int:
     """One of ZYWAVE_MAX_CONCURRENT_SYNCS slots for this connection's sync, held for
-    `lease_seconds` unless renewed (taking it again renews it). Always True when no cap is set.
-    Without Redis each process allows one sync at a time, which a worker process does anyway."""
+    `lease_seconds` unless renewed: TAKEN when taken now, HELD when the connection held it
+    already (renewed: another message of a connection that is syncing), 0 when none is free.
+    Only the taker releases it. TAKEN when no cap is set. Without Redis each process allows one
+    sync at a time, which a worker process does anyway."""
     cap = settings.ZYWAVE_MAX_CONCURRENT_SYNCS
     if cap <= 0:
-        return True
+        return TAKEN
     shared = _redis()
     if shared is not None:
+        lease = math.ceil(lease_seconds * 1000)
         try:
-            return bool(
-                shared.slot(
-                    keys=[SYNCS_KEY], args=[connection_id, math.ceil(lease_seconds * 1000), cap]
-                )
+            return int(
+                shared.slot(keys=[SYNCS_KEY], args=[connection_id, lease, cap, int(renew_only)])
             )
         except Exception as exc:  # noqa: BLE001
             _redis_failed(exc)
     with _state_lock:
-        if _local_slots and connection_id not in _local_slots:
-            return False
+        if connection_id in _local_slots:
+            return HELD
+        if _local_slots or renew_only:
+            return 0
         _local_slots.add(connection_id)
-        return True
+        return TAKEN
 
 
 def renew_sync_slot(connection_id: int, lease_seconds: float) -> None:
     """Keep a slot this connection holds for another `lease_seconds` (a long sync renews it with
-    every page); nothing when it holds none (an interactive run takes no slot)."""
-    if settings.ZYWAVE_MAX_CONCURRENT_SYNCS <= 0:
-        return
-    shared = _redis()
-    if shared is not None:
-        expiry = time.time() * 1000 + lease_seconds * 1000
-        try:
-            shared.client.zadd(SYNCS_KEY, {str(connection_id): expiry}, xx=True)
-        except Exception as exc:  # noqa: BLE001
-            _redis_failed(exc)
+    every page), by Redis's clock; nothing when it holds none (an interactive run takes none)."""
+    take_sync_slot(connection_id, lease_seconds, renew_only=True)
 
 
 def release_sync_slot(connection_id: int) -> None:

@@ -175,8 +175,8 @@ def claim(connection_id: int, full: bool = False, run_id: int | None = None) -> 
         )
         return None
     run = SyncRun.objects.active().filter(connection=connection).first()
-    if run is None and run_id is not None:
-        return None  # its run is over: a second message for it (taken to the front, resent)
+    if run_id is not None and (run is None or run.pk != run_id):
+        return None  # its run is over (taken to the front and done, or resent): absorbed
     if run is None:
         queue_run(connection, full=full, trigger="task")
         run = SyncRun.objects.active().filter(connection=connection).first()

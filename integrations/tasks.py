@@ -81,21 +81,25 @@ def keep_tokens_alive() -> dict[str, int]:
 @shared_task(acks_late=True, reject_on_worker_lost=True)
 def sync_connection(connection_id: int, full: bool = False, run_id: int | None = None) -> str:
     """Mirror one connection. A second request while a run holds the lease is absorbed; a run
-    whose worker died (lease expired) is resumed from its last committed page; a message for a
-    run already done (`run_id`, taken to the front by Sync now) is absorbed.
+    whose worker died (lease expired) is resumed from its last committed page; a message for
+    another run than the active one (`run_id`: done already, or taken to the front by Sync
+    now) is absorbed.
 
     A run someone waits for draws on Zywave's budget as interactive; a scheduled one as
     background, and only once it holds one of ZYWAVE_MAX_CONCURRENT_SYNCS slots: without one
-    within ZYWAVE_SYNC_SLOT_WAIT_SECONDS it stays queued for beat to send again."""
+    within ZYWAVE_SYNC_SLOT_WAIT_SECONDS the message is sent again, to the back of its queue."""
     from .sync import claim, is_interactive, run_sync
 
-    slot = False
+    taken = False
     if not SyncRun.objects.filter(
-        connection_id=connection_id, trigger__in=INTERACTIVE_TRIGGERS, state=SyncRun.State.QUEUED
+        connection_id=connection_id,
+        trigger__in=INTERACTIVE_TRIGGERS,
+        state__in=SyncRun.ACTIVE_STATES,
     ).exists():
-        if not _wait_for_sync_slot(connection_id):
-            return "deferred"
-        slot = True
+        slot = _wait_for_sync_slot(connection_id)
+        if not slot:
+            return _defer(connection_id, full, run_id)
+        taken = slot == ratelimit.TAKEN  # HELD: this connection's sync runs elsewhere
     try:
         run = claim(connection_id, full=full, run_id=run_id)
         if run is None:
@@ -104,20 +108,32 @@ def sync_connection(connection_id: int, full: bool = False, run_id: int | None =
         with ratelimit.priority(level):
             return run_sync(run).state
     finally:
-        if slot:
+        if taken:
             ratelimit.release_sync_slot(connection_id)
 
 
-def _wait_for_sync_slot(connection_id: int) -> bool:
-    """One of the capped slots of scheduled syncs, waited for with jitter."""
+def _wait_for_sync_slot(connection_id: int) -> int:
+    """One of the capped slots of scheduled syncs (`ratelimit.take_sync_slot`), waited for with
+    jitter: TAKEN, HELD, or 0 when none came within ZYWAVE_SYNC_SLOT_WAIT_SECONDS."""
     lease = settings.ZYWAVE_SYNC_LEASE_SECONDS + settings.ZYWAVE_SYNC_MAX_WAIT_SECONDS
     ends_at = time.monotonic() + settings.ZYWAVE_SYNC_SLOT_WAIT_SECONDS
-    while not ratelimit.take_sync_slot(connection_id, lease):
+    while not (slot := ratelimit.take_sync_slot(connection_id, lease)):
         if time.monotonic() > ends_at:
-            log.info("Sync of connection %s waits for a slot: left queued", connection_id)
-            return False
+            return 0
         time.sleep(random.uniform(0.2, 1.0))  # noqa: S311
-    return True
+    return slot
+
+
+def _defer(connection_id: int, full: bool, run_id: int | None) -> str:
+    """No slot came: send the message again, to the back of the `sync` queue, naming the run
+    it is for (never dropped: beat queues no second run while this one waits)."""
+    active = SyncRun.objects.active().filter(connection_id=connection_id)
+    waiting = active.values_list("pk", flat=True).first()
+    if waiting is None or (run_id is not None and waiting != run_id):
+        return "absorbed"
+    log.info("Sync of connection %s waits for a slot: sent again", connection_id)
+    sync_connection.apply_async((connection_id, full), {"run_id": waiting}, queue="sync")
+    return "deferred"
 
 
 # Connections beat looks at per query (`Connection.objects.due_batches`).

@@ -443,7 +443,8 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_TASK_ALWAYS_EAGER = env.get_bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_ROUTES = {
-    "integrations.tasks.sync_due_connections": {"queue": "sync"},
+    # Beat's scan on `celery`: never behind the scheduled backlog it feeds (nor counted in it).
+    "integrations.tasks.sync_due_connections": {"queue": "celery"},
     "integrations.tasks.sync_*": {"queue": "sync"},
     # A person's Sync now, the API's POST syncs and a profile change go to `interactive` at the
     # call (integrations/sync.py `start_interactive`): never behind the scheduled backlog.

@@ -226,3 +226,18 @@ def test_a_retry_after_on_an_error_without_json_still_reaches_the_caller(
     answer = system.get(ACCOUNTS)
     assert problem(answer, 429)["zywave_status"] == 429
     assert answer["Retry-After"] == "7"
+
+
+def test_a_spent_rate_budget_is_a_429_with_retry_after_and_nothing_sent(
+    system: System, zywave: Sandbox
+) -> None:
+    from integrations import ratelimit
+
+    # Zywave paused the app for 30 s (a 429 seen by any process): a caller waiting on the
+    # proxy is told when to come back instead of being held for 30 s.
+    ratelimit.pause(30)
+    answer = system.get(ACCOUNTS, {"$top": "1"})
+    body = problem(answer, 429)
+    assert body["code"] == "rate_budget_spent"
+    assert 29 <= int(answer["Retry-After"]) <= 30
+    assert not any(key.startswith("/accounts/") for key in zywave.counters().get("api", {}))

@@ -345,3 +345,52 @@ def test_sync_now_starts_ahead_of_a_deep_scheduled_backlog(zywave: Sandbox, tmp_
     # connection of the backlog synced once.
     assert runs.filter(connection_id=run.connection_id).count() == 1
     assert runs.filter(state="succeeded").count() == 30
+
+
+# --- The cap on scheduled syncs, in the task -------------------------------------------------
+
+
+def sync_messages() -> list[dict[str, Any]]:
+    """The `sync_connection` messages waiting in the run's Redis, oldest first (headers)."""
+    from portal.celery import app
+
+    with app.connection_for_read() as conn:
+        raw = conn.default_channel.client.lrange("sync", 0, -1)
+    return [json.loads(item)["headers"] for item in reversed(raw)]
+
+
+def test_a_scheduled_sync_without_a_slot_is_sent_again_naming_its_run(
+    staff: User, settings: Any
+) -> None:
+    from integrations.tasks import sync_connection
+
+    settings.ZYWAVE_MAX_CONCURRENT_SYNCS = 1
+    settings.ZYWAVE_SYNC_SLOT_WAIT_SECONDS = 1
+    conn = connection(staff)
+    run = SyncRun.objects.create(connection=conn)
+    assert ratelimit.take_sync_slot(999, 60) == ratelimit.TAKEN  # another connection syncs
+    assert sync_connection(conn.pk) == "deferred"
+    # Not dropped: the message is back at the end of `sync`, for that run; the run still waits.
+    [message] = sync_messages()
+    assert message["task"] == "integrations.tasks.sync_connection"
+    assert message["kwargsrepr"] == f"{{'run_id': {run.pk}}}"
+    run.refresh_from_db()
+    assert run.state == "queued"
+
+
+def test_a_second_message_of_a_syncing_connection_leaves_its_slot_alone(
+    staff: User, other_staff: User, settings: Any
+) -> None:
+    from integrations.tasks import sync_connection
+
+    settings.ZYWAVE_MAX_CONCURRENT_SYNCS = 1
+    settings.ZYWAVE_SYNC_SLOT_WAIT_SECONDS = 1
+    conn = connection(staff)
+    SyncRun.objects.create(
+        connection=conn, state="running", lease_until=timezone.now() + timedelta(minutes=1)
+    )
+    assert ratelimit.take_sync_slot(conn.pk, 60) == ratelimit.TAKEN  # its worker's
+    assert sync_connection(conn.pk) == "absorbed"  # a duplicate: the run is held
+    # The slot is still the running sync's: the cap still holds another connection back.
+    assert ratelimit.syncs_running() == 1
+    assert ratelimit.take_sync_slot(connection(other_staff).pk, 60) == 0

@@ -289,7 +289,10 @@ def test_web_worker_and_beat_share_one_image_with_healthchecks_and_restarts() ->
 
 def test_the_image_is_slim_runs_as_a_user_and_collects_static_files() -> None:
     dockerfile = (DOCKER / "Dockerfile").read_text()
-    assert dockerfile.startswith("#") and "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}\n" in dockerfile
+    assert (
+        dockerfile.startswith("#")
+        and "ARG BASE_IMAGE=python:3.11-slim\nFROM ${BASE_IMAGE}\n" in dockerfile
+    )
     assert re.search(r"^USER portal$", dockerfile, re.MULTILINE)
     assert "collectstatic" in dockerfile
     assert "-r requirements.txt -r sandbox/requirements.txt" in dockerfile
