@@ -7,7 +7,7 @@ The stack: PostgreSQL (a fresh database), Redis (a database of this run's own, a
 the shared cache), the sandbox under gunicorn delivering its webhooks itself, the portal under
 gunicorn (its defaults: 2 workers x 4 threads; production settings) and `make run`'s two Celery
 workers of 2 processes each (one on `celery,sync,tokens`, one "live" on
-`refetch,webhooks,celery`). Sandbox users are seeded in bulk as the drills seed them
+`interactive,refetch,webhooks,celery`). Sandbox users are seeded in bulk as the drills seed them
 (`seed_drill_users`: an agency, two profiles and `--book` accounts with a contact each per user);
 each portal connection holds real sandbox tokens and one chosen profile (`linked_connection`).
 CPU seconds per process (and PostgreSQL's and Redis's, shared with anything else running) are
@@ -27,7 +27,7 @@ read from /proc around each phase, to show where the time goes. Measured in one 
    gunicorn's own, from its access log), 5xx, and whether the mirror then equals the sandbox's
    book, record for record (`raw`). Then a quarter as many in the same time, to another
    connection's receiver (each receiver has its own rate limit).
-3. The latency again, half as many changes, with both workers on all five queues (the image's
+3. The latency again, half as many changes, with both workers on all six queues (the image's
    default `CELERY_QUEUES`), where a fetch waits for a slot among the syncs.
 """
 
@@ -127,8 +127,8 @@ def session_cookie(user: Any) -> tuple[str, str]:
 
 # Make run's workers (Procfile): one for syncs and token upkeep, one "live" for the quick work,
 # so that syncs never hold up a notification's fetch (docker/README.md says the same).
-WORKERS = {"worker": "celery,sync,tokens", "live": "refetch,webhooks,celery"}
-SHARED = "celery,sync,tokens,webhooks,refetch"  # the image's default CELERY_QUEUES
+WORKERS = {"worker": "celery,sync,tokens", "live": "interactive,refetch,webhooks,celery"}
+SHARED = "interactive,refetch,sync,tokens,webhooks,celery"  # the image's default CELERY_QUEUES
 
 
 def start_worker(
@@ -734,7 +734,7 @@ def main() -> int:
                 roots,
                 log,
             )
-            # The latency again with the image's default instead: every worker on all five
+            # The latency again with the image's default instead: every worker on all six
             # queues, so a fetch waits for a free slot among the syncs.
             for worker in workers:
                 stop_worker(worker)
