@@ -1191,7 +1191,7 @@ def run(keep_packages: bool, data: Path | None) -> tuple[list[dict[str, Any]], l
         if stack is not None:
             (tmp / "logs.txt").write_text(quiet(stack.logs()))
             stack.compose("down", "-v", "--timeout", "60", check=False, timeout=300)
-        removed = engine.stop()
+        removed.extend(engine.stop())  # the list returned, also from an early return above
         say(f"removed: {', '.join(removed) or 'nothing'}; logs in {tmp}")
     return rows, removed
 
