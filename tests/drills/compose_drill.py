@@ -1192,7 +1192,11 @@ def run(keep_packages: bool, data: Path | None) -> tuple[list[dict[str, Any]], l
             (tmp / "logs.txt").write_text(quiet(stack.logs()))
             stack.compose("down", "-v", "--timeout", "60", check=False, timeout=300)
         removed.extend(engine.stop())  # the list returned, also from an early return above
-        say(f"removed: {', '.join(removed) or 'nothing'}; logs in {tmp}")
+        if rows and all(row["verdict"] == "pass" for row in rows):
+            shutil.rmtree(tmp, ignore_errors=True)  # its .env holds the run's secrets
+            say(f"removed: {', '.join(removed) or 'nothing'}")
+        else:
+            say(f"removed: {', '.join(removed) or 'nothing'}; logs kept in {tmp}")
     return rows, removed
 
 
