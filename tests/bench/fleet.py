@@ -290,7 +290,8 @@ def drain(
     asked: list[tuple[float, int | None]] = []
     taken: set[int] = set()
     spacing = max(1.0, 0.8 * min(expected_seconds, timeout) / max(1, sync_nows))
-    next_ask = began + spacing / 2
+    # The first at once: a small fleet (the short drill's 30) may drain within one sample.
+    next_ask = began
     done = 0
     try:
         while time.time() - began < timeout:
@@ -317,7 +318,7 @@ def drain(
                     taken.add(pick)
                     asked.append(api_sync_now(portal, pick))
                 next_ask += spacing
-            time.sleep(max(0.0, every - (time.time() - now)))
+            time.sleep(max(0.0, min(every, spacing) - (time.time() - now)))
     finally:
         if beat is not None:
             beat()

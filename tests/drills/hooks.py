@@ -410,12 +410,25 @@ def notifications(hk: Hooked, since: datetime) -> Any:
     )
 
 
+# How often `settle` runs the refetch reconciler, as beat does in production (every 60 s; these
+# drills run no beat). It re-sends the fetch of a notification acknowledged but never applied,
+# e.g. a coalesced fetch whose message a restarted Redis (no persistence) took with it.
+RECONCILE_EVERY = 10.0
+
+
 def settle(hk: Hooked, ids: list[int], since: datetime, timeout: float) -> dict[str, Any]:
     """Wait until none of these webhooks' deliveries is pending at the sandbox and none of A's
-    notifications since `since` waits for its fetch; what was left when the time ran out."""
+    notifications since `since` waits for its fetch (the reconciler run as beat would); what
+    was left when the time ran out."""
+    from integrations.tasks import reconcile_refetches
+
     start = time.monotonic()
+    reconciled = start
     left = {"pending": -1, "queued": -1}
     while time.monotonic() - start < timeout:
+        if time.monotonic() - reconciled >= RECONCILE_EVERY:
+            reconcile_refetches()
+            reconciled = time.monotonic()
         left["pending"] = pending(hk, ids)
         if left["pending"] == 0:
             left["queued"] = notifications(hk, since).filter(state="queued").count()
@@ -730,7 +743,8 @@ def outage(
         time.sleep(1.0)
     last_change = changer.last_change()
     schedule = [float(x) for x in SANDBOX_SETTINGS["webhook_retry_schedule"].split(",")]
-    left = settle(hk, ids, since, timeout=sum(schedule) + 60)
+    # The retries, then the reconciler's STRANDED_AFTER (60 s) for a fetch a restart lost.
+    left = settle(hk, ids, since, timeout=sum(schedule) + 60 + 70)
     exact_at = time.time()
     found = compare(hk.stack, hk.a, hk.conn.pk)
     runs = runs_since(hk, since)

@@ -351,11 +351,14 @@ def test_sync_now_starts_ahead_of_a_deep_scheduled_backlog(zywave: Sandbox, tmp_
 
 
 def sync_messages() -> list[dict[str, Any]]:
-    """The `sync_connection` messages waiting in the run's Redis, oldest first (headers)."""
+    """The `sync_connection` messages that were waiting in the run's Redis, oldest first
+    (headers), taken out of it: no later test or worker sees them."""
     from portal.celery import app
 
     with app.connection_for_read() as conn:
-        raw = conn.default_channel.client.lrange("sync", 0, -1)
+        client = conn.default_channel.client
+        raw = client.lrange("sync", 0, -1)
+        client.delete("sync")
     return [json.loads(item)["headers"] for item in reversed(raw)]
 
 
@@ -369,6 +372,7 @@ def test_a_scheduled_sync_without_a_slot_is_sent_again_naming_its_run(
     conn = connection(staff)
     run = SyncRun.objects.create(connection=conn)
     assert ratelimit.take_sync_slot(999, 60) == ratelimit.TAKEN  # another connection syncs
+    assert sync_messages() == []
     assert sync_connection(conn.pk) == "deferred"
     # Not dropped: the message is back at the end of `sync`, for that run; the run still waits.
     [message] = sync_messages()
