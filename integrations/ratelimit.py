@@ -334,9 +334,8 @@ def reserve(connection_id: int | None = None, *, token: bool = False) -> float:
     max_wait = MAX_WAIT[current_priority()]
     shared = _redis()
     if shared is not None:
+        # No budget (ZYWAVE_RATE_LIMIT=0) still waits out a pause Zywave asked for.
         budgets = _budgets(connection_id, token, local=False)
-        if not budgets:
-            return 0.0
         args: list[float] = [max_wait * 1e6]
         for _, interval, lead in budgets:
             args += [interval * 1e6, lead * 1e6]

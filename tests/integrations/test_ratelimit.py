@@ -186,6 +186,13 @@ def test_interactive_calls_go_ahead_of_the_background_backlog(settings: Any) -> 
     assert ratelimit.reserve(200) == pytest.approx(0.8, abs=0.05)
 
 
+def test_without_a_budget_a_429_pause_still_holds(settings: Any) -> None:
+    settings.ZYWAVE_RATE_LIMIT = 0
+    assert ratelimit.reserve(1) == 0.0  # no limit: no wait
+    ratelimit.pause(2)
+    assert 1.5 < ratelimit.reserve(1) <= 2.0
+
+
 def test_a_person_is_told_to_come_back_rather_than_kept_waiting(settings: Any) -> None:
     settings.ZYWAVE_RATE_LIMIT = 10
     ratelimit.pause(30)
